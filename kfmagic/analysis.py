@@ -1,0 +1,378 @@
+"""What a cell's code reads, binds and changes, from its source text alone.
+
+The planner wires steps together by variable: a step depends on whoever last wrote a name it
+reads. So `analyze` answers, for plain Python source: which names does this code need from
+outside (reads), which does it (re)bind at module level (assigns), which module-level objects may
+it change in place (mutates), and which modules it imports. It is a static approximation that
+follows textual order: a name assigned earlier in the text, even in a branch, counts as bound.
+Stdlib only, so it can run anywhere.
+"""
+
+import ast
+import warnings
+from dataclasses import dataclass, field
+
+
+class AnalysisError(ValueError):
+    """Code that cannot be analysed: carries a user-facing message and a 1-based line number."""
+
+    def __init__(self, message: str, lineno: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.lineno = lineno
+
+    def __str__(self):
+        return self.message
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    reads: tuple[str, ...]  # free names the code may read before binding them itself
+    assigns: tuple[str, ...]  # names (re)bound at module level, including via `global`
+    mutates: tuple[str, ...]  # module-level names whose object may be changed in place
+    imports: tuple[str, ...]  # top-level module names imported anywhere (absolute imports)
+    star_imports: tuple[str, ...]  # modules of module-level `from m import *`
+
+
+def analyze(source: str) -> CodeInfo:
+    """Analyse one cell; IPython `%`/`!` lines must already be rewritten to get_ipython() calls."""
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    try:
+        with warnings.catch_warnings():  # e.g. `x is 1`: the kernel warns when it runs the cell
+            warnings.simplefilter("ignore")
+            tree = compile(source, "<cell>", "exec", flags | ast.PyCF_ONLY_AST)
+            # Parsing alone accepts some code the compiler rejects (`return` outside a function,
+            # `import *` in a def, `nonlocal` at module level); the cell would fail when run.
+            compile(tree, "<cell>", "exec", flags)
+    except SyntaxError as error:
+        prefix = f"line {error.lineno}: " if error.lineno else ""
+        raise AnalysisError(prefix + str(error.msg), error.lineno) from error
+    except ValueError as error:  # null bytes in the source (Python < 3.12)
+        raise AnalysisError(str(error)) from error
+    walker = _Walker()
+    walker.visit(tree)
+    return CodeInfo(
+        reads=tuple(walker.reads),
+        assigns=tuple(walker.assigns),
+        mutates=tuple(name for name in walker.mutates if name not in walker.imported),
+        imports=tuple(walker.imports),
+        star_imports=tuple(walker.star_imports),
+    )
+
+
+@dataclass
+class _Scope:
+    kind: str  # "module" | "class" | "function" (def, lambda) | "comprehension"
+    # module and class bodies run top to bottom: the names bound so far. Functions and
+    # comprehensions: every local name, known up front as Python's compiler knows it.
+    local: set[str] = field(default_factory=set)
+    declared_global: set[str] = field(default_factory=set)
+    declared_nonlocal: set[str] = field(default_factory=set)
+    assigned_globals: set[str] = field(default_factory=set)  # `global` names bound so far in text
+
+
+def _function_scope(body: list[ast.AST], params: set[str]) -> _Scope:
+    """A def/lambda scope: the names its body binds (not nested scopes') plus its parameters."""
+    scan = _Bindings()
+    for node in body:
+        scan.visit(node)
+    return _Scope(
+        "function", (scan.names | params) - scan.globals - scan.nonlocals, scan.globals, scan.nonlocals
+    )
+
+
+class _Bindings(ast.NodeVisitor):
+    """Collect what a body binds and declares, stopping at nested scopes (except their names
+    and comprehension walruses, which bind here)."""
+
+    def __init__(self):
+        self.names, self.globals, self.nonlocals = set(), set(), set()
+        self._in_comprehension = 0
+
+    def visit_Name(self, node):
+        if not isinstance(node.ctx, ast.Load) and not self._in_comprehension:
+            self.names.add(node.id)
+
+    def visit_NamedExpr(self, node):
+        self.names.add(node.target.id)
+        self.visit(node.value)
+
+    def _comprehension(self, node):
+        self._in_comprehension += 1
+        self.generic_visit(node)
+        self._in_comprehension -= 1
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
+
+    def visit_FunctionDef(self, node):
+        self.names.add(node.name)
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+    def visit_Lambda(self, node):
+        pass
+
+    def visit_Import(self, node):
+        self.names.update(_import_binding(alias) for alias in node.names)
+
+    def visit_ImportFrom(self, node):
+        self.names.update(alias.asname or alias.name for alias in node.names)
+
+    def visit_Global(self, node):
+        self.globals.update(node.names)
+
+    def visit_Nonlocal(self, node):
+        self.nonlocals.update(node.names)
+
+    def visit_ExceptHandler(self, node):
+        if node.name:
+            self.names.add(node.name)
+        self.generic_visit(node)
+
+    visit_MatchAs = visit_MatchStar = visit_ExceptHandler  # all keep their capture in .name
+
+    def visit_MatchMapping(self, node):
+        if node.rest:
+            self.names.add(node.rest)
+        self.generic_visit(node)
+
+
+def _import_binding(alias: ast.alias) -> str:
+    """`import a.b.c` binds `a`; `import a.b as c` binds `c`."""
+    return alias.asname or alias.name.partition(".")[0]
+
+
+def _root(node: ast.AST) -> str | None:
+    """The name a receiver chain starts at: `x` for `x.a[0].b`, `x.a().b`; None for `f(x).b`."""
+    while True:
+        if isinstance(node, (ast.Attribute, ast.Subscript)):
+            node = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Subscript)):
+            node = node.func
+        else:
+            return node.id if isinstance(node, ast.Name) else None
+
+
+class _Walker(ast.NodeVisitor):
+    """Walk the code in execution order, resolving each name against the scopes around it.
+
+    Function and lambda bodies run later, when called, so they are walked once the statement
+    defining them has finished (for methods: once the outermost class statement has): a
+    recursive function or a method naming its own class does not read that name from outside,
+    while a name bound only by later statements still counts as read.
+    """
+
+    def __init__(self):
+        self.scopes = [_Scope("module")]
+        self.pending = []  # (enclosing scopes, function scope, body) waiting to be walked
+        self.reads, self.assigns, self.mutates, self.imports = {}, {}, {}, {}  # ordered sets
+        self.star_imports, self.imported = [], set()
+
+    def visit(self, node):
+        super().visit(node)
+        if isinstance(node, ast.stmt) and self.scopes[-1].kind != "class":
+            while self.pending:
+                enclosing, scope, body = self.pending.pop(0)
+                outer, self.scopes = self.scopes, [*enclosing, scope]
+                for child in body:
+                    self.visit(child)
+                self.scopes = outer
+
+    # --- resolving names -------------------------------------------------------------------
+
+    def _lookup(self, name: str) -> bool | None:
+        """None when `name` is local to an enclosing function or comprehension; otherwise it is
+        a module-level name, and the result says whether this code has bound it already."""
+        innermost = len(self.scopes) - 1
+        for depth in range(innermost, 0, -1):
+            scope = self.scopes[depth]
+            if scope.kind == "class" and depth != innermost:
+                continue  # class bodies do not enclose the functions defined in them
+            if name in scope.declared_global:
+                break
+            if name in scope.local or name in scope.declared_nonlocal:
+                return None
+        return name in self.scopes[0].local or any(name in s.assigned_globals for s in self.scopes)
+
+    def _load(self, name: str):
+        if self._lookup(name) is False and not (name.startswith("__") and name.endswith("__")):
+            self.reads.setdefault(name)
+
+    def _bind(self, name: str, scope: _Scope | None = None) -> bool:
+        """Bind `name` in `scope` (default: the innermost); True if that binds a module name."""
+        scope = scope or self.scopes[-1]
+        if scope.kind == "module":
+            scope.local.add(name)
+        elif name in scope.declared_global:
+            scope.assigned_globals.add(name)
+        else:
+            if scope.kind == "class":
+                scope.local.add(name)
+            return False
+        self.assigns.setdefault(name)
+        return True
+
+    def _mutate(self, node: ast.AST):
+        name = _root(node)
+        if name is not None and self._lookup(name) is not None:
+            self.mutates.setdefault(name)
+
+    # --- names and in-place changes --------------------------------------------------------
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load):
+            self._load(node.id)
+        else:  # Store, or Del: `del x` unbinds, which downstream sees as a rebinding
+            self._bind(node.id)
+
+    def visit_Attribute(self, node):
+        if not isinstance(node.ctx, ast.Load):  # x.a = ..., x[k] += ..., del x[k]
+            self._mutate(node)
+        self.generic_visit(node)
+
+    visit_Subscript = visit_Attribute
+
+    def visit_Call(self, node):
+        if isinstance(node.func, ast.Attribute):  # any method call may change its receiver
+            self._mutate(node.func)
+        self.generic_visit(node)
+
+    # --- statements whose parts run in a different order than ast lists them ----------------
+
+    def visit_Assign(self, node):
+        self.visit(node.value)
+        for target in node.targets:
+            self.visit(target)
+
+    def visit_AugAssign(self, node):
+        if isinstance(node.target, ast.Name):  # a rebinding that reads the old value first
+            self._load(node.target.id)
+            self.visit(node.value)
+            self._bind(node.target.id)
+        else:
+            self.visit(node.target)
+            self.visit(node.value)
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None:
+            self.visit(node.value)
+            self.visit(node.target)
+        if self.scopes[-1].kind != "function":  # local variable annotations are never evaluated
+            self.visit(node.annotation)
+
+    def visit_For(self, node):
+        self.visit(node.iter)
+        self.visit(node.target)
+        for child in node.body + node.orelse:
+            self.visit(child)
+
+    visit_AsyncFor = visit_For
+
+    def visit_NamedExpr(self, node):
+        self.visit(node.value)
+        scope = next(s for s in reversed(self.scopes) if s.kind != "comprehension")
+        self._bind(node.target.id, scope)
+
+    def visit_ExceptHandler(self, node):
+        # `as e` rebinds e, and Python deletes it after the handler: either way upstream's e
+        # is gone, so e is an assign.
+        if node.type is not None:
+            self.visit(node.type)
+        if node.name:
+            self._bind(node.name)
+        for child in node.body:
+            self.visit(child)
+
+    def visit_Import(self, node):
+        for alias in node.names:
+            self.imports.setdefault(alias.name.partition(".")[0])
+            if self._bind(_import_binding(alias)):
+                self.imported.add(_import_binding(alias))
+
+    def visit_ImportFrom(self, node):
+        if node.level == 0:
+            self.imports.setdefault(node.module.partition(".")[0])
+        for alias in node.names:
+            if alias.name == "*":  # the compiler allows it only at module level
+                self.star_imports.append("." * node.level + (node.module or ""))
+            elif self._bind(alias.asname or alias.name):
+                self.imported.add(alias.asname or alias.name)
+
+    # --- match patterns: captures bind, value and class patterns read ------------------------
+
+    def visit_MatchAs(self, node):
+        if node.pattern is not None:
+            self.visit(node.pattern)
+        if node.name:
+            self._bind(node.name)
+
+    def visit_MatchStar(self, node):
+        if node.name:
+            self._bind(node.name)
+
+    def visit_MatchMapping(self, node):
+        self.generic_visit(node)
+        if node.rest:
+            self._bind(node.rest)
+
+    # --- nested scopes -----------------------------------------------------------------------
+
+    def visit_FunctionDef(self, node):
+        for decorator in node.decorator_list:
+            self.visit(decorator)
+        self._function(node.args, node.body, node.returns)
+        self._bind(node.name)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node):
+        self._function(node.args, [node.body], None)
+
+    def _function(self, args: ast.arguments, body: list[ast.AST], returns: ast.expr | None):
+        """Defaults and annotations are evaluated now, in this scope; the body is deferred."""
+        params = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+        params += [arg for arg in (args.vararg, args.kwarg) if arg is not None]
+        evaluated = [*args.defaults, *args.kw_defaults, *(arg.annotation for arg in params), returns]
+        for expr in evaluated:
+            if expr is not None:
+                self.visit(expr)
+        scope = _function_scope(body, {arg.arg for arg in params})
+        self.pending.append((self.scopes, scope, body))
+
+    def visit_ClassDef(self, node):
+        for expr in [*node.decorator_list, *node.bases, *node.keywords]:
+            self.visit(expr)
+        declared = _function_scope(node.body, set())
+        self.scopes = [*self.scopes, _Scope("class", set(), declared.declared_global, declared.declared_nonlocal)]
+        for child in node.body:
+            self.visit(child)
+        self.scopes = self.scopes[:-1]
+        self._bind(node.name)
+
+    def _comprehension(self, node, results: list[ast.expr]):
+        """The first iterable is evaluated outside; loop variables stay inside (Python 3)."""
+        generators = node.generators
+        self.visit(generators[0].iter)
+        local = set()
+        for generator in generators:
+            local |= {
+                n.id for n in ast.walk(generator.target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            }
+        self.scopes = [*self.scopes, _Scope("comprehension", local)]
+        for index, generator in enumerate(generators):
+            if index:
+                self.visit(generator.iter)
+            self.visit(generator.target)
+            for condition in generator.ifs:
+                self.visit(condition)
+        for result in results:
+            self.visit(result)
+        self.scopes = self.scopes[:-1]
+
+    def visit_ListComp(self, node):
+        self._comprehension(node, [node.elt])
+
+    visit_SetComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_DictComp(self, node):
+        self._comprehension(node, [node.key, node.value])

@@ -1,0 +1,181 @@
+"""The embedded default: every step in a fresh Python process on this machine, independent steps
+in parallel, values passed as files under `.kfmagic/runs/<run-id>/` in the working directory.
+"""
+
+import json
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from .. import runtime
+from ..errors import RunFailed
+from .base import Run, StepRun
+
+RUNS_DIR = os.path.join(".kfmagic", "runs")
+_NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
+
+
+def new_run_id(pipeline_name):
+    return f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def write_specs(plan, params, run_dir):
+    """One runtime spec per step: what it runs, where its inputs are, what it must save."""
+    needed_by = {}
+    for step in plan.steps:
+        for var, producer in step.inputs.items():
+            needed_by.setdefault(producer, {}).setdefault(var, []).append(step.name)
+    prelude = [vars(part) for part in plan.prelude]
+    paths = {}
+    for step in plan.steps:
+        out_dir = os.path.join(run_dir, step.name)
+        os.makedirs(out_dir, exist_ok=True)
+        spec = {
+            "step": step.name,
+            "prelude": prelude,
+            "parts": [vars(part) for part in step.parts],
+            "params": {name: params[name] for name in step.params},
+            "inputs": {
+                var: runtime.output_path(os.path.join(run_dir, producer), var)
+                for var, producer in step.inputs.items()
+            },
+            "outputs": list(step.outputs),
+            "keep": list(step.keep),
+            "metrics": list(step.metrics),
+            "needed_by": needed_by.get(step.name, {}),
+            "out_dir": out_dir,
+        }
+        paths[step.name] = os.path.join(out_dir, "spec.json")
+        with open(paths[step.name], "w") as file:
+            json.dump(spec, file)
+    return paths
+
+
+def _pump(name, stream_name, pipe, events):
+    for raw in iter(pipe.readline, b""):
+        events.put(("line", name, stream_name, raw.decode("utf-8", "replace").rstrip("\n")))
+    pipe.close()
+    events.put(("eof", name, stream_name, None))
+
+
+def _step_env():
+    """The step process finds kfmagic even when the kernel imported it from a source checkout."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), package_parent) if p)
+    return env
+
+
+def _stop(process):
+    """Terminate a step's whole process group, then kill it if it does not go."""
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        if grace is None:
+            process.wait()
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _read_result(step_run, process, out_dir, stderr_tail):
+    """Fill a finished StepRun from the result file its runtime wrote (or from how it died)."""
+    step_run.finished = time.time()
+    result_path = os.path.join(out_dir, runtime.RESULT_FILE)
+    if process.returncode < 0:
+        sig = signal.Signals(-process.returncode).name
+        hint = " (the system may have run out of memory)" if sig == "SIGKILL" else ""
+        step_run.state, step_run.error = "FAILED", f"Step {step_run.name!r} was killed by {sig}{hint}."
+        return
+    if not os.path.exists(result_path):
+        tail = "\n".join(stderr_tail[-10:])
+        step_run.state = "FAILED"
+        step_run.error = f"Step {step_run.name!r} exited with code {process.returncode} before reporting a result.\n{tail}"
+        return
+    with open(result_path) as file:
+        result = json.load(file)
+    step_run.state, step_run.error = result["state"], result["error"]
+    step_run.metrics, step_run.skipped = result["metrics"], result["skipped"]
+    step_run.saved = {
+        var: dict(info, path=runtime.output_path(out_dir, var)) for var, info in result["saved"].items()
+    }
+
+
+def run(plan, params, workdir, workers, progress):
+    """Execute `plan` with `params`; returns the Run once every step has ended."""
+    run_id = new_run_id(plan.name)
+    run_dir = os.path.join(workdir, RUNS_DIR, run_id)
+    specs = write_specs(plan, params, run_dir)
+    steps = {step.name: StepRun(step.name) for step in plan.steps}
+    record = Run(run_id, plan.name, "local", steps, dict(params), run_dir=run_dir, state="RUNNING")
+    with open(os.path.join(run_dir, "run.json"), "w") as file:
+        json.dump({"id": run_id, "pipeline": plan.name, "params": params}, file)
+    events = queue.Queue()
+    pending = list(plan.steps)
+    running = {}  # name -> (process, open streams, stderr tail)
+    env = _step_env()
+    progress.start(record)
+    try:
+        while pending or running:
+            for step in list(pending):
+                upstream = [steps[name].state for name in step.upstream]
+                if any(state in _NOT_RUN for state in upstream):
+                    steps[step.name].state = "SKIPPED"
+                    pending.remove(step)
+                    progress.update(record)
+                elif len(running) < workers and all(state == "SUCCEEDED" for state in upstream):
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "kfmagic.runtime", specs[step.name]],
+                        cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    )
+                    for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
+                        threading.Thread(target=_pump, args=(step.name, stream_name, pipe, events), daemon=True).start()
+                    running[step.name] = (process, {"stdout", "stderr"}, [])
+                    steps[step.name].state, steps[step.name].started = "RUNNING", time.time()
+                    pending.remove(step)
+                    progress.update(record)
+            try:
+                kind, name, stream_name, text = events.get(timeout=0.5)
+            except queue.Empty:
+                progress.update(record)
+                continue
+            process, open_streams, stderr_tail = running[name]
+            if kind == "line":
+                if stream_name == "stderr":
+                    stderr_tail.append(text)
+                progress.output(name, stream_name, text)
+                continue
+            open_streams.discard(stream_name)
+            if not open_streams:
+                process.wait()
+                del running[name]
+                _read_result(steps[name], process, os.path.dirname(specs[name]), stderr_tail)
+                progress.update(record)
+    except KeyboardInterrupt:
+        for name, (process, _, _) in running.items():
+            _stop(process)
+            steps[name].state, steps[name].finished = "CANCELED", time.time()
+        for step in pending:
+            steps[step.name].state = "CANCELED"
+        record.state, record.finished = "CANCELED", time.time()
+        progress.finish(record)
+        raise RunFailed(
+            f"Run {run_id} interrupted: its step processes were stopped. Outputs of finished steps are "
+            f"kept in {run_dir}; the run object is kfmagic.pipeline().last_run.",
+            record,
+        ) from None
+    record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in steps.values()) else "FAILED"
+    record.finished = time.time()
+    progress.finish(record)
+    return record

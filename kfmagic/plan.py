@@ -1,0 +1,332 @@
+"""Registered cells -> a validated DAG: step order, and where each step's inputs come from.
+
+Pure: no kernel, no files, no processes. Every problem is found here, before anything runs,
+and reported together, each with a hint.
+"""
+
+import ast
+import builtins
+import difflib
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from .analysis import AnalysisError, analyze
+from .errors import CellSyntaxError, PlanError
+
+# Names a step may read that no step provides: the step's runtime or Python supplies them.
+RUNTIME_NAMES = frozenset({"get_ipython", "display", "In", "Out", "exit", "quit"})
+
+
+@dataclass(frozen=True)
+class CodePart:
+    """One cell's code, with line numbers aligned to the cell as the user sees it."""
+
+    code: str
+    source: str
+    label: str
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    name: str
+    index: int  # position in notebook order
+    parts: tuple
+    after: tuple  # upstream steps named with --after
+    upstream: tuple  # every upstream step, in plan order
+    inputs: dict  # variable -> the step it comes from
+    params: tuple  # parameters the step reads
+    outputs: tuple  # variables it must save (read downstream, --outputs, --metrics)
+    keep: tuple  # variables it saves if it can (a leaf step keeps what it assigns)
+    metrics: tuple
+    options: dict
+
+    @property
+    def inferred(self):
+        """Upstream steps that data flow added (not named with --after)."""
+        return tuple(name for name in self.upstream if name not in self.after)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    experiment: str | None
+    steps: tuple  # topological order; ties keep notebook order
+    prelude: tuple  # CodePart
+    params: dict  # name -> default
+    warnings: tuple = field(default=())
+
+    def step(self, name):
+        return next(step for step in self.steps if step.name == name)
+
+    def downstream(self, name):
+        """Every step that (transitively) depends on `name`."""
+        found, frontier = set(), {name}
+        while frontier:
+            frontier = {step.name for step in self.steps if frontier & set(step.upstream)} - found
+            found |= frontier
+        return found
+
+    def resolve_params(self, overrides):
+        """Defaults with overrides applied; text values are parsed to the default's type."""
+        values = dict(self.params)
+        for name, value in overrides.items():
+            if name not in self.params:
+                close = difflib.get_close_matches(name, self.params, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                known = ", ".join(self.params) or "none (declare them in a %%params cell)"
+                raise CellSyntaxError(f"--param {name}: no such parameter.{hint} Parameters: {known}.")
+            values[name] = _coerce_param(name, value, self.params[name])
+        return values
+
+
+def _coerce_param(name, value, default):
+    if not isinstance(value, str) or isinstance(default, str):
+        parsed = value
+    else:
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+    if isinstance(default, bool) and isinstance(parsed, str) and parsed.lower() in ("true", "false"):
+        parsed = parsed.lower() == "true"
+    if isinstance(default, float) and type(parsed) is int:
+        parsed = float(parsed)
+    if type(parsed) is not type(default):
+        raise CellSyntaxError(
+            f"--param {name}={value!r}: expected a {type(default).__name__} like the default "
+            f"{default!r}, got a {type(parsed).__name__}."
+        )
+    return parsed
+
+
+@lru_cache(maxsize=1024)
+def _analyze(code):
+    return analyze(code)
+
+
+@dataclass
+class _Step:
+    """What the planner learns about one step while it works."""
+
+    name: str
+    index: int
+    cells: list
+    reads: list = field(default_factory=list)
+    changes: set = field(default_factory=set)  # assigned or mutated
+    assigns: list = field(default_factory=list)
+    after: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)
+
+
+def build_plan(name, experiment, cells, explain_missing=None):
+    """Plan the pipeline declared by `cells` (registry.RegisteredCell, notebook order)."""
+    problems, warnings = [], []
+    prelude = tuple(CodePart(c.spec.code, c.spec.source, c.label) for c in cells if c.spec.kind == "prelude")
+    params = {}
+    for cell in cells:
+        if cell.spec.kind == "params":
+            params.update(cell.spec.params)
+
+    provided_by_prelude, prelude_star = set(), []
+    for part in prelude:
+        try:
+            info = _analyze(part.code)
+        except AnalysisError as error:
+            problems.append(f"%%prelude ({part.label}): {error}")
+            continue
+        provided_by_prelude.update(info.assigns)
+        prelude_star.extend(info.star_imports)
+
+    steps = _collect_steps(cells, problems)
+    if not steps:
+        problems.append("The pipeline has no steps: mark a cell with `%%step NAME` (see %%step?).")
+        raise PlanError(problems)
+    by_name = {step.name: step for step in steps}
+    for step in steps:
+        for upstream in step.after:
+            if upstream == step.name:
+                problems.append(f"Step {step.name!r}: --after {upstream} names the step itself.")
+            elif upstream not in by_name:
+                close = difflib.get_close_matches(upstream, by_name, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else f" Steps: {', '.join(by_name)}."
+                problems.append(f"Step {step.name!r}: --after {upstream}: no such step.{hint}")
+
+    after_ancestors = _closure({s.name: [u for u in s.after if u in by_name and u != s.name] for s in steps})
+    after_descendants = {s.name: {d for d in by_name if s.name in after_ancestors[d]} for s in steps}
+
+    inputs = {step.name: {} for step in steps}
+    step_params = {step.name: [] for step in steps}
+    for step in steps:
+        candidates = [
+            other
+            for other in steps
+            if (other.index < step.index or other.name in after_ancestors[step.name])
+            and other.name not in after_descendants[step.name]
+            and other is not step
+        ]
+        for var in step.reads:
+            writers = [other for other in candidates if var in other.changes]
+            if writers:
+                inputs[step.name][var] = max(writers, key=lambda other: other.index).name
+            elif var in params:
+                step_params[step.name].append(var)
+            elif var in provided_by_prelude or var in RUNTIME_NAMES or hasattr(builtins, var) or prelude_star:
+                continue
+            else:
+                problems.append(_missing_name(step, var, steps, explain_missing))
+
+    for step in steps:
+        for option, names in (("--outputs", step.outputs), ("--metrics", step.metrics)):
+            for var in names:
+                if var not in step.changes:
+                    problems.append(
+                        f"Step {step.name!r}: {option} {var}: the step's code never assigns {var!r}."
+                    )
+
+    upstream = {s.name: sorted(set(s.after) & set(by_name) | set(inputs[s.name].values())) for s in steps}
+    order = _topological(steps, upstream, problems)
+    if problems:
+        raise PlanError(problems)
+
+    ancestors = _closure(upstream)
+    consumers = {}
+    for consumer, needs in inputs.items():
+        for var, producer in needs.items():
+            consumers.setdefault(producer, set()).add(var)
+            warnings.extend(_parallel_writers(consumer, var, producer, steps, ancestors))
+
+    position = {name: i for i, name in enumerate(order)}
+    planned = []
+    for step_name in order:
+        step = by_name[step_name]
+        outputs = sorted(consumers.get(step_name, set())) + [
+            v for v in step.outputs + step.metrics if v not in consumers.get(step_name, set())
+        ]
+        is_leaf = step_name not in {u for names in upstream.values() for u in names}
+        keep = [v for v in step.assigns if v not in outputs] if is_leaf else []
+        planned.append(
+            StepPlan(
+                name=step_name,
+                index=step.index,
+                parts=tuple(CodePart(c.spec.code, c.spec.source, c.label) for c in step.cells),
+                after=tuple(dict.fromkeys(u for u in step.after if u in by_name)),
+                upstream=tuple(sorted(upstream[step_name], key=position.get)),
+                inputs=dict(inputs[step_name]),
+                params=tuple(dict.fromkeys(step_params[step_name])),
+                outputs=tuple(dict.fromkeys(outputs)),
+                keep=tuple(keep),
+                metrics=tuple(dict.fromkeys(step.metrics)),
+                options={},
+            )
+        )
+    return Plan(name, experiment, tuple(planned), prelude, params, tuple(dict.fromkeys(warnings)))
+
+
+def _collect_steps(cells, problems):
+    """Group step cells by name in notebook order and analyse each step's code as one."""
+    steps = {}
+    for cell in cells:
+        if cell.spec.kind == "step":
+            steps.setdefault(cell.spec.name, _Step(cell.spec.name, len(steps), [])).cells.append(cell)
+    for step in steps.values():
+        bound = set()
+        for cell in step.cells:
+            options = cell.spec.options
+            step.after += options.get("after", [])
+            step.outputs += [v for v in options.get("outputs", []) if v not in step.outputs]
+            step.metrics += [v for v in options.get("metrics", []) if v not in step.metrics]
+            try:
+                info = _analyze(cell.spec.code)
+            except AnalysisError as error:
+                problems.append(f"Step {step.name!r} ({cell.label}): {error}")
+                continue
+            for module in info.star_imports:
+                problems.append(
+                    f"Step {step.name!r} ({cell.label}): `from {module} import *` hides which names the "
+                    "step defines. Import the names you use, or move the import to the %%prelude."
+                )
+            step.reads += [v for v in info.reads if v not in bound and v not in step.reads]
+            bound.update(info.assigns)
+            step.changes.update(info.assigns, info.mutates)
+            step.assigns += [v for v in (*info.assigns, *info.mutates) if v not in step.assigns]
+    return list(steps.values())
+
+
+def _missing_name(step, var, steps, explain_missing):
+    later = [other.name for other in steps if other.index > step.index and var in other.changes]
+    if later:
+        return (
+            f"Step {step.name!r} reads {var!r}, which only the later step {later[0]!r} assigns. "
+            f"Move the cell of {later[0]!r} above {step.name!r}, or add `--after {later[0]}` to {step.name!r}."
+        )
+    where = explain_missing(var) if explain_missing else None
+    hint = (
+        f" {where}" if where else " Assign it in an earlier step, import or define it in the %%prelude, "
+        "or declare it in %%params."
+    )
+    return f"Step {step.name!r} reads {var!r}, but no step, prelude or parameter provides it.{hint}"
+
+
+def _closure(edges):
+    """name -> every name reachable through `edges` (name -> direct predecessors)."""
+    result = {}
+
+    def visit(name, trail):
+        if name in result:
+            return result[name]
+        found = set()
+        for other in edges.get(name, ()):
+            if other not in trail:
+                found |= {other} | visit(other, trail | {other})
+        result[name] = found
+        return found
+
+    for name in edges:
+        visit(name, {name})
+    return result
+
+
+def _topological(steps, upstream, problems):
+    """Kahn's order preferring notebook order; a cycle is reported with its steps."""
+    remaining = {s.name: set(upstream[s.name]) for s in steps}
+    order = []
+    while remaining:
+        ready = [s.name for s in steps if s.name in remaining and not remaining[s.name]]
+        if not ready:
+            cycle = _find_cycle(remaining)
+            problems.append(
+                "The steps form a cycle: " + " -> ".join(cycle) + ". Each needs the one before it "
+                "(through --after or the data it reads); remove an --after or move a cell."
+            )
+            return order
+        order.append(ready[0])
+        del remaining[ready[0]]
+        for needs in remaining.values():
+            needs.discard(ready[0])
+    return order
+
+
+def _find_cycle(remaining):
+    path, node = [], next(iter(remaining))
+    while node not in path:
+        path.append(node)
+        node = next(iter(sorted(remaining[node])))
+    cycle = path[path.index(node):]
+    return [*reversed(cycle), cycle[-1]]
+
+
+def _parallel_writers(consumer, var, producer, steps, ancestors):
+    for other in steps:
+        if (
+            other.name not in (producer, consumer)
+            and var in other.changes
+            and other.name in ancestors[consumer]
+            and other.name not in ancestors[producer]
+            and producer not in ancestors[other.name]
+        ):
+            yield (
+                f"Steps {other.name!r} and {producer!r} both change {var!r} and may run in parallel; "
+                f"{consumer!r} gets it from {producer!r} (the later cell). Add `--after` between them "
+                "to make the order explicit."
+            )

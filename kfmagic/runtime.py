@@ -1,0 +1,170 @@
+"""What runs inside one step's process, anywhere: load inputs, run prelude and cells, save outputs.
+
+`python -m kfmagic.runtime SPEC.json`. Self-contained (stdlib + kfmagic.serde), so it can travel
+inside a KFP component; it never imports IPython unless the step's code has `%`/`!` lines.
+
+SPEC is a JSON object: step, prelude/parts ([{code, source, label}]), params ({name: value}),
+inputs ({var: path}), outputs/keep/metrics ([var]), out_dir. The step writes RESULT_FILE in
+out_dir: {state, saved: {var: {type, bytes}}, skipped: {var: why}, metrics, error}.
+"""
+
+import builtins
+import json
+import linecache
+import numbers
+import os
+import sys
+import traceback
+
+try:
+    from kfmagic import serde
+except ImportError:  # embedded in a KFP component: serde's functions are defined alongside
+    serde = sys.modules[__name__]
+
+RESULT_FILE = "result.json"
+OUTPUTS_DIR = "outputs"
+
+
+class StepFailed(Exception):
+    """The step cannot go on; `message` is what the user reads."""
+
+
+def output_path(out_dir, var):
+    return os.path.join(out_dir, OUTPUTS_DIR, f"{var}.pkl")
+
+
+def _run_code(part, namespace, where):
+    """Run one cell's code so that tracebacks point at the user's cell lines."""
+    filename = f"{where}, {part['label']}"
+    lines = part["source"].splitlines(True)
+    linecache.cache[filename] = (len(part["source"]), None, lines, filename)
+    exec(compile(part["code"], filename, "exec", dont_inherit=True), namespace)
+
+
+def _user_traceback(error):
+    """The traceback of `error` without this module's frames: what a plain cell would show."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def _step_shell(namespace):
+    """get_ipython() for steps with `%`/`!` lines: a real, history-less IPython shell on the step's namespace."""
+    shell = None
+
+    def get_ipython():
+        nonlocal shell
+        if shell is None:
+            from IPython.core.interactiveshell import InteractiveShell
+            from traitlets.config import Config
+
+            config = Config()
+            config.HistoryManager.enabled = False
+            shell = InteractiveShell.instance(config=config, user_ns=namespace)
+        return shell
+
+    return get_ipython
+
+
+def _display(*objects, **_):
+    """display() outside a kernel: print each object's text form, as IPython's terminal does."""
+    for obj in objects:
+        print(repr(obj))
+
+
+def _describe_type(value):
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
+
+
+def _save(spec, namespace, result):
+    step, out_dir = spec["step"], spec["out_dir"]
+    os.makedirs(os.path.join(out_dir, OUTPUTS_DIR), exist_ok=True)
+    needed_by = spec.get("needed_by", {})
+    for var in spec["outputs"]:
+        if var not in namespace:
+            who = needed_by.get(var)
+            why = f"step(s) {', '.join(who)} read it" if who else "it is declared with --outputs/--metrics"
+            raise StepFailed(
+                f"Step {step!r} did not assign {var!r}, but {why}. Make sure every path through the "
+                "step's code assigns it."
+            )
+        try:
+            size = serde.dump(namespace[var], output_path(out_dir, var))
+        except serde.SerializationError as error:
+            raise StepFailed(
+                f"Step {step!r} cannot save {var!r} (a {_describe_type(namespace[var])}): neither cloudpickle "
+                f"nor dill can serialize it ({error}). Recreate it in the step that uses it, or pass "
+                "something that pickles instead (a path, a config, the data it holds)."
+            ) from None
+        result["saved"][var] = {"type": _describe_type(namespace[var]), "bytes": size}
+    for var in spec["keep"]:
+        if var not in namespace or var in result["saved"]:
+            continue
+        try:
+            size = serde.dump(namespace[var], output_path(out_dir, var))
+        except serde.SerializationError as error:
+            result["skipped"][var] = f"a {_describe_type(namespace[var])} that cannot be pickled ({error})"
+            continue
+        result["saved"][var] = {"type": _describe_type(namespace[var]), "bytes": size}
+
+
+def _metrics(spec, namespace):
+    metrics = {}
+    for var in spec["metrics"]:
+        value = namespace[var]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise StepFailed(
+                f"Step {spec['step']!r}: metric {var!r} must be a number, got a {_describe_type(value)} "
+                f"({value!r:.80}). Report one number per metric."
+            )
+        metrics[var] = float(value)
+    return metrics
+
+
+def run_step(spec):
+    """Run the step `spec` describes; write its result; return the process exit code."""
+    result = {"state": "RUNNING", "saved": {}, "skipped": {}, "metrics": {}, "error": None}
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    namespace["get_ipython"] = _step_shell(namespace)
+    namespace["display"] = _display
+    try:
+        namespace.update(spec["params"])
+        for part in spec["prelude"]:
+            _run_code(part, namespace, "prelude")
+        for var, path in spec["inputs"].items():
+            try:
+                namespace[var] = serde.load(path)
+            except Exception as error:
+                raise StepFailed(
+                    f"Step {spec['step']!r} cannot load its input {var!r}: {type(error).__name__}: {error}. "
+                    "Its producer saved it with a library this step's environment lacks, or a different version."
+                ) from None
+        for part in spec["parts"]:
+            _run_code(part, namespace, f"step {spec['step']}")
+        _save(spec, namespace, result)
+        result["metrics"] = _metrics(spec, namespace)
+        result["state"] = "SUCCEEDED"
+    except StepFailed as error:
+        result.update(state="FAILED", error=str(error))
+        print(str(error), file=sys.stderr)
+    except BaseException as error:  # the user's code failed: show it as a plain cell would
+        result.update(state="FAILED", error=_user_traceback(error))
+        print(result["error"], file=sys.stderr, end="")
+    os.makedirs(spec["out_dir"], exist_ok=True)
+    with open(os.path.join(spec["out_dir"], RESULT_FILE), "w") as file:
+        json.dump(result, file)
+    return 0 if result["state"] == "SUCCEEDED" else 1
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as file:
+        spec = json.load(file)
+    sys.stdout.flush()
+    return run_step(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

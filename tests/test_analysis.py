@@ -1,0 +1,251 @@
+"""Table-driven tests for kfmagic.analysis: each row pins one rule of name resolution."""
+
+import dataclasses
+
+import pytest
+
+from kfmagic.analysis import AnalysisError, CodeInfo, analyze
+
+# (id, source, reads, assigns, mutates) -- compared as sets.
+CASES = [
+    # --- straight-line order ---
+    ("read", "y = x + 1", {"x"}, {"y"}, set()),
+    ("bound-before-read", "x = 1\ny = x", set(), {"x", "y"}, set()),
+    ("self-assign", "x = x + 1", {"x"}, {"x"}, set()),
+    ("augassign-is-rebinding", "x += 1", {"x"}, {"x"}, set()),
+    ("augassign-after-bind", "x = 0\nx += 1", set(), {"x"}, set()),
+    ("augassign-attr", "x.a += 1", {"x"}, set(), {"x"}),
+    ("augassign-subscript", "x[0] += 1", {"x"}, set(), {"x"}),
+    ("unpacking", "a, (b, *c) = d", {"d"}, {"a", "b", "c"}, set()),
+    ("chained-assign", "a = b = c", {"c"}, {"a", "b"}, set()),
+    ("value-before-target", "x = [x]", {"x"}, {"x"}, set()),
+    ("builtins-kept", "print(len(xs))", {"print", "len", "xs"}, set(), set()),
+    ("dunders-dropped", "if __name__ == '__main__':\n    main(__file__)", {"main"}, set(), set()),
+    # --- branches and loops: textual order ---
+    ("if-branch-binds", "if c:\n    x = 1\nprint(x)", {"c", "print"}, {"x"}, set()),
+    ("for-accumulate", "for i in r:\n    total = total + i", {"r", "total"}, {"i", "total"}, set()),
+    ("for-accumulate-init", "total = 0\nfor i in r:\n    total = total + i", {"r"}, {"total", "i"}, set()),
+    ("for-iter-before-target", "for t in t:\n    pass", {"t"}, {"t"}, set()),
+    ("for-else", "for x in xs:\n    break\nelse:\n    x = None\nprint(x)", {"xs", "print"}, {"x"}, set()),
+    ("while-test-first", "while n < 10:\n    n = 1", {"n"}, {"n"}, set()),
+    ("with-expr-first", "with f() as f:\n    pass", {"f"}, {"f"}, set()),
+    ("with-items-in-order", "with a as b, b as c:\n    pass", {"a"}, {"b", "c"}, set()),
+    (
+        "try-except-as",
+        "try:\n    v = load()\nexcept OSError as e:\n    v = None\nprint(v, e)",
+        {"load", "OSError", "print"},
+        {"v", "e"},
+        set(),
+    ),
+    ("try-import-fallback", "try:\n    import ujson as json\nexcept ImportError:\n    import json", {"ImportError"}, {"json"}, set()),
+    ("walrus-module", "if (n := len(xs)) > 3:\n    print(n)", {"len", "xs", "print"}, {"n"}, set()),
+    # --- functions and lambdas ---
+    ("def-reads-later-global", "def f():\n    return x\nx = 1", {"x"}, {"f", "x"}, set()),
+    ("def-reads-earlier-global", "x = 1\ndef f():\n    return x", set(), {"x", "f"}, set()),
+    ("def-params-local", "def f(a, /, b, *args, k=1, **kw):\n    c = a + b + k\n    return c, args, kw", set(), {"f"}, set()),
+    ("def-local-before-bind", "def f():\n    print(y)\n    y = 1", {"print"}, {"f"}, set()),
+    ("def-default", "def f(a=b):\n    pass", {"b"}, {"f"}, set()),
+    ("def-kwonly-default", "def f(*, k=kd):\n    pass", {"kd"}, {"f"}, set()),
+    ("def-default-not-self", "def f(a=f):\n    pass", {"f"}, {"f"}, set()),
+    ("decorator", "@dec(opt)\ndef f():\n    pass", {"dec", "opt"}, {"f"}, set()),
+    ("decorator-method-call", "@app.route('/')\ndef index():\n    pass", {"app"}, {"index"}, {"app"}),
+    ("param-annotations", "def f(a: T = 1) -> U:\n    pass", {"T", "U"}, {"f"}, set()),
+    ("local-annotation-unevaluated", "def f():\n    x: Local = 1\n    return x", set(), {"f"}, set()),
+    ("recursion", "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)", set(), {"fact"}, set()),
+    ("lambda-later-global", "f = lambda: y\ny = 1", {"y"}, {"f", "y"}, set()),
+    ("lambda-earlier-global", "y = 1\nf = lambda: y", set(), {"y", "f"}, set()),
+    ("lambda-param", "f = lambda y: y * z", {"z"}, {"f"}, set()),
+    ("lambda-default", "f = lambda a=b: a", {"b"}, {"f"}, set()),
+    ("lambda-recursive", "f = lambda n: f(n - 1) if n else 0", set(), {"f"}, set()),
+    ("walrus-in-def-local", "def f():\n    if (n := g()) > 1:\n        return n", {"g"}, {"f"}, set()),
+    ("walrus-in-comp-in-def", "def f():\n    return [n := i for i in r], n", {"r"}, {"f"}, set()),
+    ("global-assign", "def f():\n    global g\n    g = 1", set(), {"f", "g"}, set()),
+    ("global-augassign", "def f():\n    global n\n    n += 1", {"n"}, {"f", "n"}, set()),
+    ("global-read-only", "def f():\n    global g\n    return g", {"g"}, {"f"}, set()),
+    ("global-then-read-in-def", "def f():\n    global g\n    g = 1\n    return g", set(), {"f", "g"}, set()),
+    (
+        "nonlocal",
+        "def outer():\n    v = 1\n    def inner():\n        nonlocal v\n        v += 1\n    return inner",
+        set(),
+        {"outer"},
+        set(),
+    ),
+    (
+        "closure-vs-global",
+        "def outer():\n    v = 1\n    def inner():\n        return v + w\n    return inner",
+        {"w"},
+        {"outer"},
+        set(),
+    ),
+    ("def-mutates-global", "def f():\n    cache.clear()", {"cache"}, {"f"}, {"cache"}),
+    ("def-mutates-bound-global", "cache = {}\ndef f():\n    cache['k'] = 1", set(), {"cache", "f"}, {"cache"}),
+    ("def-mutates-local", "def f():\n    items = []\n    items.append(1)", set(), {"f"}, set()),
+    ("def-import-local", "def f():\n    import json\n    return json.dumps(1)", set(), {"f"}, set()),
+    ("async-def", "async def f():\n    async with lock:\n        await g()", {"lock", "g"}, {"f"}, set()),
+    # --- classes ---
+    ("class-body-order", "class C:\n    a = 1\n    b = a + 1", set(), {"C"}, set()),
+    ("class-body-not-enclosing", "class C:\n    a = 1\n    def m(self):\n        return a", {"a"}, {"C"}, set()),
+    ("class-bases", "class C(Base, metaclass=Meta):\n    pass", {"Base", "Meta"}, {"C"}, set()),
+    ("method-names-own-class", "class C:\n    def m(self):\n        return C()", set(), {"C"}, set()),
+    (
+        "nested-class",
+        "class A:\n    class B:\n        def m(self):\n            return A, B",
+        {"B"},
+        {"A"},
+        set(),
+    ),
+    ("class-comp-element", "class C:\n    a = 1\n    b = [a for _ in range(3)]", {"range", "a"}, {"C"}, set()),
+    ("class-comp-first-iter", "class C:\n    a = [1]\n    b = [y for y in a]", set(), {"C"}, set()),
+    ("class-global", "class C:\n    global g\n    g = 1", set(), {"C", "g"}, set()),
+    # --- comprehensions ---
+    ("comp-var-local", "[x for x in xs]", {"xs"}, set(), set()),
+    ("comp-first-iter-outside", "[x for x in x]", {"x"}, set(), set()),
+    ("comp-nested", "[y for x in xs for y in x if y]", {"xs"}, set(), set()),
+    ("dictcomp", "d = {k: v for k, v in zip(ks, vs)}", {"zip", "ks", "vs"}, {"d"}, set()),
+    ("genexp", "gen = (x * k for x in xs)", {"xs", "k"}, {"gen"}, set()),
+    ("comp-walrus-leaks", "[last := x for x in xs]\nprint(last)", {"xs", "print"}, {"last"}, set()),
+    ("comp-mutates-global", "[out.append(x) for x in xs]", {"out", "xs"}, set(), {"out"}),
+    ("comp-mutates-local", "[x.append(1) for x in xs]", {"xs"}, set(), set()),
+    # --- imports ---
+    ("import-dotted", "import a.b.c\na.b.c.run()", set(), {"a"}, set()),
+    ("import-as", "import a.b as c", set(), {"c"}, set()),
+    ("from-import", "from m import x as y, z", set(), {"y", "z"}, set()),
+    ("imported-not-mutated", "import numpy as np\narr = np.zeros(3)", set(), {"np", "arr"}, set()),
+    ("not-imported-here", "np.zeros(3)", {"np"}, set(), {"np"}),
+    # --- del ---
+    ("del-name", "del x", set(), {"x"}, set()),
+    ("del-then-read", "del x\nprint(x)", {"print"}, {"x"}, set()),
+    ("del-item-attr", "del x[0], y.a", {"x", "y"}, set(), {"x", "y"}),
+    ("del-item-bound", "x = {}\ndel x['k']", set(), {"x"}, {"x"}),
+    # --- f-strings and match ---
+    ("fstring", "s = f'{a!r:>{width}} {b.c}'", {"a", "width", "b"}, {"s"}, set()),
+    (
+        "match-captures",
+        "match p:\n"
+        "    case Point(x=px) if px > lim:\n        pass\n"
+        "    case [a, *rest]:\n        pass\n"
+        "    case {'k': v, **kw}:\n        pass\n"
+        "    case Color.RED as w:\n        pass",
+        {"p", "Point", "lim", "Color"},
+        {"px", "a", "rest", "v", "kw", "w"},
+        set(),
+    ),
+    (
+        "match-guard-and-class",
+        "match cmd:\n    case [verb, obj] if verb == obj:\n        pass\n    case str() | bytes():\n        pass\n"
+        "    case _:\n        pass",
+        {"cmd", "str", "bytes"},
+        {"verb", "obj"},
+        set(),
+    ),
+    # --- annotations ---
+    ("annassign", "x: int = 1", {"int"}, {"x"}, set()),
+    ("annotation-only", "x: int", {"int"}, set(), set()),
+    ("annassign-attr", "self_.x: int = 1", {"self_", "int"}, set(), {"self_"}),
+    # --- mutations ---
+    ("attr-store", "x.a = 1", {"x"}, set(), {"x"}),
+    ("subscript-store", "x[i] = v", {"x", "i", "v"}, set(), {"x"}),
+    ("deep-store", "x.a.b[2] = 3", {"x"}, set(), {"x"}),
+    ("mutation-after-bind", "x = [1]\nx.append(2)", set(), {"x"}, {"x"}),
+    ("method-inplace", "df.fillna(0, inplace=True)", {"df"}, set(), {"df"}),
+    ("method-fit", "model.fit(X)", {"model", "X"}, set(), {"model"}),
+    ("method-chain", "x.a.b()", {"x"}, set(), {"x"}),
+    ("method-on-item", "x[0].update()", {"x"}, set(), {"x"}),
+    ("method-on-column", "df['c'].fillna(0, inplace=True)", {"df"}, set(), {"df"}),
+    ("method-after-call", "x.a().b()", {"x"}, set(), {"x"}),
+    ("plain-call", "f(x)", {"f", "x"}, set(), set()),
+    ("method-on-call-result", "f(x).append(1)", {"f", "x"}, set(), set()),
+    ("method-on-literal", "s = '-'.join(parts)", {"parts"}, {"s"}, set()),
+    # --- IPython rewrites and top-level await ---
+    ("line-magic", "get_ipython().run_line_magic('time', 'x = 1')", {"get_ipython"}, set(), set()),
+    ("shell-capture", "z = get_ipython().getoutput('ls')", {"get_ipython"}, {"z"}, set()),
+    ("top-level-await", "result = await fetch(url)", {"fetch", "url"}, {"result"}, set()),
+    ("top-level-async-for", "async for item in stream():\n    seen.add(item)", {"stream", "seen"}, {"item"}, {"seen"}),
+]
+
+
+@pytest.mark.parametrize("source, reads, assigns, mutates", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_names(source, reads, assigns, mutates):
+    info = analyze(source)
+    assert (set(info.reads), set(info.assigns), set(info.mutates)) == (reads, assigns, mutates)
+
+
+def test_case_ids_unique():
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+ORDER_CASES = [
+    ("y = b + a\nprint(c)", "reads", ("b", "a", "print", "c")),
+    ("import os\nz, y = 1, 2\ndef f():\n    pass\nclass K:\n    pass", "assigns", ("os", "z", "y", "f", "K")),
+    ("b.x = 1\na.y()\nb.z()", "mutates", ("b", "a")),
+    ("x = x + x\nx.y = x", "reads", ("x",)),
+]
+
+
+@pytest.mark.parametrize("source, field, expected", ORDER_CASES)
+def test_order_of_first_occurrence(source, field, expected):
+    assert getattr(analyze(source), field) == expected
+
+
+@pytest.mark.parametrize(
+    "source, imports",
+    [
+        ("import a.b.c", ("a",)),
+        ("import b.c\nfrom a import x\nimport b\nfrom .rel import y\ndef f():\n    import c", ("b", "a", "c")),
+        ("from . import sibling\nfrom ..pkg import thing", ()),
+        ("try:\n    import ujson as json\nexcept ImportError:\n    import json", ("ujson", "json")),
+        ("x = 1", ()),
+    ],
+)
+def test_imports(source, imports):
+    assert analyze(source).imports == imports
+
+
+@pytest.mark.parametrize(
+    "source, star",
+    [
+        ("from a import *\nfrom b.c import *", ("a", "b.c")),
+        ("from .m import *", (".m",)),
+        ("from a import x", ()),
+    ],
+)
+def test_star_imports(source, star):
+    info = analyze(source)
+    assert info.star_imports == star
+
+
+def test_star_import_still_counts_as_import():
+    assert analyze("from os.path import *").imports == ("os",)
+
+
+@pytest.mark.parametrize(
+    "source, lineno",
+    [
+        ("x = (1,", 1),
+        ("a = 1\nb = = 2", 2),
+        ("a = 1\n  b = 2", 2),
+        ("def f():\n    from m import *", 2),
+        ("x = 1\nreturn x", 2),
+        ("nonlocal x", 1),
+    ],
+)
+def test_syntax_error(source, lineno):
+    with pytest.raises(AnalysisError) as caught:
+        analyze(source)
+    error = caught.value
+    assert isinstance(error, ValueError)
+    assert error.lineno == lineno
+    assert error.message.startswith(f"line {lineno}: ") and len(error.message) > len(f"line {lineno}: ")
+    assert str(error) == error.message
+
+
+def test_analysis_error_without_line():
+    error = AnalysisError("bad code")
+    assert (str(error), error.lineno) == ("bad code", None)
+
+
+def test_code_info_is_frozen_tuples():
+    info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
+    assert info == CodeInfo(("y",), ("os", "x"), ("x",), ("os", "m"), ("m",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.reads = ()
