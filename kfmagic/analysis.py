@@ -67,18 +67,18 @@ class _Scope:
     # comprehensions: every local name, known up front as Python's compiler knows it.
     local: set[str] = field(default_factory=set)
     declared_global: set[str] = field(default_factory=set)
-    declared_nonlocal: set[str] = field(default_factory=set)
     assigned_globals: set[str] = field(default_factory=set)  # `global` names bound so far in text
 
 
 def _function_scope(body: list[ast.AST], params: set[str]) -> _Scope:
-    """A def/lambda scope: the names its body binds (not nested scopes') plus its parameters."""
+    """A def/lambda scope: the names its body binds (not nested scopes') plus its parameters.
+
+    `nonlocal` names stay in it: they are locals of an enclosing function, which resolves the same.
+    """
     scan = _Bindings()
     for node in body:
         scan.visit(node)
-    return _Scope(
-        "function", (scan.names | params) - scan.globals - scan.nonlocals, scan.globals, scan.nonlocals
-    )
+    return _Scope("function", (scan.names | params) - scan.globals, scan.globals)
 
 
 class _Bindings(ast.NodeVisitor):
@@ -86,7 +86,7 @@ class _Bindings(ast.NodeVisitor):
     and comprehension walruses, which bind here)."""
 
     def __init__(self):
-        self.names, self.globals, self.nonlocals = set(), set(), set()
+        self.names, self.globals = set(), set()
         self._in_comprehension = 0
 
     def visit_Name(self, node):
@@ -121,9 +121,6 @@ class _Bindings(ast.NodeVisitor):
     def visit_Global(self, node):
         self.globals.update(node.names)
 
-    def visit_Nonlocal(self, node):
-        self.nonlocals.update(node.names)
-
     def visit_ExceptHandler(self, node):
         if node.name:
             self.names.add(node.name)
@@ -143,14 +140,13 @@ def _import_binding(alias: ast.alias) -> str:
 
 
 def _root(node: ast.AST) -> str | None:
-    """The name a receiver chain starts at: `x` for `x.a[0].b`, `x.a().b`; None for `f(x).b`."""
-    while True:
-        if isinstance(node, (ast.Attribute, ast.Subscript)):
-            node = node.value
-        elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Subscript)):
-            node = node.func
-        else:
-            return node.id if isinstance(node, ast.Name) else None
+    """The name a receiver chain starts at: `x` for `x.a[0].b`; None for `f(x).b`.
+
+    A chain through a method call (`x.a().b`) needs no case here: the call already mutates `x`.
+    """
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 class _Walker(ast.NodeVisitor):
@@ -190,7 +186,7 @@ class _Walker(ast.NodeVisitor):
                 continue  # class bodies do not enclose the functions defined in them
             if name in scope.declared_global:
                 break
-            if name in scope.local or name in scope.declared_nonlocal:
+            if name in scope.local:
                 return None
         return name in self.scopes[0].local or any(name in s.assigned_globals for s in self.scopes)
 
@@ -342,8 +338,8 @@ class _Walker(ast.NodeVisitor):
     def visit_ClassDef(self, node):
         for expr in [*node.decorator_list, *node.bases, *node.keywords]:
             self.visit(expr)
-        declared = _function_scope(node.body, set())
-        self.scopes = [*self.scopes, _Scope("class", set(), declared.declared_global, declared.declared_nonlocal)]
+        declared = _function_scope(node.body, set()).declared_global
+        self.scopes = [*self.scopes, _Scope("class", set(), declared)]
         for child in node.body:
             self.visit(child)
         self.scopes = self.scopes[:-1]
