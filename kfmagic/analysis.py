@@ -44,13 +44,16 @@ def analyze(source: str) -> CodeInfo:
             # Parsing alone accepts some code the compiler rejects (`return` outside a function,
             # `import *` in a def, `nonlocal` at module level); the cell would fail when run.
             compile(tree, "<cell>", "exec", flags)
+        walker = _Walker()
+        walker.visit(tree)
     except SyntaxError as error:
         prefix = f"line {error.lineno}: " if error.lineno else ""
         raise AnalysisError(prefix + str(error.msg), error.lineno) from error
     except ValueError as error:  # null bytes in the source (Python < 3.12)
         raise AnalysisError(str(error)) from error
-    walker = _Walker()
-    walker.visit(tree)
+    except RecursionError:  # parsing and the walk recurse per nesting level (a sum of 500 terms)
+        message = "the code is nested too deeply to analyse; split the longest expression"
+        raise AnalysisError(message) from None
     return CodeInfo(
         reads=tuple(walker.reads),
         assigns=tuple(walker.assigns),
@@ -349,11 +352,8 @@ class _Walker(ast.NodeVisitor):
         """The first iterable is evaluated outside; loop variables stay inside (Python 3)."""
         generators = node.generators
         self.visit(generators[0].iter)
-        local = set()
-        for generator in generators:
-            local |= {
-                n.id for n in ast.walk(generator.target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-            }
+        targets = [n for g in generators for n in ast.walk(g.target) if isinstance(n, ast.Name)]
+        local = {n.id for n in targets if isinstance(n.ctx, ast.Store)}
         self.scopes = [*self.scopes, _Scope("comprehension", local)]
         for index, generator in enumerate(generators):
             if index:

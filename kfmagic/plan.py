@@ -117,6 +117,7 @@ class _Step:
     after: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
     metrics: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # every other magic option, merged over the cells
 
 
 def build_plan(name, experiment, cells, explain_missing=None):
@@ -217,7 +218,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
                 outputs=tuple(dict.fromkeys(outputs)),
                 keep=tuple(keep),
                 metrics=tuple(dict.fromkeys(step.metrics)),
-                options={},
+                options=dict(step.options),
             )
         )
     return Plan(name, experiment, tuple(planned), prelude, params, tuple(dict.fromkeys(warnings)))
@@ -236,6 +237,7 @@ def _collect_steps(cells, problems):
             step.after += options.get("after", [])
             step.outputs += [v for v in options.get("outputs", []) if v not in step.outputs]
             step.metrics += [v for v in options.get("metrics", []) if v not in step.metrics]
+            _merge_options(step, cell, options, problems)
             try:
                 info = _analyze(cell.spec.code)
             except AnalysisError as error:
@@ -251,6 +253,24 @@ def _collect_steps(cells, problems):
             step.changes.update(info.assigns, info.mutates)
             step.assigns += [v for v in (*info.assigns, *info.mutates) if v not in step.assigns]
     return list(steps.values())
+
+
+_LIST_OPTIONS = ("after", "outputs", "metrics")
+
+
+def _merge_options(step, cell, options, problems):
+    """A step's options are the union of its cells' options; two cells may not disagree."""
+    for key, value in options.items():
+        if key in _LIST_OPTIONS or value in (None, [], False):
+            continue
+        if isinstance(value, list):
+            step.options.setdefault(key, [])
+            step.options[key] += [item for item in value if item not in step.options[key]]
+        elif step.options.setdefault(key, value) != value:
+            problems.append(
+                f"Step {step.name!r} ({cell.label}): --{key.replace('_', '-')} {value!r} contradicts "
+                f"{step.options[key]!r} given on another cell of the step; give it once."
+            )
 
 
 def _missing_name(step, var, steps, explain_missing):

@@ -37,12 +37,24 @@ CASES = [
         {"v", "e"},
         set(),
     ),
-    ("try-import-fallback", "try:\n    import ujson as json\nexcept ImportError:\n    import json", {"ImportError"}, {"json"}, set()),
+    (
+        "try-import-fallback",
+        "try:\n    import ujson as json\nexcept ImportError:\n    import json",
+        {"ImportError"},
+        {"json"},
+        set(),
+    ),
     ("walrus-module", "if (n := len(xs)) > 3:\n    print(n)", {"len", "xs", "print"}, {"n"}, set()),
     # --- functions and lambdas ---
     ("def-reads-later-global", "def f():\n    return x\nx = 1", {"x"}, {"f", "x"}, set()),
     ("def-reads-earlier-global", "x = 1\ndef f():\n    return x", set(), {"x", "f"}, set()),
-    ("def-params-local", "def f(a, /, b, *args, k=1, **kw):\n    c = a + b + k\n    return c, args, kw", set(), {"f"}, set()),
+    (
+        "def-params-local",
+        "def f(a, /, b, *args, k=1, **kw):\n    c = a + b + k\n    return c, args, kw",
+        set(),
+        {"f"},
+        set(),
+    ),
     ("def-comp-var-not-local", "def f():\n    [i for i in r]\n    return i", {"r", "i"}, {"f"}, set()),
     ("def-local-before-bind", "def f():\n    print(y)\n    y = 1", {"print"}, {"f"}, set()),
     ("def-default", "def f(a=b):\n    pass", {"b"}, {"f"}, set()),
@@ -162,7 +174,13 @@ CASES = [
     ("line-magic", "get_ipython().run_line_magic('time', 'x = 1')", {"get_ipython"}, set(), set()),
     ("shell-capture", "z = get_ipython().getoutput('ls')", {"get_ipython"}, {"z"}, set()),
     ("top-level-await", "result = await fetch(url)", {"fetch", "url"}, {"result"}, set()),
-    ("top-level-async-for", "async for item in stream():\n    seen.add(item)", {"stream", "seen"}, {"item"}, {"seen"}),
+    (
+        "top-level-async-for",
+        "async for item in stream():\n    seen.add(item)",
+        {"stream", "seen"},
+        {"item"},
+        {"seen"},
+    ),
 ]
 
 
@@ -239,6 +257,12 @@ def test_syntax_error(source, lineno):
     assert error.lineno == lineno
     assert error.message.startswith(f"line {lineno}: ") and len(error.message) > len(f"line {lineno}: ")
     assert str(error) == error.message
+
+
+@pytest.mark.parametrize("terms", [1000, 100_000])  # too deep for the walk; for the parser too
+def test_too_deep_is_an_analysis_error(terms):
+    with pytest.raises(AnalysisError, match="nested too deeply"):
+        analyze("x = " + " + ".join(["a"] * terms))
 
 
 def test_analysis_error_without_line():
