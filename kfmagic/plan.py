@@ -118,6 +118,7 @@ class _Step:
     outputs: list = field(default_factory=list)
     metrics: list = field(default_factory=list)
     options: dict = field(default_factory=dict)  # every other magic option, merged over the cells
+    star_imports: bool = False
 
 
 def build_plan(name, experiment, cells, explain_missing=None):
@@ -139,7 +140,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
         provided_by_prelude.update(info.assigns)
         prelude_star.extend(info.star_imports)
 
-    steps = _collect_steps(cells, problems)
+    steps = _collect_steps(cells, provided_by_prelude, problems)
     if not steps:
         problems.append("The pipeline has no steps: mark a cell with `%%step NAME` (see %%step?).")
         raise PlanError(problems)
@@ -154,7 +155,6 @@ def build_plan(name, experiment, cells, explain_missing=None):
                 problems.append(f"Step {step.name!r}: --after {upstream}: no such step.{hint}")
 
     after_ancestors = _closure({s.name: [u for u in s.after if u in by_name and u != s.name] for s in steps})
-    after_descendants = {s.name: {d for d in by_name if s.name in after_ancestors[d]} for s in steps}
 
     inputs = {step.name: {} for step in steps}
     step_params = {step.name: [] for step in steps}
@@ -162,9 +162,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
         candidates = [
             other
             for other in steps
-            if (other.index < step.index or other.name in after_ancestors[step.name])
-            and other.name not in after_descendants[step.name]
-            and other is not step
+            if (other.index < step.index or other.name in after_ancestors[step.name]) and other is not step
         ]
         for var in step.reads:
             writers = [other for other in candidates if var in other.changes]
@@ -172,8 +170,10 @@ def build_plan(name, experiment, cells, explain_missing=None):
                 inputs[step.name][var] = max(writers, key=lambda other: other.index).name
             elif var in params:
                 step_params[step.name].append(var)
-            elif var in provided_by_prelude or var in RUNTIME_NAMES or hasattr(builtins, var) or prelude_star:
+            elif var in provided_by_prelude or var in RUNTIME_NAMES or hasattr(builtins, var):
                 continue
+            elif prelude_star or step.star_imports:
+                continue  # the star import may provide it; only running the code can tell
             else:
                 problems.append(_missing_name(step, var, steps, explain_missing))
 
@@ -185,7 +185,9 @@ def build_plan(name, experiment, cells, explain_missing=None):
                         f"Step {step.name!r}: {option} {var}: the step's code never assigns {var!r}."
                     )
 
-    upstream = {s.name: sorted(set(s.after) & set(by_name) | set(inputs[s.name].values())) for s in steps}
+    upstream = {
+        s.name: sorted((set(s.after) & set(by_name) | set(inputs[s.name].values())) - {s.name}) for s in steps
+    }
     order = _topological(steps, upstream, problems)
     if problems:
         raise PlanError(problems)
@@ -224,8 +226,12 @@ def build_plan(name, experiment, cells, explain_missing=None):
     return Plan(name, experiment, tuple(planned), prelude, params, tuple(dict.fromkeys(warnings)))
 
 
-def _collect_steps(cells, problems):
-    """Group step cells by name in notebook order and analyse each step's code as one."""
+def _collect_steps(cells, prelude_names, problems):
+    """Group step cells by name in notebook order and analyse each step's code as one.
+
+    Calling a method on a prelude name (`np.zeros(3)`) is not a change worth marshalling: every
+    step runs the prelude afresh, so only rebinding a prelude name makes a step its provider.
+    """
     steps = {}
     for cell in cells:
         if cell.spec.kind == "step":
@@ -244,14 +250,16 @@ def _collect_steps(cells, problems):
                 problems.append(f"Step {step.name!r} ({cell.label}): {error}")
                 continue
             for module in info.star_imports:
+                step.star_imports = True
                 problems.append(
                     f"Step {step.name!r} ({cell.label}): `from {module} import *` hides which names the "
                     "step defines. Import the names you use, or move the import to the %%prelude."
                 )
             step.reads += [v for v in info.reads if v not in bound and v not in step.reads]
             bound.update(info.assigns)
-            step.changes.update(info.assigns, info.mutates)
-            step.assigns += [v for v in (*info.assigns, *info.mutates) if v not in step.assigns]
+            mutates = [v for v in info.mutates if v not in prelude_names or v in bound]
+            step.changes.update(info.assigns, mutates)
+            step.assigns += [v for v in (*info.assigns, *mutates) if v not in step.assigns]
     return list(steps.values())
 
 

@@ -1,0 +1,203 @@
+"""The planner: data edges, --after edges, and every plan-time error with its hint."""
+
+import pytest
+
+from kfmagic.errors import CellSyntaxError, PlanError
+from kfmagic.registry import Pipeline
+from kfmagic.syntax import parse_cell
+
+
+def pipeline_of(*sources, explain=None):
+    pipeline = Pipeline(explain_missing=explain)
+    for number, source in enumerate(sources, 1):
+        pipeline.add(parse_cell(source), label=f"cell {number}")
+    return pipeline
+
+
+def problems(*sources, **kwargs):
+    with pytest.raises(PlanError) as caught:
+        pipeline_of(*sources, **kwargs).plan()
+    return caught.value.problems
+
+
+def test_inputs_come_from_the_latest_earlier_writer_and_order_follows_data():
+    plan = pipeline_of(
+        "%%step a\nx = 1\ny = 2",
+        "%%step b\nx = y + 1",
+        "%%step c\nprint(x, y)",
+    ).plan()
+    assert [s.name for s in plan.steps] == ["a", "b", "c"]
+    assert plan.step("c").inputs == {"x": "b", "y": "a"}
+    assert plan.step("c").upstream == ("a", "b")
+    assert plan.step("a").outputs == ("y",)  # a's x is overwritten by b before anyone reads it
+    assert plan.step("b").outputs == ("x",)
+
+
+def test_in_place_mutation_makes_a_step_the_provider():
+    plan = pipeline_of(
+        "%%step make\nitems = []",
+        "%%step grow\nitems.append(1)",
+        "%%step use\nprint(len(items))",
+    ).plan()
+    assert plan.step("use").inputs == {"items": "grow"}
+    assert plan.step("grow").inputs == {"items": "make"}
+
+
+def test_after_edges_are_kept_without_data_and_marked_explicit():
+    plan = pipeline_of("%%step a\nx = 1", "%%step b\nopen('flag', 'w')", "%%step c --after b\nprint(x)").plan()
+    c = plan.step("c")
+    assert c.upstream == ("a", "b") and c.after == ("b",) and c.inferred == ("a",)
+
+
+def test_after_can_name_a_step_registered_later():
+    plan = pipeline_of("%%step report --after train\nprint('done')", "%%step train\nmodel = 1").plan()
+    assert [s.name for s in plan.steps] == ["train", "report"]
+
+
+def test_independent_steps_have_no_edge_and_keep_notebook_order():
+    plan = pipeline_of("%%step a\nx = 1", "%%step b\ny = x", "%%step c\nz = x").plan()
+    assert plan.step("b").upstream == ("a",) and plan.step("c").upstream == ("a",)
+    assert [s.name for s in plan.steps] == ["a", "b", "c"]
+
+
+def test_prelude_params_builtins_and_runtime_names_are_not_inputs():
+    plan = pipeline_of(
+        "%%prelude\nimport math\ndef helper(v):\n    return v * 2",
+        "%%params\nrate = 0.5\nname = 'x'",
+        "%%step a\nresult = helper(math.floor(rate * len(name)))\ndisplay(result)\nprint(sorted([3, 1]))",
+    ).plan()
+    step = plan.step("a")
+    assert step.inputs == {} and step.params == ("rate", "name")
+    assert plan.params == {"rate": 0.5, "name": "x"}
+
+
+def test_prelude_method_calls_do_not_make_a_step_a_provider():
+    plan = pipeline_of("%%prelude\nimport random", "%%step a\nrandom.seed(1)", "%%step b\nv = random.random()").plan()
+    assert plan.step("b").inputs == {} and plan.step("b").upstream == ()
+
+
+def test_a_step_over_several_cells_reads_what_its_earlier_cells_assign():
+    plan = pipeline_of(
+        "%%step load\nraw = [1, 2]",
+        "%%step prep\ncleaned = [v for v in raw]",
+        "%%step other\nunrelated = 1",
+        "%%step prep --outputs total\ntotal = sum(cleaned)",
+    ).plan()
+    prep = plan.step("prep")
+    assert len(prep.parts) == 2 and prep.inputs == {"raw": "load"}
+    assert "total" in prep.outputs and "cleaned" in prep.keep
+
+
+def test_leaf_steps_keep_everything_they_assign_others_only_what_is_read():
+    plan = pipeline_of("%%step a\nx = 1\nscratch = 2", "%%step b\ny = x + 1\nz = 3").plan()
+    assert plan.step("a").outputs == ("x",) and plan.step("a").keep == ()
+    assert plan.step("b").keep == ("y", "z")
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems("%%step a --after nowhere\nx = missing_one", "%%step b\ny = missing_two")
+    assert len(found) == 3
+    assert any("--after nowhere: no such step" in p for p in found)
+    assert any("'missing_one'" in p for p in found) and any("'missing_two'" in p for p in found)
+
+
+def test_unknown_after_suggests_the_close_name():
+    [problem] = problems("%%step train_model\nm = 1", "%%step report --after train_modle\nprint(1)")
+    assert "Step 'report': --after train_modle: no such step. Did you mean 'train_model'?" == problem
+
+
+def test_cycle_names_its_steps():
+    [problem] = problems("%%step a --after b\nx = 1", "%%step b --after a\ny = 2")
+    assert "cycle" in problem and "a -> b -> a" in problem or "b -> a -> b" in problem
+
+
+def test_cycle_through_data_and_after():
+    [problem] = problems("%%step a --after b\nx = 1", "%%step b\ny = x")
+    assert "The steps form a cycle: " in problem and ("a -> b -> a" in problem or "b -> a -> b" in problem)
+
+
+def test_name_only_a_later_step_provides():
+    [problem] = problems("%%step report\nprint(model)", "%%step train\nmodel = 'svm'")
+    assert "Step 'report' reads 'model', which only the later step 'train' assigns" in problem
+    assert "Move the cell of 'train' above 'report'" in problem and "--after train" in problem
+
+
+def test_name_nothing_provides_with_and_without_a_kernel_hint():
+    [plain] = problems("%%step a\nprint(df)")
+    assert "Step 'a' reads 'df', but no step, prelude or parameter provides it." in plain
+    assert "%%prelude" in plain
+    [hinted] = problems("%%step a\nprint(df)", explain=lambda name: f"The kernel has {name} from In [3].")
+    assert hinted.endswith("The kernel has df from In [3].")
+
+
+def test_parallel_writers_of_one_name_warn_which_wins():
+    plan = pipeline_of(
+        "%%step left\nconfig = {'side': 'l'}",
+        "%%step right\nconfig = {'side': 'r'}",
+        "%%step merge --after left\nprint(config)",
+    ).plan()
+    assert plan.step("merge").inputs == {"config": "right"}
+    [warning] = plan.warnings
+    assert "'left' and 'right' both change 'config'" in warning and "gets it from 'right'" in warning
+
+
+def test_star_import_in_a_step_is_an_error_but_allowed_in_the_prelude():
+    [problem] = problems("%%step a\nfrom math import *\nv = floor(1.5)")
+    assert "`from math import *`" in problem and "%%prelude" in problem
+    plan = pipeline_of("%%prelude\nfrom math import *", "%%step a\nv = floor(1.5)").plan()
+    assert plan.step("a").inputs == {}
+
+
+def test_outputs_and_metrics_must_be_assigned_by_the_step():
+    found = problems("%%step a --outputs ghost --metrics acc\nx = 1")
+    assert "Step 'a': --outputs ghost: the step's code never assigns 'ghost'." in found
+    assert "Step 'a': --metrics acc: the step's code never assigns 'acc'." in found
+
+
+def test_syntax_error_in_a_step_names_step_cell_and_line():
+    [problem] = problems("%%step a\nx = 1\ny = (")
+    assert problem.startswith("Step 'a' (cell 1): line 3")
+
+
+def test_no_steps():
+    [problem] = problems("%%prelude\nimport os")
+    assert "no steps" in problem and "%%step NAME" in problem
+
+
+def test_after_itself():
+    [problem] = problems("%%step a --after a\nx = 1")
+    assert "--after a names the step itself" in problem
+
+
+def test_param_overrides_are_typed_by_their_defaults():
+    plan = pipeline_of("%%params\nrate = 0.5\nepochs = 3\nname = 'x'\nflag = True\nlayers = [1, 2]", "%%step a\nv = 1").plan()
+    assert plan.resolve_params({"rate": "1", "epochs": "7", "name": "42", "flag": "false", "layers": "[3]"}) == {
+        "rate": 1.0, "epochs": 7, "name": "42", "flag": False, "layers": [3]
+    }
+    with pytest.raises(CellSyntaxError, match=r"--param epochs='many': expected a int like the default 3, got a str"):
+        plan.resolve_params({"epochs": "many"})
+    with pytest.raises(CellSyntaxError, match=r"--param rat: no such parameter. Did you mean 'rate'\?"):
+        plan.resolve_params({"rat": "1"})
+
+
+def test_rerunning_a_cell_replaces_it():
+    pipeline = Pipeline()
+    pipeline.add(parse_cell("%%step a\nx = 1"), cell_id="c1")
+    pipeline.add(parse_cell("%%step b\ny = x"), cell_id="c2")
+    pipeline.add(parse_cell("%%step a\nx = 2"), cell_id="c1")
+    assert [c.spec.source for c in pipeline.cells] == ["%%step a\nx = 2", "%%step b\ny = x"]
+    pipeline.add(parse_cell("%%step b\ny = x"))  # no cell id: known by its text
+    pipeline.add(parse_cell("%%step b\ny = x"))
+    assert len(pipeline.cells) == 3
+    pipeline.forget_cell("c1")
+    assert [c.spec.name for c in pipeline.cells] == ["b", "b"]
+
+
+def test_conflicting_options_over_cells_of_one_step():
+    pipeline = Pipeline()
+    for source in ("%%step a\nx = 1", "%%step a\ny = 2"):
+        pipeline.add(parse_cell(source))
+    pipeline.cells[1].spec.options["image"] = "python:3.12"
+    pipeline.cells[0].spec.options["image"] = "python:3.11"
+    with pytest.raises(PlanError, match="contradicts"):
+        pipeline.plan()
