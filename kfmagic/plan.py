@@ -37,6 +37,7 @@ class StepPlan:
     params: tuple  # parameters the step reads
     outputs: tuple  # variables it must save (read downstream, --outputs, --metrics)
     keep: tuple  # variables it saves if it can (a leaf step keeps what it assigns)
+    assigns: tuple  # every variable its code assigns or changes in place
     metrics: tuple
     options: dict
 
@@ -219,6 +220,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
                 params=tuple(dict.fromkeys(step_params[step_name])),
                 outputs=tuple(dict.fromkeys(outputs)),
                 keep=tuple(keep),
+                assigns=tuple(step.assigns),
                 metrics=tuple(dict.fromkeys(step.metrics)),
                 options=dict(step.options),
             )

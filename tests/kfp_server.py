@@ -58,10 +58,25 @@ Differences from a real cluster that tests should know about
 * ``runtime_config.pipeline_root`` sent by the client is recorded but ignored;
   the response shows the local pipeline root actually used.
 * Caching is off unless ``KfpServer(enable_caching=True)``.
+* Run parameters are converted to the pipeline's declared input types before
+  kfp.local sees them (an ``int`` for a ``float`` input becomes a float), as
+  the real backend does; kfp.local alone would reject the run.
+* ``run_details.task_details`` lists one entry per executed task
+  (``display_name`` = the task's name in the DAG); the driver/DAG/root entries
+  a real Argo-backed server adds are not emulated.
 * ``kfp.Client.wait_for_run_completion`` does not treat CANCELED as final
   (kfp 2.17.3 ``finish_states = ['succeeded', 'failed', 'skipped', 'error']``)
   and sleeps 5 s by default: pass ``sleep_duration=`` or use
   ``server.wait_for_run``.
+
+Helpers for assertions
+----------------------
+``server.run_outputs(run_id)`` (Path), ``server.artifact_path(run_id, task,
+output)``, ``server.task_outputs(run_id)``, ``server.pipeline_outputs(run_id)``,
+``server.run_log(run_id)``, ``server.get_run(run_id)`` (the API dict) and
+``server.wait_for_run(run_id, timeout)`` (final state *and* worker gone).
+``server.pipelines`` / ``versions`` / ``experiments`` / ``runs`` hold the
+server's state.
 
 Auth and error-injection hooks
 ------------------------------

@@ -12,6 +12,7 @@ FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 @dataclass
 class StepRun:
     name: str
+    assigns: tuple = ()  # what the step's code assigns: tells which step has a name's last value
     state: str = "PENDING"
     started: float | None = None
     finished: float | None = None
@@ -56,22 +57,27 @@ class Run:
     def load(self, name, step=None):
         """A value this run produced, loaded into the caller (the kernel's namespace is not touched).
 
-        Without `step`, the value comes from the last step (in plan order) that saved `name`.
+        Without `step`, the value comes from the last step (in plan order) that assigns `name`:
+        the value it would have after running the notebook top to bottom.
         """
         if step is not None and step not in self.steps:
             raise KfmagicError(f"run.load({name!r}, step={step!r}): no step {step!r} in this run. Steps: {', '.join(self.steps)}.")
-        candidates = [self.steps[step]] if step else reversed(self.steps.values())
-        for candidate in candidates:
-            if name in candidate.saved:
-                return serde.load(candidate.saved[name]["path"])
-        saved = sorted({var for s in self.steps.values() for var in s.saved})
-        where = f"step {step!r}" if step else "no step of this run"
-        skipped = [s.name for s in self.steps.values() if name in s.skipped]
-        why = f" ({skipped[0]} could not keep it: {self.steps[skipped[0]].skipped[name]})" if skipped else ""
-        raise KfmagicError(
-            f"run.load({name!r}): {where} saved {name!r}{why}. Saved values: {', '.join(saved) or 'none'}. "
-            "A step keeps the names later steps read, its --outputs, and, for a last step, all it assigns."
-        )
+        if step is None:
+            writers = [s.name for s in self.steps.values() if name in s.assigns or name in s.saved]
+            step = writers[-1] if writers else None
+        found = self.steps.get(step)
+        if found is not None and name in found.saved:
+            return serde.load(found.saved[name]["path"])
+        if found is None:
+            saved = sorted({var for s in self.steps.values() for var in s.saved})
+            raise KfmagicError(f"run.load({name!r}): no step of this run assigns {name!r}. Saved values: {', '.join(saved) or 'none'}.")
+        if name in found.skipped:
+            why = f"it could not be kept: {found.skipped[name]}"
+        elif found.state != "SUCCEEDED":
+            why = f"the step did not finish ({found.state})"
+        else:
+            why = f"no later step reads it; add `--outputs {name}` to step {step!r} to keep it"
+        raise KfmagicError(f"run.load({name!r}): step {step!r} has the value, but did not save it: {why}.")
 
     def failure_message(self):
         failed = [s for s in self.steps.values() if s.state == "FAILED"]

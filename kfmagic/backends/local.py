@@ -116,7 +116,7 @@ def run(plan, params, workdir, workers, progress):
     run_id = new_run_id(plan.name)
     run_dir = os.path.join(workdir, RUNS_DIR, run_id)
     specs = write_specs(plan, params, run_dir)
-    steps = {step.name: StepRun(step.name) for step in plan.steps}
+    steps = {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
     record = Run(run_id, plan.name, "local", steps, dict(params), run_dir=run_dir, state="RUNNING")
     with open(os.path.join(run_dir, "run.json"), "w") as file:
         json.dump({"id": run_id, "pipeline": plan.name, "params": params}, file)

@@ -1,0 +1,146 @@
+"""Local runs through the SDK (no kernel): processes, marshalling, failures and their messages."""
+
+import io
+import os
+
+import pytest
+
+from kfmagic.display import TextProgress
+from kfmagic.errors import KfmagicError, RunFailed
+from kfmagic.registry import Pipeline
+from kfmagic.syntax import parse_cell
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """run(*cell sources, **run kwargs) -> (Run, everything the progress printed)."""
+    monkeypatch.chdir(tmp_path)
+
+    def run_pipeline(*sources, **kwargs):
+        pipeline = Pipeline(name="test")
+        for number, source in enumerate(sources, 1):
+            pipeline.add(parse_cell(source), label=f"cell {number}")
+        out = io.StringIO()
+        try:
+            result = pipeline.run(progress=TextProgress(out), **kwargs)
+        except RunFailed as failure:
+            failure.run.printed, failure.run.message = out.getvalue(), str(failure)
+            return failure.run
+        result.printed, result.message = out.getvalue(), ""
+        return result
+
+    return run_pipeline
+
+
+def test_values_flow_between_processes_and_load_back(run):
+    result = run(
+        "%%prelude\nimport os",
+        "%%step a\nimport numpy as np\narr = np.arange(5)\npid_a = os.getpid()",
+        "%%step b --metrics total\ntotal = int(arr.sum())\nsame_process = os.getpid() == pid_a",
+    )
+    assert result.state == "SUCCEEDED" and result.metrics == {"b": {"total": 10.0}}
+    assert result.load("same_process") is False and result.load("arr").tolist() == [0, 1, 2, 3, 4]
+    assert result.load("pid_a") != os.getpid()  # never in this process
+    assert result.steps["b"].saved["total"]["type"] == "int"
+
+
+def test_steps_run_in_the_working_directory(run, tmp_path):
+    (tmp_path / "data.txt").write_text("hello")
+    result = run("%%step read\ntext = open('data.txt').read()")
+    assert result.load("text") == "hello"
+    assert os.path.isdir(tmp_path / ".kfmagic" / "runs" / result.id)
+
+
+def _overlap(result, a, b):
+    first, second = result.steps[a], result.steps[b]
+    return first.started < second.finished and second.started < first.finished
+
+
+def test_independent_steps_overlap_and_workers_limit_them(run):
+    cells = ("%%step a\nimport time\ntime.sleep(0.8)\nx = 1", "%%step b\nimport time\ntime.sleep(0.8)\ny = 2")
+    assert _overlap(run(*cells, workers=2), "a", "b")
+    assert not _overlap(run(*cells, workers=1), "a", "b")
+
+
+def test_output_streams_prefixed_by_step(run):
+    result = run("%%step talk\nimport sys\nprint('to out')\nprint('to err', file=sys.stderr)")
+    assert "[talk] to out" in result.printed and "[talk] done" in result.printed
+
+
+def test_failure_shows_user_lines_stops_descendants_and_keeps_finished_outputs(run):
+    result = run(
+        "%%step a\nx = 1",
+        "%%step bad\ny = x + 1\n\nz = y / 0",
+        "%%step after_bad\nprint(z)",
+        "%%step branch\nw = x * 10",
+    )
+    assert result.state == "FAILED"
+    assert [result.steps[n].state for n in ("a", "bad", "after_bad", "branch")] == [
+        "SUCCEEDED", "FAILED", "SKIPPED", "SUCCEEDED"
+    ]
+    error = result.steps["bad"].error
+    assert 'File "step bad, cell 2", line 4, in <module>' in error and "z = y / 0" in error
+    assert "ZeroDivisionError: division by zero" in error and "runtime.py" not in error
+    assert "Step 'bad' failed: ZeroDivisionError: division by zero" in result.message
+    assert "Not run: after_bad." in result.message
+    assert result.load("w") == 10 and result.load("x") == 1
+
+
+def test_unpicklable_value_names_variable_type_and_step(run):
+    result = run("%%step make\nnumbers = (n for n in range(3))", "%%step use\nprint(list(numbers))")
+    error = result.steps["make"].error
+    assert "Step 'make' cannot save 'numbers' (a generator)" in error and "Recreate it in the step" in error
+    assert result.steps["use"].state == "SKIPPED"
+
+
+def test_last_step_keeps_what_it_can_and_says_why_not_the_rest(run):
+    result = run("%%step last\ncount = 3\nnumbers = (n for n in range(3))")
+    assert result.state == "SUCCEEDED" and result.load("count") == 3
+    with pytest.raises(KfmagicError, match=r"step 'last' has the value, but did not save it: it could not be kept: a generator"):
+        result.load("numbers")
+
+
+def test_dill_saves_what_cloudpickle_cannot(run):
+    result = run("%%step gen\nimport dill\nimport types\ncode = compile('1 + 1', 'x', 'eval')\nkind = type(code).__name__")
+    assert eval(result.load("code")) == 2
+
+
+def test_output_assigned_only_on_a_path_not_taken(run):
+    result = run("%%step a\nif False:\n    maybe = 1", "%%step b\nprint(maybe)")
+    assert "Step 'a' did not assign 'maybe', but step(s) b read it" in result.steps["a"].error
+
+
+def test_metric_must_be_a_number(run):
+    result = run("%%step a --metrics score\nscore = 'high'")
+    assert "metric 'score' must be a number, got a str ('high')" in result.steps["a"].error
+
+
+def test_killed_step_process(run):
+    result = run("%%step doomed\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert result.steps["doomed"].error == "Step 'doomed' was killed by SIGKILL (the system may have run out of memory)."
+
+
+def test_magic_and_shell_lines_run_inside_the_step(run):
+    result = run("%%step shell\n!echo from-shell\nlisting = !echo a b\n%env KFMAGIC_TEST=1\nimport os\nenv = os.environ['KFMAGIC_TEST']")
+    assert "[shell] from-shell" in result.printed
+    assert result.load("listing") == ["a b"] and result.load("env") == "1"
+
+
+def test_load_from_a_named_step_and_unknown_step(run):
+    result = run("%%step a\nx = 1", "%%step b\nx = x + 1", "%%step c --after b\nprint('end')")
+    assert result.load("x", step="a") == 1
+    with pytest.raises(KfmagicError, match=r"step 'b' has the value, but did not save it: .*add `--outputs x` to step 'b'"):
+        result.load("x")
+    kept = run("%%step a\nx = 1", "%%step b --outputs x\nx = x + 1", "%%step c --after b\nprint('end')")
+    assert kept.load("x") == 2
+    with pytest.raises(KfmagicError, match=r"no step 'nope' in this run. Steps: a, b, c"):
+        result.load("x", step="nope")
+
+
+def test_bad_workers_and_params(run):
+    with pytest.raises(KfmagicError, match="--workers 0"):
+        run("%%step a\nx = 1", workers=0)
+    with pytest.raises(KfmagicError, match="no such parameter"):
+        run("%%params\nrate = 1", "%%step a\nx = rate", params={"rte": "2"})
+    result = run("%%params\nrate = 1", "%%step a\nx = rate * 2", params={"rate": "21"})
+    assert result.load("x") == 42
