@@ -130,6 +130,12 @@ class PlanView:
         )
 
 
+def check_text(plan):
+    """What `check` reports when the pipeline has no problems: a summary line and the warnings."""
+    lines = [f"pipeline {plan.name}: {len(plan.steps)} steps, no problems found."]
+    return "\n".join(lines + [f"warning: {warning}" for warning in plan.warnings])
+
+
 def _duration(seconds):
     return "" if seconds is None else f"{seconds:.1f}s"
 
@@ -145,7 +151,8 @@ _RUN_HEADERS = ["step", "state", "time", "metrics"]
 
 def run_text(run):
     title = f"run {run.id} ({run.runner}): {_STATE_WORDS.get(run.state, run.state)} in {_duration(run.duration)}"
-    return title + "\n" + _table(_RUN_HEADERS, [row for _, row in _step_rows(run)])
+    link = f"\n{run.url}" if getattr(run, "url", None) else ""  # a run on Kubeflow: its page in the UI
+    return title + "\n" + _table(_RUN_HEADERS, [row for _, row in _step_rows(run)]) + link
 
 
 def run_html(run):
@@ -156,6 +163,8 @@ def run_html(run):
         rows.append([row[0], row[1], row[2], html.escape(row[3])])
     title = html.escape(f"run {run.id} ({run.runner}): ") + _STATE_WORDS.get(run.state, run.state)
     where = f"<div style='color:#777'>{html.escape(run.run_dir)}</div>" if run.run_dir else ""
+    if getattr(run, "url", None):
+        where = f"<div><a href='{html.escape(run.url)}' target='_blank'>{html.escape(run.url)}</a></div>"
     return f"<div><b>{title}</b> in {_duration(run.duration)}{_html_table(_RUN_HEADERS, rows)}{where}</div>"
 
 

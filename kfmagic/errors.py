@@ -1,14 +1,15 @@
 """Errors a user sees as one clear message, never as a traceback from kfmagic's insides.
 
-They derive from IPython's UsageError, which IPython displays as a single line without a
-traceback, so raising one anywhere in the kernel (magic or SDK call) shows just the message.
+IPython renders an exception through its `_render_traceback_` when it has one, so raising a
+KfmagicError anywhere in the kernel (magic or SDK call) shows just the message.
 """
 
-from IPython.core.error import UsageError
 
-
-class KfmagicError(UsageError):
+class KfmagicError(Exception):
     """A problem the user can fix; the message says what and how."""
+
+    def _render_traceback_(self):
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
 
 
 class CellSyntaxError(KfmagicError):

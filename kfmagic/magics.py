@@ -2,42 +2,37 @@
 
 A marked cell must run exactly as it would without the magic (output, display, the value of its
 last line, tracebacks with the user's frames only). So `%%step`, `%%prelude` and `%%params` cells
-are not run through a cell magic: an input transformer replaces the magic line with one call that
-registers the cell, and leaves the body to IPython as ordinary cell code, on the same lines.
+are not run as a cell magic's argument: an input transformer turns the magic line into a call of
+the magic with no body, which registers the cell being run, and leaves the body to IPython as
+ordinary cell code, on the same lines.
 """
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from . import syntax
+import os
+
+from . import display, drift, notebook, syntax
 from .analysis import AnalysisError, analyze
+from .errors import KfmagicError
 from .registry import current_pipeline, parse_param_overrides
 
-_state = {"cell_id": None}
-
-
-def register_cell(text):
-    """Called from a marked cell's first line as it runs: parse the magic line, register the cell."""
-    from IPython import get_ipython
-
-    spec = syntax.parse_cell(text)
-    shell = get_ipython()
-    label = f"In [{shell.execution_count}]" if shell is not None else "cell"
-    current_pipeline().add(spec, cell_id=_state["cell_id"], label=label)
+_running = {"cell_id": None, "text": ""}  # the cell being run, as pre_run_cell saw it
 
 
 def mark_cells(lines):
-    """Input transformer: `%%step ...` as the first line becomes a registration call; the body stays."""
-    if not lines or syntax.split_magic_line(lines[0]) is None:
+    """Input transformer: a first line `%%step ARGS` becomes `run_cell_magic('step', ARGS, None)`."""
+    found = syntax.split_magic_line(lines[0]) if lines else None
+    if found is None:
         return lines
-    text = "".join(lines)
-    return [f"__import__('kfmagic.magics').magics.register_cell({text!r})\n", *lines[1:]]
+    kind, line = found
+    return [f"get_ipython().run_cell_magic({kind!r}, {line!r}, None)\n", *lines[1:]]
 
 
 def _before_cell(info):
-    """Remember the cell id the front-end sent; a cell that lost its magic leaves the pipeline."""
+    """Remember the cell being run and its id; a cell that lost its magic leaves the pipeline."""
     cell_id = getattr(info, "cell_id", None)
-    _state["cell_id"] = cell_id
-    if cell_id and syntax.split_magic_line(info.raw_cell or "") is None:
+    _running.update(cell_id=cell_id, text=info.raw_cell or "")
+    if cell_id and syntax.split_magic_line(_running["text"]) is None:
         current_pipeline().forget_cell(cell_id)
 
 
@@ -64,40 +59,89 @@ def explain_missing(name):
     return "The kernel has it, but no cell of the pipeline defines it: define it in a step, the %%prelude or %%params."
 
 
-def _fallback(shell, kind, line, cell):
-    """A marked cell that reached the cell magic (no transformer, e.g. run_cell_magic): same effect."""
-    register_cell(f"%%{kind} {line}\n{cell}")
-    shell.run_cell(cell, store_history=False)
+def notebook_path(shell):
+    """The saved notebook this kernel runs: `%pipeline init --notebook`, else what the front-end tells.
+
+    Jupyter Server passes it to ipykernel as JPY_SESSION_NAME (`__session__` in the namespace),
+    VS Code as `__vsc_ipynb_file__`; the path may be relative to the server's root, so a file of
+    that name in the kernel's directory is accepted too.
+    """
+    if current_pipeline().notebook_path:
+        return current_pipeline().notebook_path
+    told = (shell.user_ns.get("__session__"), shell.user_ns.get("__vsc_ipynb_file__"), os.environ.get("JPY_SESSION_NAME"))
+    for candidate in told:
+        if isinstance(candidate, str) and candidate.endswith(".ipynb"):
+            for path in (candidate, os.path.basename(candidate)):
+                if os.path.isfile(path):
+                    return os.path.abspath(path)
+    return None
+
+
+def report_drift(pipeline, path):
+    """Print where the kernel's registry and the saved notebook at `path` disagree."""
+    if path is None:
+        return
+    try:
+        saved, _ = notebook.load(path)
+    except KfmagicError as error:
+        print(f"drift check skipped: {error}")
+        return
+    found = drift.compare(pipeline.cells, saved.cells)
+    if not found:
+        print(f"The saved notebook {os.path.basename(path)} declares what the kernel registered.")
+        return
+    print(f"The saved notebook {os.path.basename(path)} differs from what the kernel registered:")
+    for line in found:
+        print(f"  - {line}")
+
+
+def _register(shell, kind, line, cell):
+    """Register a marked cell. `cell` is None when the transformer left the body to IPython: the
+    cell is then the one being run; otherwise (a direct run_cell_magic call) run the body too."""
+    text = _running["text"] if cell is None else f"%%{kind} {line}\n{cell}"
+    spec = syntax.parse_cell(text)
+    current_pipeline().add(spec, cell_id=_running["cell_id"], label=f"In [{shell.execution_count}]")
+    if cell is not None:
+        shell.run_cell(cell, store_history=False)
 
 
 @magics_class
 class KfMagics(Magics):
     @cell_magic
     def step(self, line, cell):
-        _fallback(self.shell, "step", line, cell)
+        _register(self.shell, "step", line, cell)
 
     @cell_magic
     def prelude(self, line, cell):
-        _fallback(self.shell, "prelude", line, cell)
+        _register(self.shell, "prelude", line, cell)
 
     @cell_magic
     def params(self, line, cell):
-        _fallback(self.shell, "params", line, cell)
+        _register(self.shell, "params", line, cell)
 
     def pipeline(self, line):
         pipeline = current_pipeline()
         args = syntax.parse_pipeline_line(line)
         if args.command == "init":
-            pipeline.init(args.name, args.experiment)
+            pipeline.init(args.name, args.experiment, notebook=args.notebook, image=args.image)
         elif args.command == "show":
             return pipeline.show()
         elif args.command == "check":
-            plan = pipeline.check()
-            print(f"pipeline {plan.name}: {len(plan.steps)} steps, no problems found.")
-            for warning in plan.warnings:
-                print(f"warning: {warning}")
+            report_drift(pipeline, notebook_path(self.shell))
+            print(display.check_text(pipeline.check()))
         elif args.command == "run":
-            return pipeline.run(params=parse_param_overrides(args.param), workers=args.workers)
+            return pipeline.run(
+                params=parse_param_overrides(args.param), workers=args.workers, runner=args.runner, wait=args.wait
+            )
+        elif args.command == "compile":
+            print(f"wrote {pipeline.compile(args.output)}")
+        elif args.command == "config":
+            connection = pipeline.configure(
+                args.host, args.namespace, args.experiment, args.token, args.token_path, args.cookies
+            )
+            print(f"%pipeline run submits to {connection.describe()}.")
+        elif args.command == "status":
+            return pipeline.status(args.run_id)
         elif args.command == "remove":
             pipeline.remove(args.name)
         elif args.command == "reset":

@@ -271,7 +271,7 @@ _LIST_OPTIONS = ("after", "outputs", "metrics")
 def _merge_options(step, cell, options, problems):
     """A step's options are the union of its cells' options; two cells may not disagree."""
     for key, value in options.items():
-        if key in _LIST_OPTIONS or value in (None, [], False):
+        if key in _LIST_OPTIONS or value is None or value == []:  # not given; False and 0 are values
             continue
         if isinstance(value, list):
             step.options.setdefault(key, [])

@@ -37,6 +37,12 @@ class Pipeline:
     last_run: object = None
     # Tells where a name that no step provides came from (the kernel knows; a file does not).
     explain_missing: object = None
+    # The saved .ipynb this pipeline is declared in, when known: the drift check compares with it.
+    notebook_path: str | None = None
+    # Default container image of the steps on Kubeflow (None: python:<kernel version>).
+    image: str | None = None
+    # Where Kubeflow Pipelines is (config.Connection); in memory only, never saved.
+    connection: object = field(default=None, repr=False)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -65,10 +71,13 @@ class Pipeline:
 
     # -- subcommands ----------------------------------------------------------------------------
 
-    def init(self, name, experiment=None):
-        """Name the pipeline (and its experiment); registered cells are kept."""
+    def init(self, name, experiment=None, notebook=None, image=None):
+        """Name the pipeline (and its experiment, the notebook file it lives in, its steps' default
+        image on Kubeflow); cells are kept."""
         check_name(name, "%pipeline init")
-        self.name, self.experiment = name, experiment
+        self.name, self.experiment, self.image = name, experiment, image
+        if notebook:
+            self.notebook_path = os.path.abspath(notebook)
         return self
 
     def remove(self, name):
@@ -95,19 +104,60 @@ class Pipeline:
         """A displayable summary: step table, inputs with their producers, params, DAG."""
         return display.PlanView(self.plan())
 
-    def run(self, params=None, workers=None, runner="local", progress=None):
-        """Run the pipeline and return its Run; RunFailed (carrying `.run`) if it did not succeed.
+    def compile(self, path=None):
+        """Write the pipeline as Kubeflow Pipelines IR YAML (default `<name>.yaml` here); returns the path.
 
-        `params` overrides parameter defaults; values given as text ("0.1") are parsed to the
-        default's type. Local runs never touch the kernel's namespace.
+        Prints what would not work in a step's pod (relative paths, big values, kernel magics).
+        """
+        from .compiler import Target, compile_plan, unknown_modules
+        from .portability import warnings_for
+
+        plan = self.plan()
+        path = compile_plan(plan, path or f"{self.name}.yaml", Target(image=self.image))
+        problems = list(plan.warnings) + warnings_for(plan, os.getcwd())
+        for step, modules in unknown_modules(plan).items():
+            problems.append(
+                f"Step {step!r} imports {', '.join(modules)}, which no installed package provides (a local "
+                "module?): its pod will not have it. Move the code into the %%prelude, or build it into --image."
+            )
+        for problem in problems:
+            print(f"warning: {problem}")
+        return path
+
+    def configure(self, host=None, namespace=None, experiment=None, token=None, token_path=None, cookies=None):
+        """Where `run` submits: a Kubeflow Pipelines host and how to authenticate (kept in memory only)."""
+        from .config import Connection
+
+        self.connection = Connection(host, namespace, experiment, token, token_path, cookies)
+        return self.connection
+
+    def _connection(self):
+        from .config import Connection
+
+        return self.connection or Connection()
+
+    def run(self, params=None, workers=None, runner=None, wait=False, progress=None):
+        """Run the pipeline and return its Run; RunFailed (carrying `.run`) if it ended unsuccessfully.
+
+        `runner`: "local" (steps as processes here), "kfp-local" (the compiled pipeline run by
+        kfp.local here) or "kfp" (submitted to Kubeflow Pipelines); by default "kfp" when a host is
+        configured (or KF_PIPELINES_ENDPOINT is set), else "local". A submitted run is returned
+        while it runs unless `wait`. `params` overrides parameter defaults; values given as text
+        ("0.1") are parsed to the default's type. Runs never touch the kernel's namespace.
         """
         from .backends import get_backend
+        from .backends.base import FINAL_STATES
 
         if workers is not None and workers < 1:
             raise KfmagicError(f"--workers {workers}: at least one step must run at a time; use 1 or more.")
+        if runner is None:
+            runner = "kfp" if self._connection().endpoint else "local"
+        backend = get_backend(runner)
         plan = self.plan()
         values = plan.resolve_params(params or {})
-        backend = get_backend(runner)
+        settings = {"image": self.image} if runner != "local" else {}
+        if runner == "kfp":
+            settings.update(connection=self._connection(), wait=wait)
         try:
             run = backend.run(
                 plan,
@@ -115,14 +165,30 @@ class Pipeline:
                 workdir=os.getcwd(),
                 workers=workers or os.cpu_count() or 1,
                 progress=progress or display.default_progress(),
+                **settings,
             )
         except RunFailed as interrupted:
             self.last_run = interrupted.run
             raise
         self.last_run = run
-        if run.state != "SUCCEEDED":
+        if run.state in FINAL_STATES and run.state != "SUCCEEDED":
             raise RunFailed(run.failure_message(), run)
         return run
+
+    def status(self, run_id=None):
+        """The last run (refreshed if it runs on Kubeflow), or run RUN_ID of the configured cluster."""
+        if run_id is None or (self.last_run is not None and self.last_run.id == run_id):
+            if self.last_run is None:
+                raise KfmagicError("%pipeline status: no run yet in this kernel. Start one with %pipeline run.")
+            return self.last_run.refresh() if hasattr(self.last_run, "refresh") else self.last_run
+        if not self._connection().endpoint:
+            raise KfmagicError(
+                f"%pipeline status {run_id}: not a run of this kernel, and no Kubeflow Pipelines host is "
+                "configured to ask (`%pipeline config --host URL`)."
+            )
+        from .backends.kfp import fetch
+
+        return fetch(self._connection(), run_id)
 
 
 def parse_param_overrides(pairs):

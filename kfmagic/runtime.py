@@ -8,6 +8,7 @@ inputs ({var: path}), outputs/keep/metrics ([var]), out_dir. The step writes RES
 out_dir: {state, saved: {var: {type, bytes}}, skipped: {var: why}, metrics, error}.
 """
 
+import ast
 import builtins
 import json
 import linecache
@@ -33,12 +34,23 @@ def output_path(out_dir, var):
     return os.path.join(out_dir, OUTPUTS_DIR, f"{var}.pkl")
 
 
-def _run_code(part, namespace, where):
-    """Run one cell's code so that tracebacks point at the user's cell lines."""
+def _run_code(part, namespace, where, show=None):
+    """Run one cell's code so that tracebacks point at the user's cell lines.
+
+    With `show`, the value of a last expression statement goes to it, as a cell's Out would.
+    """
     filename = f"{where}, {part['label']}"
     lines = part["source"].splitlines(True)
     linecache.cache[filename] = (len(part["source"]), None, lines, filename)
-    exec(compile(part["code"], filename, "exec", dont_inherit=True), namespace)
+    tree = compile(part["code"], filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    last = None
+    if show and tree.body and isinstance(tree.body[-1], ast.Expr) and not part["code"].rstrip().endswith(";"):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
+    if last is not None:
+        value = eval(compile(last, filename, "eval", dont_inherit=True), namespace)
+        if value is not None:
+            show(value)
 
 
 def _user_traceback(error):
@@ -123,12 +135,16 @@ def _metrics(spec, namespace):
     return metrics
 
 
-def run_step(spec):
-    """Run the step `spec` describes; write its result; return the process exit code."""
+def run_step(spec, display=None):
+    """Run the step `spec` describes; write its result; return the process exit code.
+
+    `display` receives what the cells display (display() calls and each cell's last value);
+    without it, display() prints text as a terminal would and last values are not shown.
+    """
     result = {"state": "RUNNING", "saved": {}, "skipped": {}, "metrics": {}, "error": None}
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     namespace["get_ipython"] = _step_shell(namespace)
-    namespace["display"] = _display
+    namespace["display"] = display or _display
     try:
         namespace.update(spec["params"])
         for part in spec["prelude"]:
@@ -142,7 +158,7 @@ def run_step(spec):
                     "Its producer saved it with a library this step's environment lacks, or a different version."
                 ) from None
         for part in spec["parts"]:
-            _run_code(part, namespace, f"step {spec['step']}")
+            _run_code(part, namespace, f"step {spec['step']}", show=display)
         _save(spec, namespace, result)
         result["metrics"] = _metrics(spec, namespace)
         result["state"] = "SUCCEEDED"

@@ -14,6 +14,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
 
 from .errors import CellSyntaxError
+from .step_options import check_step_options
 
 CELL_KINDS = ("step", "prelude", "params")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -34,6 +35,38 @@ _TRANSFORMER = TransformerManager()
 @argument(
     "--metrics", nargs="+", action="extend", default=[], metavar="VAR",
     help="Numeric variables reported as metrics of this step (run.metrics).",
+)
+@argument("--image", help="Container image of this step on Kubeflow (default: the pipeline's, python:<kernel version>).")
+@argument(
+    "--packages", nargs="+", action="extend", default=None, metavar="REQ",
+    help="Packages to pip-install in the step's container, added to (or overriding) the pinned ones found from its imports.",
+)
+@argument(
+    "--no-install", dest="install", action="store_const", const=False, default=None,
+    help="Install nothing at step start: the image already has every package the step needs.",
+)
+@argument("--cpu", help="CPU limit on Kubeflow: 2, 0.5 or 500m.")
+@argument("--memory", help="Memory limit on Kubeflow, a Kubernetes quantity: 512Mi, 4Gi.")
+@argument("--gpu", type=int, metavar="N", help="Number of GPUs on Kubeflow.")
+@argument("--gpu-type", metavar="TYPE", help="GPU resource type (default nvidia.com/gpu); needs --gpu.")
+@argument("--retries", type=int, metavar="N", help="Times Kubeflow retries the step when it fails.")
+@argument(
+    "--cache", dest="cache", action="store_const", const=True, default=None,
+    help="Let Kubeflow reuse this step's outputs from an earlier run with the same inputs (its default).",
+)
+@argument("--no-cache", dest="cache", action="store_const", const=False, help="Always run this step on Kubeflow.")
+@argument(
+    "--env", nargs="+", action="extend", default=None, metavar="NAME=VALUE",
+    help="Environment variables of the step's container on Kubeflow.",
+)
+@argument("--display-name", metavar="TEXT", help="Name of the step shown in the Kubeflow Pipelines UI.")
+@argument(
+    "--secret", nargs="+", action="extend", default=None, metavar="SECRET:KEY:ENV",
+    help="Expose key KEY of Kubernetes secret SECRET as environment variable ENV (needs kfp-kubernetes).",
+)
+@argument(
+    "--volume", nargs="+", action="extend", default=None, metavar="PVC:/PATH",
+    help="Mount the persistent volume claim PVC at /PATH (needs kfp-kubernetes).",
 )
 def step(line, cell):
     """Run this cell in the kernel as usual, and register it as pipeline step NAME.
@@ -70,6 +103,12 @@ def _pipeline_parser():
     init = commands.add_parser("init", help="Name the pipeline and set its defaults.")
     init.add_argument("name", help="Pipeline name (lowercase letters, digits, '-', '_').")
     init.add_argument("--experiment", help="Experiment the runs are filed under.")
+    init.add_argument(
+        "--notebook", metavar="PATH",
+        help="The saved .ipynb of this notebook, for `%%pipeline check` to compare with (found by "
+        "itself under Jupyter Server and VS Code).",
+    )
+    init.add_argument("--image", help="Default container image of the steps on Kubeflow (default python:<kernel version>).")
     commands.add_parser("show", help="Table of steps, inputs, outputs and params, and the DAG.")
     commands.add_parser("check", help="Report every problem of the pipeline without running anything.")
     run = commands.add_parser("run", help="Run the pipeline; returns a Run.")
@@ -78,6 +117,25 @@ def _pipeline_parser():
         help="Override a parameter's default (repeatable).",
     )
     run.add_argument("--workers", type=int, help="How many steps run at once (default: CPU count).")
+    run.add_argument(
+        "--runner", choices=("local", "kfp-local", "kfp"),
+        help="local: each step a process here; kfp-local: the compiled pipeline run by kfp.local here; "
+        "kfp: submitted to Kubeflow Pipelines (the default once a host is configured).",
+    )
+    run.add_argument("--local", dest="runner", action="store_const", const="local", help="Run here even if a host is configured.")
+    run.add_argument("--wait", action="store_true", help="On Kubeflow: follow the run, live, until it ends.")
+    compile_ = commands.add_parser("compile", help="Write the pipeline as Kubeflow Pipelines YAML.")
+    compile_.add_argument("-o", "--output", metavar="PATH", help="Where to write it (default: <pipeline name>.yaml).")
+    config = commands.add_parser("config", help="Where Kubeflow Pipelines is, and how to sign in (kept in memory only).")
+    config.add_argument("--host", help="The Pipelines API/UI URL, e.g. http://localhost:8080 (default: $KF_PIPELINES_ENDPOINT).")
+    config.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters).")
+    config.add_argument("--experiment", help="Experiment runs are filed under (default: init's, else 'Default').")
+    auth = config.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="Bearer token (default: $KF_PIPELINES_SA_TOKEN_PATH's file, if set).")
+    auth.add_argument("--token-path", metavar="FILE", help="File holding a service-account token, re-read on each request.")
+    auth.add_argument("--cookies", help="Cookie header of a signed-in browser session, e.g. 'authservice_session=...'.")
+    status = commands.add_parser("status", help="State of the last run, or of run RUN on the cluster.")
+    status.add_argument("run_id", nargs="?", metavar="RUN", help="A run id (default: the last run).")
     remove = commands.add_parser("remove", help="Unregister a step (all its cells).")
     remove.add_argument("name", help="The step to remove.")
     commands.add_parser("reset", help="Unregister every step, the prelude and the params.")
@@ -143,6 +201,8 @@ def parse_cell(text):
         for var in args.get(option, ()):
             if not var.isidentifier() or keyword.iskeyword(var):
                 raise CellSyntaxError(f"%%{kind} {name}: --{option} {var!r} is not a Python variable name.")
+    if kind == "step":
+        check_step_options(name, args)
     code = "\n" + to_python(body)
     defaults = parse_params(code, label=f"%%{kind}") if kind == "params" else None
     return CellSpec(kind, name, args, source, code, defaults)

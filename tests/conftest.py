@@ -61,3 +61,55 @@ def isolated_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("IPYTHONDIR", str(home / ".ipython"))
+
+
+class Kernel:
+    """A live ipykernel driven message by message, for what nbclient cannot send (cell ids, interrupts)."""
+
+    def __init__(self, cwd):
+        from jupyter_client.manager import start_new_kernel
+
+        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(cwd))
+
+    def send(self, code, cell_id=None):
+        """Send an execute request (with JupyterLab's cellId metadata when given); returns its msg id."""
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                   "allow_stdin": False, "stop_on_error": True}
+        msg = self.client.session.msg("execute_request", content, metadata={"cellId": cell_id} if cell_id else {})
+        self.client.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
+
+    def collect(self, msg_id, timeout=120):
+        """(status, text shown) once the kernel is idle after `msg_id`."""
+        parts = []
+        while True:
+            message = self.client.get_iopub_msg(timeout=timeout)
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = message["msg_type"], message["content"]
+            if kind == "stream":
+                parts.append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                parts.append(content["data"].get("text/plain", ""))
+            elif kind == "error":
+                parts.append(f"{content['ename']}: {content['evalue']}\n" + "\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+        while True:
+            reply = self.client.get_shell_msg(timeout=timeout)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"]["status"], "".join(parts)
+
+    def run(self, code, cell_id=None):
+        return self.collect(self.send(code, cell_id))
+
+    def shutdown(self):
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    live = Kernel(tmp_path)
+    yield live
+    live.shutdown()

@@ -2,7 +2,7 @@
 
 from ..errors import KfmagicError
 
-RUNNERS = ("local",)
+RUNNERS = ("local", "kfp-local", "kfp")
 
 
 def get_backend(runner):
@@ -10,4 +10,12 @@ def get_backend(runner):
         from . import local
 
         return local
+    if runner == "kfp-local":
+        from . import kfp_local
+
+        return kfp_local
+    if runner == "kfp":
+        from . import kfp
+
+        return kfp
     raise KfmagicError(f"Unknown runner {runner!r}. Runners: {', '.join(RUNNERS)}.")

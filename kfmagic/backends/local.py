@@ -24,12 +24,18 @@ def new_run_id(pipeline_name):
     return f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def write_specs(plan, params, run_dir):
-    """One runtime spec per step: what it runs, where its inputs are, what it must save."""
-    needed_by = {}
+def needed_by(plan):
+    """{producer: {var: [steps that read it]}}: what each step must save, and for whom."""
+    readers = {}
     for step in plan.steps:
         for var, producer in step.inputs.items():
-            needed_by.setdefault(producer, {}).setdefault(var, []).append(step.name)
+            readers.setdefault(producer, {}).setdefault(var, []).append(step.name)
+    return readers
+
+
+def write_specs(plan, params, run_dir):
+    """One runtime spec per step: what it runs, where its inputs are, what it must save."""
+    readers = needed_by(plan)
     prelude = [vars(part) for part in plan.prelude]
     paths = {}
     for step in plan.steps:
@@ -47,7 +53,7 @@ def write_specs(plan, params, run_dir):
             "outputs": list(step.outputs),
             "keep": list(step.keep),
             "metrics": list(step.metrics),
-            "needed_by": needed_by.get(step.name, {}),
+            "needed_by": readers.get(step.name, {}),
             "out_dir": out_dir,
         }
         paths[step.name] = os.path.join(out_dir, "spec.json")

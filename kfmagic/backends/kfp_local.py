@@ -1,0 +1,152 @@
+"""The compiled pipeline run by KFP's own local executor (`kfp.local`), on this machine.
+
+Proves that what would be submitted runs: the plan is compiled to IR YAML exactly as for a
+cluster (only without pip installs, since kfp.local's SubprocessRunner(use_venv=False) runs steps
+in this environment), then kfp.local executes that IR, one task at a time, in a child process
+(`python -m kfmagic.backends.kfp_local`), which keeps kfp.local's global settings and logs out of
+the kernel and makes an interrupt stop it. Each step's runtime leaves its result where a local run
+does (`.kfmagic/runs/<run-id>/<step>/result.json`); values are read from the artifacts it wrote.
+"""
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+
+from .. import component, runtime
+from ..compiler import Target, compile_plan, kfp_name
+from ..errors import RunFailed
+from .base import Run, StepRun
+from .local import RUNS_DIR, _pump, _step_env, _stop, new_run_id
+
+PACKAGE_FILE = "pipeline.yaml"
+LOG_FILE = "kfp-local.log"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_START = re.compile(r"Executing task '([^']+)'")
+
+
+class _TaskOutput:
+    """Which step a line of kfp.local's output belongs to, if it is the step's own output.
+
+    kfp.local logs "Executing task 'NAME'" before a task and "... finished with status" after
+    it, and indents what the task prints; inside that, kfp's executor logs its own lines and dumps
+    its input as JSON, which are not the step's output.
+    """
+
+    def __init__(self, plan):
+        self.steps = {kfp_name(step.name): step.name for step in plan.steps}
+        self.step, self.in_executor_input = None, False
+
+    def step_of(self, line):
+        text = _ANSI.sub("", line)
+        if not text.startswith("    "):
+            started = _TASK_START.search(text)
+            if started or "finished with status" in text:
+                self.step = self.steps.get(started.group(1)) if started else None
+            return None
+        text = text[4:]
+        if "Got executor_input:" in text:
+            self.in_executor_input = True
+        elif self.in_executor_input:
+            self.in_executor_input = text != "}"
+        elif text.strip() and not text.startswith("[KFP Executor") and self.step:  # kfp.local pads with blank lines
+            return self.step, text
+        return None
+
+
+def _refresh(steps, run_dir):
+    """Step states from the files each step's component writes as it starts and ends."""
+    for name, step in steps.items():
+        out_dir = os.path.join(run_dir, name)
+        if step.state in ("PENDING", "RUNNING") and os.path.exists(os.path.join(out_dir, runtime.RESULT_FILE)):
+            with open(os.path.join(out_dir, runtime.RESULT_FILE)) as file:
+                result = json.load(file)
+            step.state, step.error = result["state"], result["error"]
+            step.metrics, step.skipped, step.saved = result["metrics"], result["skipped"], result["saved"]
+            step.started, step.finished = result.get("started", step.started), result.get("finished", time.time())
+        elif step.state == "PENDING" and os.path.exists(os.path.join(out_dir, component.STARTED_FILE)):
+            step.state, step.started = "RUNNING", os.path.getmtime(os.path.join(out_dir, component.STARTED_FILE))
+
+
+def run(plan, params, workdir, workers, progress, image=None):
+    """Compile `plan` and run it with kfp.local; returns the Run once kfp.local has finished.
+
+    `workers` is accepted for the common interface: kfp.local runs one task at a time.
+    """
+    run_id = new_run_id(plan.name)
+    run_dir = os.path.join(workdir, RUNS_DIR, run_id)
+    os.makedirs(run_dir, exist_ok=True)
+    package = compile_plan(plan, os.path.join(run_dir, PACKAGE_FILE), Target(image=image, install=False))
+    with open(os.path.join(run_dir, "run.json"), "w") as file:
+        json.dump({"id": run_id, "pipeline": plan.name, "params": params, "runner": "kfp-local"}, file)
+    steps = {step.name: StepRun(step.name) for step in plan.steps}
+    record = Run(run_id, plan.name, "kfp-local", steps, dict(params), run_dir=run_dir, state="RUNNING")
+    env = dict(_step_env(), **{component.RESULT_DIR_ENV: run_dir})
+    process = subprocess.Popen(
+        [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(params)],
+        cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    events, task_output = queue.Queue(), _TaskOutput(plan)
+    threading.Thread(target=_pump, args=("kfp-local", "stdout", process.stdout, events), daemon=True).start()
+    progress.start(record)
+    try:
+        with open(os.path.join(run_dir, LOG_FILE), "w") as log:
+            while True:
+                try:
+                    kind, _, _, text = events.get(timeout=0.3)
+                except queue.Empty:
+                    kind = text = None
+                _refresh(steps, run_dir)
+                progress.update(record)
+                if kind == "eof":
+                    break
+                if kind == "line":
+                    log.write(text + "\n")
+                    found = task_output.step_of(text)
+                    if found:
+                        progress.output(found[0], "stdout", found[1])
+        process.wait()
+    except KeyboardInterrupt:
+        _stop(process)
+        for step in steps.values():
+            if step.state in ("PENDING", "RUNNING"):
+                step.state, step.finished = "CANCELED", time.time()
+        record.state, record.finished = "CANCELED", time.time()
+        progress.finish(record)
+        raise RunFailed(f"Run {run_id} interrupted: kfp.local was stopped. Its files are in {run_dir}.", record) from None
+    _refresh(steps, run_dir)
+    failed = any(step.state != "SUCCEEDED" for step in steps.values()) or process.returncode != 0
+    for step in steps.values():
+        if step.state == "RUNNING":  # started, never reported: the task process died
+            step.state, step.finished = "FAILED", time.time()
+            step.error = f"Step {step.name!r} ended without a result; kfp.local's log: {os.path.join(run_dir, LOG_FILE)}"
+        elif step.state == "PENDING":
+            step.state = "SKIPPED" if failed else step.state
+    record.state = "FAILED" if failed else "SUCCEEDED"
+    record.finished = time.time()
+    progress.finish(record)
+    return record
+
+
+def _execute(package, pipeline_root, params_json):
+    """In the child process: run the compiled IR with kfp.local; exit code 1 if a task failed."""
+    import kfp.local
+    from kfp import components
+
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    pipeline = components.load_component_from_file(package)
+    try:
+        pipeline(**json.loads(params_json))
+    except RuntimeError as error:  # kfp.local: "Pipeline ... finished with status FAILURE"
+        print(error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_execute(*sys.argv[1:4]))

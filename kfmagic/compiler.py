@@ -1,0 +1,273 @@
+"""Plan -> Kubeflow Pipelines IR YAML, written by the kfp SDK's own compiler.
+
+One lightweight Python component per step, made from generated source: its signature declares one
+artifact per variable that crosses an edge (named after the variable), the parameters the step
+reads, a Metrics output for `--metrics` and an HTML output for what the cells display. Its body
+carries kfmagic's runtime as text (runtime.py, serde.py and component.py, read from the package
+when compiling), so the image needs no kfmagic and runs the very runtime a local run uses.
+"""
+
+import base64
+import functools
+import inspect
+import json
+import keyword
+import linecache
+import os
+import sys
+import zlib
+from dataclasses import dataclass
+
+from . import component, runtime, serde, step_options
+from .analysis import analyze
+from .backends.local import needed_by
+from .errors import KfmagicError
+from .packages import requirements
+from .portability import shell_lines
+
+EMBEDDED = {name: module for name, module in (("runtime.py", runtime), ("serde.py", serde), ("component.py", component))}
+RESERVED = (component.METRICS_OUTPUT, component.DISPLAY_OUTPUT)
+# Every option a step may carry; one the compiler does not know would be silently dropped.
+KNOWN_OPTIONS = {
+    "image", "packages", "install", "cpu", "memory", "gpu", "gpu_type", "retries", "cache", "env",
+    "display_name", "secret", "volume",
+}
+_PARAM_TYPES = ((bool, bool), (int, int), (float, float), (str, str), (list, list), (dict, dict))
+
+
+def default_image():
+    """The kernel's Python: cloudpickle streams load only under the same Python version."""
+    return f"python:{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the compiled pipeline runs.
+
+    On a cluster each step pip-installs kfp (its lightweight-component launcher) and the step's
+    pinned packages; kfp.local in this very environment (`install=False`) needs neither.
+    """
+
+    image: str | None = None
+    install: bool = True
+
+
+def kfp_name(step_name):
+    """The task name kfp gives a step's component (it turns '_' into '-')."""
+    return step_name.replace("_", "-")
+
+
+def _function_name(step_name):
+    name = step_name.replace("-", "_")
+    return f"{name}_step" if keyword.iskeyword(name) else name
+
+
+def _param_type(name, default):
+    for kind, annotation in _PARAM_TYPES:
+        if isinstance(default, kind):
+            return annotation
+    raise KfmagicError(f"Parameter {name!r}: a default of type {type(default).__name__} cannot be a pipeline parameter.")
+
+
+def _check(plan):
+    """Problems kfp would reject later, or silently mangle, as one clear error now."""
+    problems, seen = [], {}
+    for step in plan.steps:
+        other = seen.setdefault(kfp_name(step.name), step.name)
+        if other != step.name:
+            problems.append(
+                f"Steps {other!r} and {step.name!r} both become the Kubeflow task {kfp_name(step.name)!r} "
+                "('_' and '-' are the same there): rename one."
+            )
+        unknown = sorted(set(step.options) - KNOWN_OPTIONS)
+        if unknown:
+            problems.append(
+                f"Step {step.name!r}: option(s) {', '.join('--' + o.replace('_', '-') for o in unknown)} cannot be "
+                "expressed in a Kubeflow pipeline; remove them before compiling."
+            )
+        names = [*step.inputs, *step.params, *step.outputs, *step.keep]
+        for var in names:
+            if var in RESERVED or var.startswith("_kfm"):
+                problems.append(f"Step {step.name!r}: the variable name {var!r} is reserved by kfmagic in Kubeflow; rename it.")
+        clash = sorted(set(arguments(step).values()) & {*step.outputs, *step.keep})
+        if clash:
+            problems.append(
+                f"Step {step.name!r}: {', '.join(clash)} would name both an input and an output of its Kubeflow "
+                "component; rename the variable."
+            )
+    if problems:
+        raise KfmagicError("\n".join(problems))
+
+
+def arguments(step):
+    """{input variable or parameter: the component's argument for it}.
+
+    A step that changes a value it receives (`data.append(4)`) passes it on under the same name,
+    but a KFP component cannot have an input and an output of one name: that input gets `_in`.
+    """
+    outputs = {*step.outputs, *step.keep}
+    return {name: f"{name}_in" if name in outputs else name for name in (*step.inputs, *step.params)}
+
+
+def _packages(plan, step):
+    """(pinned requirements, modules no distribution provides) for one step."""
+    modules = []
+    for part in (*plan.prelude, *step.parts):
+        modules += analyze(part.code).imports
+    has_shell = any(shell_lines(part.code) for part in (*plan.prelude, *step.parts))
+    return requirements(dict.fromkeys(modules), step.options.get("packages") or (), shell=has_shell)
+
+
+def _component_source(function_name, plan, step, readers):
+    """The component function's text: its KFP signature, the step's code and the embedded runtime."""
+    names = arguments(step)
+    signature = [f"{names[var]}: Input[Artifact]" for var in step.inputs]
+    signature += [f"{names[name]}: {_param_type(name, plan.params[name]).__name__}" for name in step.params]
+    signature += [f"{var}: Output[Artifact]" for var in (*step.outputs, *step.keep)]
+    if step.metrics:
+        signature.append(f"{component.METRICS_OUTPUT}: Output[Metrics]")
+    signature.append(f"{component.DISPLAY_OUTPUT}: Output[HTML]")
+    spec = {
+        "step": step.name,
+        "prelude": [vars(part) for part in plan.prelude],
+        "parts": [vars(part) for part in step.parts],
+        "params": {name: names[name] for name in step.params},
+        "inputs": {var: names[var] for var in step.inputs},
+        "outputs": list(step.outputs),
+        "keep": list(step.keep),
+        "metrics": list(step.metrics),
+        "needed_by": readers.get(step.name, {}),
+    }
+    return (
+        f"def {function_name}({', '.join(signature)}):\n"
+        f'    """kfmagic step {step.name!r}: its cells, run by kfmagic\'s runtime (embedded below)."""\n'
+        "    _kfm_args = dict(locals())\n"
+        f"    _kfm_step = {spec!r}\n"
+        "    import base64, json, zlib\n"
+        f"    _kfm_sources = json.loads(zlib.decompress(base64.b64decode({_packed_sources()!r})))\n"
+        "    _kfm_driver = {'__name__': 'kfmagic_component'}\n"
+        "    exec(compile(_kfm_sources['component.py'], 'kfmagic/component.py', 'exec'), _kfm_driver)\n"
+        "    _kfm_driver['main'](_kfm_args, _kfm_step, _kfm_sources)\n"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _packed_sources_of(stamp):
+    sources = {}
+    for name, module in EMBEDDED.items():
+        with open(module.__file__) as file:
+            sources[name] = file.read()
+    return base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
+
+
+def _packed_sources():
+    """runtime.py, serde.py and component.py as read now, compressed: each step carries them."""
+    return _packed_sources_of(tuple(os.path.getmtime(module.__file__) for module in EMBEDDED.values()))
+
+
+def _make_component(plan, step, target, readers):
+    """A kfp component from generated source; linecache lets kfp's inspect.getsource find the text."""
+    from kfp import dsl
+    from kfp.dsl import HTML, Artifact, Input, Metrics, Output
+
+    function_name = _function_name(step.name)
+    source = _component_source(function_name, plan, step, readers)
+    filename = f"<kfmagic step {step.name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "Metrics": Metrics, "HTML": HTML}
+    exec(compile(source, filename, "exec"), namespace)
+    install = target.install and step.options.get("install") is not False
+    packages = _packages(plan, step)[0] if install else None
+    return dsl.component(
+        namespace[function_name],
+        base_image=step.options.get("image") or target.image or default_image(),
+        packages_to_install=packages,
+        install_kfp_package=install,
+    )
+
+
+def _apply_options(task, options):
+    """Each step option onto its kfp task; the kubernetes ones through kfp-kubernetes."""
+    if options.get("cpu"):
+        task.set_cpu_limit(options["cpu"])
+    if options.get("memory"):
+        task.set_memory_limit(options["memory"])
+    if options.get("gpu"):
+        task.set_accelerator_type(options.get("gpu_type") or step_options.DEFAULT_GPU_TYPE)
+        task.set_accelerator_limit(options["gpu"])
+    if options.get("retries"):
+        task.set_retry(options["retries"])
+    if options.get("cache") is not None:
+        task.set_caching_options(options["cache"])
+    for name, value in step_options.env(options).items():
+        task.set_env_variable(name, value)
+    if options.get("display_name"):
+        task.set_display_name(step_options.display_name(options))
+    secrets, volumes = step_options.secrets(options), step_options.volumes(options)
+    if secrets or volumes:
+        try:
+            from kfp import kubernetes
+        except ImportError:
+            raise KfmagicError(
+                "--secret and --volume need the kfp-kubernetes package: pip install kfp-kubernetes "
+                "(or pip install 'kfmagic[kubernetes]')."
+            ) from None
+        for secret, key, env_var in secrets:
+            kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={key: env_var})
+        for pvc, mount_path in volumes:
+            kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=mount_path)
+
+
+def pipeline_function(plan, target):
+    """The kfp pipeline (a GraphComponent): one task per step, wired by variable and --after."""
+    from kfp import dsl
+
+    _check(plan)
+    readers = needed_by(plan)
+    components = {step.name: _make_component(plan, step, target, readers) for step in plan.steps}
+    names = list(plan.params)
+
+    def body(*values):
+        params = dict(zip(names, values))
+        tasks = {}
+        for step in plan.steps:
+            argument = arguments(step)
+            given = {argument[var]: tasks[producer].outputs[var] for var, producer in step.inputs.items()}
+            given.update({argument[name]: params[name] for name in step.params})
+            task = components[step.name](**given)
+            for upstream in step.upstream:
+                if upstream not in step.inputs.values():
+                    task.after(tasks[upstream])
+            _apply_options(task, step.options)
+            tasks[step.name] = task
+
+    body.__name__ = plan.name.replace("-", "_")
+    body.__signature__ = inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                          annotation=_param_type(name, default))
+        for name, default in plan.params.items()
+    ])
+    return dsl.pipeline(name=kfp_name(plan.name), description=f"kfmagic pipeline {plan.name}")(body)
+
+
+def compile_plan(plan, path, target=Target()):
+    """Write the plan's IR YAML to `path` with kfp's Compiler; returns the path."""
+    from kfp import compiler
+
+    pipeline = pipeline_function(plan, target)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        compiler.Compiler().compile(pipeline, path)
+    except (ValueError, TypeError) as error:  # kfp's own checks: say which pipeline, keep its words
+        raise KfmagicError(f"Kubeflow Pipelines cannot compile pipeline {plan.name!r}: {error}") from None
+    return path
+
+
+def unknown_modules(plan):
+    """{step: [modules it imports that no installed distribution provides]} (local modules, typos)."""
+    found = {}
+    for step in plan.steps:
+        unknown = _packages(plan, step)[1]
+        if unknown:
+            found[step.name] = unknown
+    return found

@@ -1,0 +1,182 @@
+"""The driver inside a compiled step's KFP component: kfmagic's runtime between KFP's artifacts.
+
+The component's code carries this file's text and that of runtime.py and serde.py (see
+compiler.py), so the step image needs no kfmagic. `main` builds the runtime from that text, runs
+the step with the runtime exactly as a local run does, then hands KFP what it produced: each saved
+variable as its own artifact, the metrics as a Metrics artifact, and what the cells displayed as
+an HTML artifact. Stdlib only; imports nothing from kfmagic.
+"""
+
+import base64
+import html
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import types
+
+# The kfp-local backend sets this so the runtime's result lands where a local run's would.
+RESULT_DIR_ENV = "KFMAGIC_RESULT_DIR"
+STARTED_FILE = "started"
+METRICS_OUTPUT = "kfmagic_metrics"
+DISPLAY_OUTPUT = "kfmagic_output"
+_MISSING = object()
+
+
+def load_runtime(sources):
+    """runtime.py with serde.py's functions alongside, as one module built from their text.
+
+    kfmagic is hidden while runtime's text runs, so it takes the embedded serde even in an image
+    that happens to have some other kfmagic installed: what was compiled is what runs.
+    """
+    module = types.ModuleType("kfmagic_runtime")
+    module.__file__ = "kfmagic/runtime.py"
+    sys.modules[module.__name__] = module
+    installed = sys.modules.get("kfmagic", _MISSING)
+    sys.modules["kfmagic"] = None
+    try:
+        exec(compile(sources["serde.py"], "kfmagic/serde.py", "exec"), module.__dict__)
+        exec(compile(sources["runtime.py"], module.__file__, "exec"), module.__dict__)
+    finally:
+        if installed is _MISSING:
+            del sys.modules["kfmagic"]
+        else:
+            sys.modules["kfmagic"] = installed
+    return module
+
+
+class CellOutput:
+    """What the step's cells show, in order: printed text, display() calls, last values, figures."""
+
+    def __init__(self):
+        self.items = []  # (kind, content): "text" | "html" | "markdown" | "png" | "svg"
+
+    def write(self, text):
+        if self.items and self.items[-1][0] == "text":
+            self.items[-1] = ("text", self.items[-1][1] + text)
+        else:
+            self.items.append(("text", text))
+
+    def display(self, *objects, **_):
+        for obj in objects:
+            self.items.append(_rich(obj))
+
+    def add_open_figures(self):
+        """Figures matplotlib still holds at the end of the step (what `plt.show()` would draw)."""
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None:
+            return
+        for number in pyplot.get_fignums():
+            buffer = io.BytesIO()
+            pyplot.figure(number).savefig(buffer, format="png", bbox_inches="tight")
+            self.items.append(("png", base64.b64encode(buffer.getvalue()).decode()))
+
+    def html(self, step):
+        parts = [f"<h3>step {html.escape(step)}</h3>"]
+        for kind, content in self.items:
+            if kind == "text":
+                parts.append(f"<pre>{html.escape(content)}</pre>")
+            elif kind == "html" or kind == "svg":
+                parts.append(f"<div>{content}</div>")
+            elif kind == "markdown":
+                parts.append(f"<pre>{html.escape(content)}</pre>")
+            elif kind == "png":
+                parts.append(f"<img src='data:image/png;base64,{content}'/>")
+        if not self.items:
+            parts.append("<p>(the step displayed nothing)</p>")
+        return "<html><body>" + "\n".join(parts) + "</body></html>"
+
+
+def _rich(obj):
+    """The richest form of `obj` a browser shows, as IPython's formatters would pick it."""
+    figure = type(obj).__module__.startswith("matplotlib") and hasattr(obj, "savefig")
+    if figure:
+        buffer = io.BytesIO()
+        obj.savefig(buffer, format="png", bbox_inches="tight")
+        return "png", base64.b64encode(buffer.getvalue()).decode()
+    for method, kind in (("_repr_html_", "html"), ("_repr_svg_", "svg"), ("_repr_png_", "png"),
+                         ("_repr_markdown_", "markdown")):
+        render = getattr(obj, method, None)
+        if callable(render):
+            try:
+                content = render()
+            except Exception:  # a broken repr must not fail the step
+                continue
+            if content is None:
+                continue
+            if kind == "png":
+                content = base64.b64encode(content).decode() if isinstance(content, bytes) else content
+            return kind, content
+    return "text", repr(obj) + "\n"
+
+
+class _Tee:
+    """stdout that still streams to the pod's log and also feeds CellOutput."""
+
+    def __init__(self, stream, sink):
+        self.stream, self.sink = stream, sink
+
+    def write(self, text):
+        self.sink.write(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _out_dir(step):
+    root = os.environ.get(RESULT_DIR_ENV)
+    if not root:
+        return tempfile.mkdtemp(prefix="kfmagic-")
+    out_dir = os.path.join(root, step)
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir
+
+
+def main(args, step, sources):
+    """Run one step inside its KFP component. `args` are the component's arguments by name."""
+    runtime = load_runtime(sources)
+    out_dir = _out_dir(step["step"])
+    started = time.time()
+    with open(os.path.join(out_dir, STARTED_FILE), "w") as file:
+        file.write(str(started))
+    spec = dict(
+        step,
+        params={name: args[argument] for name, argument in step["params"].items()},
+        inputs={var: args[argument].path for var, argument in step["inputs"].items()},
+        out_dir=out_dir,
+    )
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures render to images, no window
+    shown = CellOutput()
+    stdout, sys.stdout = sys.stdout, _Tee(sys.stdout, shown)
+    try:
+        runtime.run_step(spec, display=shown.display)
+        shown.add_open_figures()
+    finally:
+        sys.stdout = stdout
+    result_path = os.path.join(out_dir, runtime.RESULT_FILE)
+    with open(result_path) as file:
+        result = json.load(file)
+    for var in (*step["outputs"], *step["keep"]):
+        artifact = args[var]
+        os.makedirs(os.path.dirname(artifact.path) or ".", exist_ok=True)
+        if var in result["saved"]:
+            shutil.move(runtime.output_path(out_dir, var), artifact.path)
+            artifact.metadata.update(result["saved"][var])
+            result["saved"][var]["path"] = artifact.path
+        else:  # a kept value that could not be pickled: KFP still expects the file
+            open(artifact.path, "wb").close()
+            artifact.metadata["skipped"] = result["skipped"].get(var, "not assigned")
+    for name, value in result["metrics"].items():
+        args[METRICS_OUTPUT].log_metric(name, value)
+    os.makedirs(os.path.dirname(args[DISPLAY_OUTPUT].path) or ".", exist_ok=True)
+    with open(args[DISPLAY_OUTPUT].path, "w") as file:
+        file.write(shown.html(step["step"]))
+    result.update(started=started, finished=time.time())
+    with open(result_path, "w") as file:
+        json.dump(result, file)
+    if result["state"] != "SUCCEEDED":
+        raise SystemExit(1)  # the runtime has printed why; KFP marks the task failed

@@ -1,0 +1,179 @@
+"""Where the Kubeflow Pipelines API is and how to authenticate, and errors that say what to do.
+
+Settings live in the kernel's memory only: a token or cookie is never written to a file, a log,
+a compiled pipeline or displayed output (`repr` hides them). Without settings, kfp's own
+defaults apply: KF_PIPELINES_ENDPOINT, KF_PIPELINES_SA_TOKEN_PATH, and inside a cluster the
+in-cluster service address.
+"""
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+
+from .errors import KfmagicError
+
+ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
+TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+UI_ENDPOINT_ENV = "KF_PIPELINES_UI_ENDPOINT"
+# Seconds to wait for the API to connect and answer; an unanswered request must not hang the kernel.
+REQUEST_TIMEOUT = (10, 60)
+
+
+class KfpConnectionError(KfmagicError):
+    """The Kubeflow Pipelines API could not be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    host: str | None = None
+    namespace: str | None = None
+    experiment: str | None = None
+    token: str | None = field(default=None, repr=False)
+    token_path: str | None = None
+    cookies: str | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        given = [name for name in ("token", "token_path", "cookies") if getattr(self, name)]
+        if len(given) > 1:
+            raise KfmagicError(
+                f"%pipeline config: give one of --token, --token-path, --cookies (got {', '.join(given)})."
+            )
+        if self.token_path and not os.path.exists(self.token_path):
+            raise KfmagicError(f"%pipeline config --token-path {self.token_path}: no such file.")
+
+    @property
+    def endpoint(self):
+        """The API's URL: the configured host, else KF_PIPELINES_ENDPOINT, else None (in-cluster)."""
+        return (self.host or os.environ.get(ENDPOINT_ENV) or "").rstrip("/") or None
+
+    @property
+    def ui_url(self):
+        return (os.environ.get(UI_ENDPOINT_ENV) or self.endpoint or "/pipeline").rstrip("/")
+
+    def run_url(self, run_id):
+        return f"{self.ui_url}/#/runs/details/{run_id}"
+
+    def describe(self):
+        """What is configured, safe to show: credentials are named, never shown."""
+        auth = (
+            "token" if self.token else f"token file {self.token_path}" if self.token_path
+            else "cookies" if self.cookies else f"token file ${TOKEN_PATH_ENV}" if os.environ.get(TOKEN_PATH_ENV)
+            else "no credentials"
+        )
+        where = self.endpoint or "the in-cluster address"
+        extra = "".join(f", {k} {v}" for k, v in (("namespace", self.namespace), ("experiment", self.experiment)) if v)
+        return f"Kubeflow Pipelines at {where} ({auth}{extra})"
+
+    def __repr__(self):
+        return f"<Connection: {self.describe()}>"
+
+    def client(self):
+        """A kfp.Client for these settings, checked with one health request (kfp retries for 25 s)."""
+        import kfp
+        from kfp.client import set_volume_credentials
+
+        class _Client(kfp.Client):
+            def get_kfp_healthz(self, sleep_duration=5):
+                return self._healthz_api.healthz_service_get_healthz(_request_timeout=REQUEST_TIMEOUT)
+
+        credentials = None
+        token_path = self.token_path or (None if self.token or self.cookies else os.environ.get(TOKEN_PATH_ENV))
+        if token_path:
+            credentials = set_volume_credentials.ServiceAccountTokenVolumeCredentials(path=token_path)
+        kwargs = dict(existing_token=self.token, cookies=self.cookies, credentials=credentials)
+        if self.namespace:
+            kwargs["namespace"] = self.namespace
+        with calling(self, "connecting"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2": kfmagic needs v2 too
+            client = _Client(host=self.endpoint, **kwargs)
+            _bound_requests(client)
+            if self.namespace:  # kfp skips its health check when given a namespace; reachability matters
+                client.get_kfp_healthz()
+        return client
+
+
+def _bound_requests(client):
+    """Give every API request a timeout (kfp's generated client sends none and can wait forever)."""
+    import urllib3
+
+    pool = client._run_api.api_client.rest_client.pool_manager
+    request = pool.request
+
+    def request_with_timeout(method, url, *args, timeout=None, **kwargs):
+        connect, read = REQUEST_TIMEOUT
+        return request(method, url, *args, timeout=timeout or urllib3.Timeout(connect=connect, read=read), **kwargs)
+
+    pool.request = request_with_timeout
+
+
+def _server_message(body):
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError):
+        return (body or "").strip()[:500] if isinstance(body, str) else ""
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("error") or data)[:500]
+    return str(data)[:500]
+
+
+def explain(error, connection, action):
+    """A KfpConnectionError saying what went wrong while `action`, and what to do; None if unknown."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    where = connection.endpoint or "the in-cluster address"
+    if isinstance(error, ApiException):
+        status, message = error.status, _server_message(error.body)
+        said = f": {message}" if message else ""
+        if status in (401, 403):
+            fix = (
+                "Give credentials with `%pipeline config --host URL --token T` (or --token-path FILE, or "
+                "--cookies 'authservice_session=...' copied from a logged-in browser)."
+                if status == 401 else
+                f"The credentials are valid but lack access{' to namespace ' + connection.namespace if connection.namespace else ''}: "
+                "ask for a role in the profile, or use --namespace with your own."
+            )
+            return KfpConnectionError(f"Kubeflow Pipelines at {where} refused {action} (HTTP {status}){said}. {fix}")
+        if status == 404:
+            return KfpConnectionError(
+                f"Kubeflow Pipelines at {where}: not found while {action} (HTTP 404){said}. Check that --host is "
+                "the Pipelines endpoint (e.g. http://localhost:8080 after `kubectl port-forward -n kubeflow "
+                "svc/ml-pipeline-ui 8080:80`), and that the run or pipeline exists."
+            )
+        if status >= 500:
+            return KfpConnectionError(
+                f"Kubeflow Pipelines at {where} failed while {action} (HTTP {status}, a server error){said}. "
+                "Try again; if it persists, check the ml-pipeline deployment's logs."
+            )
+        return KfpConnectionError(f"Kubeflow Pipelines at {where} rejected {action} (HTTP {status}){said}")
+    if isinstance(error, (urllib3.exceptions.TimeoutError, TimeoutError)) or "timed out" in str(error).lower():
+        return KfpConnectionError(
+            f"Kubeflow Pipelines at {where} did not answer in time while {action}. Check that the cluster is up "
+            "and the address is right (a port-forward that died looks like this), then try again."
+        )
+    if isinstance(error, (urllib3.exceptions.HTTPError, ConnectionError, OSError)):
+        return KfpConnectionError(
+            f"Cannot reach Kubeflow Pipelines at {where} while {action}: {type(error).__name__}. Check the address "
+            "(`%pipeline config --host URL`), that the cluster is up, and any port-forward "
+            "(`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)."
+        )
+    return None
+
+
+class calling:
+    """`with calling(connection, 'uploading the pipeline'):` turns API failures into clear errors."""
+
+    def __init__(self, connection, action):
+        self.connection, self.action = connection, action
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or isinstance(error, KfmagicError):
+            return False
+        explained = explain(error, self.connection, self.action)
+        if explained is None:
+            return False
+        raise explained from None

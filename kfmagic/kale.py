@@ -1,0 +1,323 @@
+"""Kubeflow Kale's cell tags -> the kfmagic magics that declare the same pipeline.
+
+A Kale notebook is translated to cell text (`%%step NAME --after ...` + the cell's code), not to
+registry objects: the kernel's parser then reads it like any kfmagic notebook, and
+`kfmagic convert` writes exactly that text, so the converted file declares the same pipeline.
+
+Kale's rules kept: `imports`/`functions` cells are the prelude, `pipeline-parameters` the params,
+untagged code cells join the block before them (cells before any block are not in the pipeline),
+`skip` cells are left out without ending the block. Kale's faults not kept: `prev:` edges stay
+even when no data flows (`--after`); `%`/`!` lines run as in the kernel; odd spacing and case in
+tags are accepted; step names are normalised (`step_name`) instead of rejected.
+"""
+
+import ast
+import copy
+import re
+from dataclasses import dataclass, field
+
+from nbformat.v4 import new_code_cell
+
+from . import syntax
+from .analysis import AnalysisError, analyze
+from .errors import CellSyntaxError
+
+_SPECIAL = {"skip", "imports", "functions", "pipeline-parameters", "pipeline-metrics"}
+_KALE_KEYS = {"step", "block", "prev", "limit", "image", "cache", "annotation", "label"}
+_PARAMS, _METRICS = "pipeline-parameters", "pipeline-metrics"
+_GPU_KEY_RE = re.compile(r"(^|[./])gpu$")
+METADATA_KEY = "kubeflow_notebook"  # where Kale keeps pipeline name, experiment, image, defaults
+
+
+@dataclass
+class Translation:
+    header: str  # `%load_ext kfmagic` + `%pipeline init ...` from the notebook's Kale settings
+    texts: list  # per notebook cell: its kfmagic text, or None when the cell is not in the pipeline
+    warnings: list = field(default_factory=list)
+
+
+@dataclass
+class _Tags:
+    role: str | None = None  # a special tag, "step", or None (untagged: joins the block before)
+    step: str | None = None  # Kale's step name, as written
+    prev: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # limit/image/cache, as Kale wrote them
+
+
+def step_name(raw):
+    """A kfmagic step name for any Kale name: lowercase, runs of other characters -> '_'.
+
+    Deterministic, so `prev:` tags and step tags always meet; names that normalise alike are one
+    step: 'Load Data' and 'load_data' -> 'load_data', '1st' -> 'step_1st'.
+    """
+    name = re.sub(r"[^a-z0-9_-]+", "_", raw.strip().lower()).strip("_-")
+    if not name[:1].isalpha():
+        name = f"step_{name}" if name else "step"
+    return name[:63].rstrip("_-")
+
+
+def _cell_tags(cell):
+    tags = (cell.get("metadata") or {}).get("tags") or []
+    return [tag for tag in tags if isinstance(tag, str)] if isinstance(tags, list) else []
+
+
+def _parse_tags(tags, where):
+    """Kale's tag language for one cell; tags of other tools are ignored."""
+    parsed, steps = _Tags(), []
+    for tag in tags:
+        text = tag.strip()
+        special = re.sub(r"[\s_]+", "-", text.lower())
+        if special in _SPECIAL:
+            if parsed.role in (None, "step"):  # as in Kale, a special tag decides the cell
+                parsed.role = special
+            continue
+        key, _, value = (part.strip() for part in text.partition(":"))
+        key = key.lower()
+        if key in ("step", "block"):
+            if value:
+                steps.append(value)
+        elif key == "prev" and value:
+            parsed.prev.append(value)
+        elif key == "limit":
+            resource, _, amount = (part.strip() for part in value.partition(":"))
+            parsed.options.setdefault("limit", {})[resource.lower()] = amount
+        elif key in ("image", "cache") and value:
+            parsed.options[key] = value
+        elif key in ("annotation", "label") and value:
+            parsed.options.setdefault(key, []).append(value)
+    if len({step_name(step) for step in steps}) > 1:
+        raise CellSyntaxError(
+            f"{where}: tagged with several steps ({', '.join(steps)}); a cell belongs to one step. "
+            "Keep one step: tag, or split the cell."
+        )
+    if steps and parsed.role is None:
+        parsed.role, parsed.step = "step", steps[0]
+    return parsed
+
+
+def is_tagged(nb):
+    """Whether any code cell carries a tag of Kale's language."""
+    return any(
+        _is_kale_tag(tag) for cell in nb.cells if cell.get("cell_type") == "code" for tag in _cell_tags(cell)
+    )
+
+
+def _settings(nb):
+    settings = nb.get("metadata", {}).get(METADATA_KEY) or {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def _default_options(settings):
+    """Kale's `steps_defaults` ("limit:cpu:2", ...) apply to every step, under the step's own tags."""
+    defaults = settings.get("steps_defaults") or []
+    if isinstance(defaults, dict):  # Kale's parsed form: {"limits": {...}, "annotations": {...}}
+        return {
+            "limit": dict(defaults.get("limits") or {}),
+            **{kind: [f"{k}:{v}" for k, v in (defaults.get(f"{kind}s") or {}).items()] for kind in ("annotation", "label")},
+        }
+    return _parse_tags([d for d in defaults if isinstance(d, str)], f"{METADATA_KEY}.steps_defaults").options
+
+
+def _step_option_flags():
+    """The long options `%%step` accepts in this version of kfmagic."""
+    return {flag for flag in syntax.step.parser._option_string_actions if flag.startswith("--")}
+
+
+def _options_to_flags(options, step, flags, found):
+    """Kale limit/image/cache -> `%%step` options; what kfmagic cannot honour is a warning."""
+    words = []
+
+    def use(flag, *values, kale_tag):
+        if flag in flags:
+            words.extend([flag, *values])
+        else:
+            found.append(f"step {step!r}: Kale tag {kale_tag} is not applied: this kfmagic has no {flag} option.")
+
+    for resource, amount in (options.get("limit") or {}).items():
+        tag = f"limit:{resource}:{amount}"
+        if resource == "cpu":
+            use("--cpu", amount, kale_tag=tag)
+        elif resource == "memory":
+            use("--memory", amount, kale_tag=tag)
+        elif _GPU_KEY_RE.search(resource):
+            use("--gpu", amount, kale_tag=tag)
+            if resource != "gpu":
+                use("--gpu-type", resource, kale_tag=tag)
+        else:
+            found.append(f"step {step!r}: Kale tag {tag} is not applied: kfmagic sets cpu, memory and GPUs only.")
+    if "image" in options:
+        use("--image", options["image"], kale_tag=f"image:{options['image']}")
+    cache = options.get("cache", "").lower()
+    if cache in ("enabled", "disabled"):
+        use("--cache" if cache == "enabled" else "--no-cache", kale_tag=f"cache:{cache}")
+    elif cache:
+        found.append(f"step {step!r}: Kale tag cache:{options['cache']} is not applied: use cache:enabled or cache:disabled.")
+    for kind in ("annotation", "label"):
+        for value in options.get(kind, []):
+            found.append(f"step {step!r}: Kale tag {kind}:{value} is not applied: kfmagic sets no pod {kind}s.")
+    return words
+
+
+def _metric_names(text, where, found):
+    """The variables a pipeline-metrics cell prints (`print(accuracy)`), as Kale reads them."""
+    try:
+        tree = ast.parse(syntax.to_python(text))
+    except SyntaxError as error:
+        found.append(f"{where} (pipeline-metrics): cannot be read ({error.msg}); its metrics are not reported.")
+        return []
+    names = []
+    for node in tree.body:
+        call = getattr(node, "value", None)
+        args = getattr(call, "args", None)
+        if getattr(getattr(call, "func", None), "id", None) == "print" and args:
+            names += [arg.id for arg in args if isinstance(arg, ast.Name)]
+        elif isinstance(call, ast.Name):
+            names.append(call.id)
+    return list(dict.fromkeys(names))
+
+
+def translate(nb, default_name="pipeline"):
+    """The kfmagic text of each cell of a Kale-tagged notebook, and what could not be kept."""
+    found, renamed = [], set()
+    settings = _settings(nb)
+    defaults = _default_options(settings)
+    if settings.get("docker_image") and not _init_accepts("--image"):
+        defaults.setdefault("image", settings["docker_image"])
+
+    def kfmagic_name(raw):
+        name = step_name(raw)
+        if name != raw and raw not in renamed:
+            renamed.add(raw)
+            found.append(f"Kale step {raw!r} is named {name!r} (lowercase letters, digits, '-' and '_').")
+        return name
+
+    steps, metrics, declared = [], [], set()  # steps: _StepCell in notebook order
+    block, texts = None, [None] * len(nb.cells)
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code":
+            continue
+        where, source = f"cell {index + 1}", _source(cell)
+        tags = _parse_tags(_cell_tags(cell), where)
+        if tags.role == "skip":
+            continue
+        if tags.role is not None:
+            block = (tags.role, kfmagic_name(tags.step) if tags.step else None)
+        if (tags.prev or tags.options) and (block is None or block[0] != "step"):
+            found.append(f"{where}: its prev:/limit:/image:/cache: tags are not applied: the cell is not part of a step.")
+        if block is None or (tags.role is None and not source.strip()):
+            continue
+        role, step = block
+        if role == "step":
+            options = tags.options
+            if step not in declared:  # Kale's defaults go where the step is declared, under its own tags
+                options = {**defaults, **options, "limit": {**defaults.get("limit", {}), **options.get("limit", {})}}
+                declared.add(step)
+            after = [name for name in map(kfmagic_name, tags.prev) if name != step]
+            steps.append(_StepCell(index, step, list(dict.fromkeys(after)), options))
+        elif role == _METRICS:
+            metrics += [(name, where) for name in _metric_names(source, where, found)]
+        else:
+            texts[index] = f"%%{'params' if role == _PARAMS else 'prelude'}\n{source}"
+
+    _assign_metrics(steps, metrics, nb, texts, found)
+    flags = _step_option_flags()
+    for cell in steps:
+        words = [cell.step, *(["--after", *cell.after] if cell.after else [])]
+        words += ["--metrics", *cell.metrics] if cell.metrics else []
+        words += _options_to_flags(cell.options, cell.step, flags, found)
+        line = " ".join(_word(word, f"step {cell.step!r}: option value", found) for word in words)
+        texts[cell.index] = f"%%step {line}\n{_source(nb.cells[cell.index])}"
+    return Translation(_header(settings, default_name, found), texts, list(dict.fromkeys(found)))
+
+
+@dataclass
+class _StepCell:
+    index: int
+    step: str
+    after: list
+    options: dict
+    metrics: list = field(default_factory=list)
+
+
+def _init_accepts(flag):
+    try:
+        syntax.parse_pipeline_line(f"init x {flag} value")
+    except Exception:  # argparse's UsageError: no such option
+        return False
+    return True
+
+
+def _source(cell):
+    source = cell.get("source") or ""
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _word(value, what, found):
+    """`value` as one word of a magic line, which cannot quote: whitespace becomes '-' (a warning)."""
+    word = re.sub(r"\s+", "-", str(value).strip())
+    if word != str(value):
+        found.append(f"{what} {value!r} is written {word!r}: a magic line's words cannot hold spaces.")
+    return word
+
+
+def _assign_metrics(steps, metrics, nb, texts, found):
+    """Each metric goes to the last step cell (notebook order) that assigns it, as Kale does."""
+    params = set()
+    for text in texts:
+        if text and text.startswith("%%params"):
+            try:
+                params.update(syntax.parse_cell(text).params)
+            except CellSyntaxError:
+                continue  # the plan reports it
+    for name, where in metrics:
+        for cell in reversed(steps):
+            try:
+                assigns = analyze(syntax.to_python(_source(nb.cells[cell.index]))).assigns
+            except (AnalysisError, SyntaxError):
+                continue  # the plan reports it
+            if name in assigns:
+                cell.metrics.append(name)
+                break
+        else:
+            why = "it is a pipeline parameter, not a step's result" if name in params else "no step assigns it"
+            found.append(f"{where} (pipeline-metrics): {name!r} is not reported as a metric: {why}.")
+
+
+def _header(settings, default_name, found):
+    name = step_name(str(settings.get("pipeline_name") or default_name))
+    experiment = settings.get("experiment_name") or (settings.get("experiment") or {}).get("name")
+    line = f"%pipeline init {name}" + (f" --experiment {_word(experiment, 'Experiment', found)}" if experiment else "")
+    if settings.get("docker_image") and _init_accepts("--image"):
+        line += f" --image {_word(settings['docker_image'], 'Image', found)}"
+    if settings.get("volumes"):
+        found.append(
+            "Kale's volumes are not applied: kfmagic mounts no volumes from Kale's settings; "
+            "add --volume to the steps that need one."
+        )
+    return f"%load_ext kfmagic\n{line}\n"
+
+
+def convert(nb, default_name="pipeline"):
+    """(kfmagic notebook, warnings): the same cells, each Kale-tagged code cell rewritten to magics."""
+    translation = translate(nb, default_name)
+    out = copy.deepcopy(nb)
+    for cell, text in zip(out.cells, translation.texts):
+        if cell.get("cell_type") != "code":
+            continue
+        if text is not None:
+            cell.source = text
+        tags = [tag for tag in _cell_tags(cell) if not _is_kale_tag(tag)]
+        if tags:
+            cell.metadata["tags"] = tags
+        else:
+            cell.get("metadata", {}).pop("tags", None)
+    header = new_code_cell(translation.header.rstrip("\n"))
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
+        del header["id"]  # files before nbformat 4.5 have no cell ids
+    out.cells.insert(0, header)
+    return out, translation.warnings
+
+
+def _is_kale_tag(tag):
+    text = tag.strip().lower()
+    return re.sub(r"[\s_]+", "-", text) in _SPECIAL or text.partition(":")[0].strip() in _KALE_KEYS

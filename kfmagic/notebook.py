@@ -1,0 +1,119 @@
+"""A saved `.ipynb` file -> the same `registry.Pipeline` the kernel builds, without running a cell.
+
+The one place that turns a file into a pipeline (CLI, drift check, Kale notebooks). Each code
+cell's text goes through the kernel's own parser (`syntax.parse_cell`) and `Pipeline.add`, so a
+file and a kernel that ran it top to bottom hold the same registry. A notebook tagged for
+Kubeflow Kale is first translated to the same magics (`kfmagic.kale`), cell by cell.
+"""
+
+import os
+import re
+import warnings
+
+import nbformat
+
+from . import kale, syntax
+from .analysis import AnalysisError, analyze
+from .errors import KfmagicError
+from .registry import Pipeline
+
+_INIT_LINE_RE = re.compile(r"^%pipeline\s+init(\s|$)")
+
+
+def read(path):
+    """The notebook at `path` (nbformat v4), or a KfmagicError that says what is wrong with it."""
+    if not os.path.exists(path):
+        raise KfmagicError(f"{path}: no such file.")
+    if os.path.isdir(path):
+        raise KfmagicError(f"{path} is a directory; give the path of a .ipynb file.")
+    try:
+        with warnings.catch_warnings():  # missing cell ids and the like: not the user's problem here
+            warnings.simplefilter("ignore")
+            return nbformat.read(path, as_version=4)
+    except Exception as error:  # nbformat raises JSON, schema and conversion errors of many types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KfmagicError(f"{path} is not a Jupyter notebook nbformat can read: {first}") from None
+
+
+def cell_text(cell):
+    """A cell's source as the kernel receives it: one string (a list is joined)."""
+    source = cell.get("source") or ""
+    return "".join(source) if isinstance(source, list) else source
+
+
+def label(number):
+    return f"cell {number}"
+
+
+def load(path):
+    """(Pipeline, warnings) declared by the notebook file at `path`; nothing is executed."""
+    nb = read(path)
+    default_name = kale.step_name(os.path.splitext(os.path.basename(path))[0])
+    pipeline, found = from_notebook(nb, default_name)
+    pipeline.notebook_path = os.path.abspath(path)
+    return pipeline, found
+
+
+def from_notebook(nb, default_name="pipeline"):
+    """(Pipeline, warnings) for an in-memory notebook: kfmagic magics, else Kale tags."""
+    texts = [cell_text(cell) if cell.get("cell_type") == "code" else None for cell in nb.cells]
+    found = []
+    if not uses_magics(nb) and kale.is_tagged(nb):
+        translation = kale.translate(nb, default_name)
+        texts, found = [translation.header, *translation.texts], list(translation.warnings)
+        numbers = [None, *range(1, len(nb.cells) + 1)]
+    else:
+        numbers = list(range(1, len(nb.cells) + 1))
+    pipeline = Pipeline()
+    for number, text in zip(numbers, texts):
+        if text:
+            _add_cell(pipeline, text, number, nb.cells[number - 1] if number else {})
+    unmarked = {number: text for number, text in zip(numbers, texts) if number and not _is_marked(text)}
+    pipeline.explain_missing = _explainer(nb, unmarked)
+    return pipeline, found
+
+
+def uses_magics(nb):
+    """Whether any code cell is marked with one of kfmagic's cell magics (then Kale tags are ignored)."""
+    return any(_is_marked(cell_text(cell)) for cell in nb.cells if cell.get("cell_type") == "code")
+
+
+def _is_marked(text):
+    return bool(text) and syntax.split_magic_line(text) is not None
+
+
+def _add_cell(pipeline, text, number, cell):
+    where = label(number) if number else "the Kale notebook's settings"
+    try:
+        spec = syntax.parse_cell(text)
+        if spec is None:
+            for line in text.splitlines():
+                if _INIT_LINE_RE.match(line.strip()):
+                    options = vars(syntax.parse_pipeline_line(line.strip()[len("%pipeline"):]))
+                    del options["command"]
+                    pipeline.init(**options)
+            return
+    except KfmagicError as error:
+        raise type(error)(f"{where}: {error}") from None
+    except Exception as error:  # argparse's UsageError from parse_pipeline_line
+        raise KfmagicError(f"{where}: {error}") from None
+    pipeline.add(spec, cell_id=cell.get("id"), label=where)
+
+
+def _explainer(nb, unmarked):
+    """Where a name no step provides comes from in the file: a code cell that is not in the pipeline."""
+
+    def explain(name):
+        for number in sorted(unmarked, reverse=True):
+            text = cell_text(nb.cells[number - 1]) if nb.cells[number - 1].get("cell_type") == "code" else ""
+            try:
+                if text and name in analyze(syntax.to_python(text)).assigns:
+                    return (
+                        f"The notebook's {label(number)} assigns it, but that cell is not part of the "
+                        "pipeline: mark it with %%step (or move it to the %%prelude or %%params)."
+                    )
+            except (AnalysisError, SyntaxError):
+                continue
+        return None
+
+    return explain

@@ -1,0 +1,178 @@
+"""`%pipeline compile`: the plan as Kubeflow Pipelines IR, written by kfp's compiler and read back strictly."""
+
+import importlib.metadata
+import json
+import os
+import sys
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from kfmagic.errors import CellSyntaxError, KfmagicError
+from kfmagic.registry import Pipeline
+from kfmagic.syntax import parse_cell
+
+
+def load_ir(path):
+    """The IR documents; the PipelineSpec parsed as kfp.Client does (unknown fields are errors)."""
+    with open(path) as file:
+        docs = list(yaml.safe_load_all(file))
+    json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    return docs
+
+
+def pipeline_of(*cells, name="demo"):
+    pipeline = Pipeline().init(name)
+    for number, text in enumerate(cells):
+        pipeline.add(parse_cell(text), label=f"cell {number}")
+    return pipeline
+
+
+def executor(spec, step):
+    return spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
+
+
+def install_line(container):
+    """The pip command the step's container runs first ('' when it installs nothing)."""
+    return container["command"][2] if container["command"][:2] == ["sh", "-c"] else ""
+
+
+def test_kernel_compiles_one_component_per_step_with_artifacts_params_and_options(run_cells, tmp_path):
+    out = run_cells([
+        "%load_ext kfmagic\n%pipeline init wine --image python:3.11-slim",
+        "%%prelude\nimport math",
+        "%%params\nscale = 2\nlabel = 'x'\nflags = {'a': True}\nunused = 0.5",
+        "%%step load --cpu 500m --memory 1Gi --env MODE=fast LEVEL=2\nimport numpy as np\ndata = [1, 2, 3]\nweights = np.ones(3)",
+        "%%step train_model --metrics total --gpu 2 --gpu-type nvidia.com/a100 --retries 3 --no-cache "
+        "--display-name 'Train it'\ntotal = float(sum(x * scale for x in data) + weights.sum())",
+        "%%step report --after train_model --image python:3.11 --secret creds:user:DB_USER "
+        "--volume data-pvc:/data --packages numpy==1.0 extra-lib\nprint(label, data, flags)",
+        "%%step prepared --no-install --cache\nready = math.pi",
+        "%pipeline compile -o out/p.yaml",
+    ])
+    assert "wrote out/p.yaml" in out[-1]
+    spec, platform = load_ir(tmp_path / "out" / "p.yaml")
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"load", "train-model", "report", "prepared"}
+    assert set(spec["components"]) == {f"comp-{t}" for t in tasks}
+    # each variable crossing an edge: an artifact of its own, output of the producer, input of each reader
+    load_outputs = spec["components"]["comp-load"]["outputDefinitions"]["artifacts"]
+    assert {"data", "weights"} <= set(load_outputs) and "kfmagic_output" in load_outputs
+    assert load_outputs["kfmagic_output"]["artifactType"]["schemaTitle"] == "system.HTML"
+    train_inputs = tasks["train-model"]["inputs"]
+    assert train_inputs["artifacts"]["data"]["taskOutputArtifact"] == {"outputArtifactKey": "data", "producerTask": "load"}
+    assert train_inputs["artifacts"]["weights"]["taskOutputArtifact"]["producerTask"] == "load"
+    assert tasks["report"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]["producerTask"] == "load"
+    assert tasks["report"]["dependentTasks"] == ["load", "train-model"]  # --after, no data
+    # parameters typed from their defaults, wired only where read
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {k: v["parameterType"] for k, v in params.items()} == {
+        "scale": "NUMBER_INTEGER", "label": "STRING", "flags": "STRUCT", "unused": "NUMBER_DOUBLE",
+    }
+    assert train_inputs["parameters"] == {"scale": {"componentInputParameter": "scale"}}
+    assert set(tasks["report"]["inputs"]["parameters"]) == {"label", "flags"}
+    assert "inputs" not in tasks["load"]
+    metrics = spec["components"]["comp-train-model"]["outputDefinitions"]["artifacts"]["kfmagic_metrics"]
+    assert metrics["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert "kfmagic_metrics" not in load_outputs
+    # options on the tasks and containers
+    load = executor(spec, "load")
+    assert load["image"] == "python:3.11-slim" and executor(spec, "report")["image"] == "python:3.11"
+    assert load["resources"]["resourceCpuLimit"] == "500m" and load["resources"]["resourceMemoryLimit"] == "1Gi"
+    assert {e["name"]: e["value"] for e in load["env"]} == {"MODE": "fast", "LEVEL": "2"}
+    accelerator = executor(spec, "train-model")["resources"]["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/a100" and accelerator["resourceCount"] == "2"
+    assert tasks["train-model"]["retryPolicy"]["maxRetryCount"] == 3
+    assert tasks["train-model"]["cachingOptions"] == {}  # --no-cache
+    assert tasks["prepared"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["train-model"]["taskInfo"]["name"] == "Train it"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-report"]
+    assert k8s["secretAsEnv"][0]["secretName"] == "creds"
+    assert k8s["secretAsEnv"][0]["keyToEnv"] == [{"envVar": "DB_USER", "secretKey": "user"}]
+    assert k8s["pvcMount"][0]["mountPath"] == "/data" and k8s["pvcMount"][0]["constant"] == "data-pvc"
+    # packages: what the step imports, pinned to this kernel's versions, plus marshalling and kfp
+    numpy, cloudpickle = (f"{d}=={importlib.metadata.version(d)}" for d in ("numpy", "cloudpickle"))
+    assert f"'{numpy}'" in install_line(load) and f"'{cloudpickle}'" in install_line(load)
+    assert "'kfp==" in install_line(load)
+    report_install = install_line(executor(spec, "report"))
+    assert "'numpy==1.0'" in report_install and "'extra-lib'" in report_install and numpy not in report_install
+    assert install_line(executor(spec, "prepared")) == ""  # --no-install
+    # the step's code and kfmagic's runtime travel in the component; the image needs no kfmagic
+    program = executor(spec, "train-model")["command"][-1]
+    assert "from kfmagic" not in program and "import kfmagic" not in program
+    assert "total = float(sum(x * scale for x in data) + weights.sum())" in program
+
+
+def test_default_image_is_the_kernel_python_and_compile_returns_the_default_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = pipeline_of("%%step only\nx = 1", name="tiny_one").compile()
+    assert path == "tiny_one.yaml" and os.path.exists(tmp_path / "tiny_one.yaml")
+    spec = load_ir(path)[0]
+    assert spec["pipelineInfo"]["name"] == "tiny-one"
+    assert executor(spec, "only")["image"] == f"python:{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def test_compile_warns_about_what_a_pod_cannot_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    big = tmp_path / ".kfmagic" / "runs" / "old-run" / "load"
+    big.mkdir(parents=True)
+    (big / "result.json").write_text(json.dumps({"saved": {"frame": {"type": "list", "bytes": 300 * 2**20}}}))
+    pipeline = pipeline_of(
+        "%%step load\nframe = open('data/train.csv').read()\n!ls data",
+        "%%step use\n%pip install requests\n%matplotlib inline\nn = len(frame)",
+        "%%step local_lib\nimport my_private_helpers\ny = 2",
+    )
+    path = pipeline.compile(str(tmp_path / "p.yaml"))
+    said = capsys.readouterr().out
+    assert "Step 'load' opens 'data/train.csv'" in said and "--volume" in said
+    assert "Step 'load' passes 'frame' (300 MiB" in said and "use" in said
+    assert "Step 'load' runs the shell command `!ls`" in said
+    assert "Step 'use' runs `%pip`" in said and "--packages" in said
+    assert "Step 'use' runs `%matplotlib`" in said
+    assert "Step 'local_lib' imports my_private_helpers" in said
+    spec = load_ir(path)[0]
+    ipython = f"'ipython=={importlib.metadata.version('ipython')}'"
+    assert ipython in install_line(executor(spec, "use")) and ipython in install_line(executor(spec, "load"))
+    assert ipython not in install_line(executor(spec, "local-lib"))
+
+
+@pytest.mark.parametrize("line, words", [
+    ("--memory 4Gb", "--memory 4Gb: write memory as a Kubernetes quantity"),
+    ("--cpu lots", "--cpu lots: write CPUs as a number"),
+    ("--gpu-type t4", "--gpu-type t4: also say how many with --gpu N"),
+    ("--gpu 0", "--gpu 0: ask for at least one GPU"),
+    ("--retries -1", "--retries -1: the number of retries is 0 or more"),
+    ("--env 9X=1", "--env 9X=1: write NAME=VALUE"),
+    ("--secret creds:user", "--secret creds:user: write SECRET_NAME:KEY:ENV_VAR"),
+    ("--volume data", "--volume data: write PVC_NAME:/absolute/mount/path"),
+    ("--no-install --packages numpy", "--packages numpy: --no-install says the image has everything"),
+])
+def test_bad_step_options_are_errors_naming_step_and_option(line, words):
+    with pytest.raises(CellSyntaxError) as error:
+        parse_cell(f"%%step train {line}\nx = 1")
+    assert str(error.value).startswith("%%step train: ") and words in str(error.value)
+
+
+def test_bad_option_in_the_kernel_is_one_line_without_traceback(run_cells):
+    out = run_cells(["%load_ext kfmagic", "%%step train --memory 4Gb\nx = 1"], allow_errors=True)
+    assert "--memory 4Gb: write memory as a Kubernetes quantity" in out[1]
+    assert "Traceback" not in out[1] and "kfmagic/" not in out[1]
+
+
+def test_what_kubeflow_cannot_take_is_an_error_not_dropped(tmp_path):
+    clash = pipeline_of("%%step a_b\nx = 1", "%%step a-b\ny = 2")
+    with pytest.raises(KfmagicError, match="both become the Kubeflow task 'a-b'"):
+        clash.compile(str(tmp_path / "p.yaml"))
+    reserved = pipeline_of("%%step a\nkfmagic_output = 1", "%%step b\nprint(kfmagic_output)")
+    with pytest.raises(KfmagicError, match="'kfmagic_output' is reserved"):
+        reserved.compile(str(tmp_path / "p.yaml"))
+    unknown = pipeline_of("%%step a\nx = 1")
+    plan = unknown.plan()
+    from kfmagic import compiler
+
+    step = plan.steps[0]
+    step.options["timeout"] = "1h"  # an option some other part might add that the compiler cannot express
+    with pytest.raises(KfmagicError, match="--timeout cannot be expressed"):
+        compiler.compile_plan(plan, str(tmp_path / "p.yaml"))

@@ -1,0 +1,108 @@
+"""`%pipeline run --runner kfp-local`: the compiled IR run by kfp.local gives what a local run gives."""
+
+import glob
+import json
+import os
+
+import pytest
+
+from kfmagic.display import TextProgress
+from kfmagic.errors import RunFailed
+from kfmagic.registry import Pipeline
+from kfmagic.syntax import parse_cell
+
+NOTEBOOK = [
+    "%load_ext kfmagic\n%pipeline init twins",
+    "%%prelude\nimport pandas as pd",
+    "%%params\nn = 4\nfactor = 1.5",
+    "%%step make\nframe = pd.DataFrame({'x': range(n)})\nprint('rows', len(frame))\nframe.head(2)",
+    "%%step stats --metrics mean_x total\nmean_x = float(frame.x.mean() * factor)\ntotal = float(frame.x.sum())",
+    "%%step shown\nclass Rich:\n    def _repr_html_(self):\n        return '<b>rich!</b>'\ndisplay(Rich())\nlabel = f'{n} rows'",
+]
+SUMMARY = (
+    "import json\n"
+    "def summary(run):\n"
+    "    return {'runner': run.runner, 'state': run.state, 'metrics': run.metrics,\n"
+    "            'steps': {s.name: s.state for s in run.steps.values()},\n"
+    "            'timed': all(s.duration is not None and s.duration >= 0 for s in run.steps.values()),\n"
+    "            'frame': run.load('frame').x.tolist(), 'label': run.load('label'), 'run_dir': run.run_dir}\n"
+    "print(json.dumps([summary(local), summary(kfp_local)]))"
+)
+
+
+def test_kfp_local_and_local_runs_of_one_notebook_agree(run_cells):
+    out = run_cells([
+        *NOTEBOOK,
+        "local = %pipeline run --runner local --param n=6",
+        "kfp_local = %pipeline run --runner kfp-local --param n=6",
+        SUMMARY,
+    ])
+    local, kfp_local = json.loads(out[-1].strip().splitlines()[-1])
+    assert (local["runner"], kfp_local["runner"]) == ("local", "kfp-local")
+    assert kfp_local["metrics"] == local["metrics"] == {"stats": {"mean_x": 3.75, "total": 15.0}}
+    for key in ("state", "steps", "frame", "label", "timed"):
+        assert kfp_local[key] == local[key], key
+    assert local["state"] == "SUCCEEDED" and local["frame"] == [0, 1, 2, 3, 4, 5] and local["label"] == "6 rows"
+    assert "[make] rows 6" in out[-2]  # the step's output streams into the cell, attributed to the step
+    # what each cell displayed is an HTML artifact of its task (the KFP UI shows it)
+    outputs = glob.glob(os.path.join(kfp_local["run_dir"], "kfp", "*", "*", "kfmagic_output"))
+    shown = {path.split(os.sep)[-2]: open(path).read() for path in outputs}
+    assert set(shown) == {"make", "stats", "shown"}
+    assert "rows 6" in shown["make"] and "<table" in shown["make"]  # print, then the DataFrame's last value
+    assert "<b>rich!</b>" in shown["shown"]
+    # the loaded values come from the artifacts kfp.local wrote, not from a local run's files
+    assert os.path.exists(os.path.join(kfp_local["run_dir"], "pipeline.yaml"))
+
+
+def test_a_failing_step_fails_both_runs_alike(run_cells):
+    out = run_cells([
+        "%load_ext kfmagic",
+        "%%step first\nx = 1",
+        "%%step boom\nvalue = x + 41\nraise ValueError(f'bad value {value}')",
+        "%%step after --after boom\ny = 2",
+        "%pipeline run --runner local",
+        "%pipeline run --runner kfp-local",
+        "import kfmagic\nrun = kfmagic.pipeline().last_run\n"
+        "print(run.runner, run.state, {s.name: s.state for s in run.steps.values()})\n"
+        "print(run.steps['boom'].error)",
+    ], allow_errors=True)
+    for said in out[4:6]:
+        assert "Step 'boom' failed: ValueError: bad value 42" in said and "Not run: after." in said
+        assert '[boom]   File "step boom, In [3]", line 3' in said  # the user's traceback, streamed
+        assert "kfmagic/backends" not in said and "kfmagic/registry" not in said  # none from kfmagic itself
+    assert "kfp-local FAILED {'first': 'SUCCEEDED', 'boom': 'FAILED', 'after': 'SKIPPED'}" in out[6]
+    assert "raise ValueError(f'bad value {value}')" in out[6]  # the user's traceback, with their line
+
+
+def test_steps_run_by_kfp_local_need_no_kfmagic(tmp_path, monkeypatch):
+    """Every step's process finds a kfmagic that refuses to import: the embedded runtime must do."""
+    poison = tmp_path / "poison" / "kfmagic"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("raise ImportError('a step imported kfmagic')\n")
+    monkeypatch.chdir(tmp_path)
+    env = f"--env PYTHONPATH={poison.parent}"
+    pipeline = Pipeline().init("no-kfmagic")
+    for number, text in enumerate([
+        f"%%step make {env}\nimport sys\nitems = [1, 2]\nfound = [p for p in sys.path if 'poison' in p]",
+        f"%%step use {env} --metrics count\ncount = len(items) + len(found)",
+    ]):
+        pipeline.add(parse_cell(text), label=f"cell {number}")
+    run = pipeline.run(runner="kfp-local", progress=TextProgress())
+    assert run.metrics == {"use": {"count": 3.0}}  # the poisoned path was on sys.path in the step
+    assert run.load("items") == [1, 2]
+
+
+def test_interrupted_kfp_local_run_is_canceled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline = Pipeline().init("slow")
+    pipeline.add(parse_cell("%%step wait\nimport time\ntime.sleep(60)"), label="cell 1")
+
+    class InterruptOnceRunning(TextProgress):
+        def update(self, run):
+            super().update(run)
+            if run.steps["wait"].state == "RUNNING":
+                raise KeyboardInterrupt
+
+    with pytest.raises(RunFailed, match="interrupted"):
+        pipeline.run(runner="kfp-local", progress=InterruptOnceRunning())
+    assert pipeline.last_run.state == "CANCELED" and pipeline.last_run.steps["wait"].state == "CANCELED"
