@@ -14,6 +14,7 @@ tags are accepted; step names are normalised (`step_name`) instead of rejected.
 import ast
 import copy
 import re
+import shlex
 from dataclasses import dataclass, field
 
 from nbformat.v4 import new_code_cell
@@ -225,7 +226,7 @@ def translate(nb, default_name="pipeline"):
         words = [cell.step, *(["--after", *cell.after] if cell.after else [])]
         words += ["--metrics", *cell.metrics] if cell.metrics else []
         words += _options_to_flags(cell.options, cell.step, flags, found)
-        line = " ".join(_word(word, f"step {cell.step!r}: option value", found) for word in words)
+        line = " ".join(_word(word) for word in words)
         texts[cell.index] = f"%%step {line}\n{_source(nb.cells[cell.index])}"
     return Translation(_header(settings, default_name, found), texts, list(dict.fromkeys(found)))
 
@@ -252,12 +253,9 @@ def _source(cell):
     return "".join(source) if isinstance(source, list) else source
 
 
-def _word(value, what, found):
-    """`value` as one word of a magic line, which cannot quote: whitespace becomes '-' (a warning)."""
-    word = re.sub(r"\s+", "-", str(value).strip())
-    if word != str(value):
-        found.append(f"{what} {value!r} is written {word!r}: a magic line's words cannot hold spaces.")
-    return word
+def _word(value):
+    """`value` as one word of a magic line (quoted when it holds spaces or quotes, as in a shell)."""
+    return shlex.quote(str(value).strip())
 
 
 def _assign_metrics(steps, metrics, nb, texts, found):
@@ -286,9 +284,9 @@ def _assign_metrics(steps, metrics, nb, texts, found):
 def _header(settings, default_name, found):
     name = step_name(str(settings.get("pipeline_name") or default_name))
     experiment = settings.get("experiment_name") or (settings.get("experiment") or {}).get("name")
-    line = f"%pipeline init {name}" + (f" --experiment {_word(experiment, 'Experiment', found)}" if experiment else "")
+    line = f"%pipeline init {name}" + (f" --experiment {_word(experiment)}" if experiment else "")
     if settings.get("docker_image") and _init_accepts("--image"):
-        line += f" --image {_word(settings['docker_image'], 'Image', found)}"
+        line += f" --image {_word(settings['docker_image'])}"
     if settings.get("volumes"):
         found.append(
             "Kale's volumes are not applied: kfmagic mounts no volumes from Kale's settings; "

@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 
 from IPython.core.inputtransformer2 import TransformerManager
-from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
+from IPython.utils.process import arg_split
 
 from .errors import CellSyntaxError
 from .step_options import check_step_options
@@ -148,9 +149,14 @@ def _pipeline_parser():
 PIPELINE_PARSER, PIPELINE_HELP = _pipeline_parser()
 
 
+def split_line(line):
+    """A magic line's arguments, split as a shell would: quotes group words and are removed."""
+    return arg_split(line, posix=True)
+
+
 def parse_pipeline_line(line):
     """Parse a `%pipeline` line into an argparse namespace (UsageError on bad input)."""
-    return PIPELINE_PARSER.parse_argstring(line)
+    return PIPELINE_PARSER.parse_args(split_line(line))
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,7 @@ def parse_cell(text):
     source = text.lstrip("\n")
     body = source.split("\n", 1)[1] if "\n" in source else ""
     try:
-        args = vars(parse_argstring(CELL_MAGICS[kind], line))
+        args = vars(CELL_MAGICS[kind].parser.parse_args(split_line(line)))
     except Exception as error:  # argparse reports through UsageError; keep its words
         raise CellSyntaxError(f"%%{kind} {line}: {error}\nSee %%{kind}? for the options.") from None
     name = args.pop("name", None)

@@ -48,7 +48,7 @@ def test_tags_give_prelude_params_steps_and_continuations_as_kale_reads_them():
     translation = kale.translate(nb)
     pipeline, warnings = notebook.from_notebook(nb)
     plan = pipeline.plan()
-    assert (plan.name, plan.experiment) == ("my_pipeline", "exp-one")
+    assert (plan.name, plan.experiment) == ("my_pipeline", "exp one")
     assert [step.name for step in plan.steps] == ["load_data", "scale", "side"]
     assert len(plan.step("load_data").parts) == 2 and plan.params == {"rate": 0.5}
     assert plan.step("scale").inputs == {"data": "load_data"} and plan.step("scale").metrics == ("scaled",)
