@@ -32,10 +32,16 @@ class CodeInfo:
     mutates: tuple[str, ...]  # module-level names whose object may be changed in place
     imports: tuple[str, ...]  # top-level module names imported anywhere (absolute imports)
     star_imports: tuple[str, ...]  # modules of module-level `from m import *`
+    # Module-level functions that change an argument in place: (name, positional params, changed params)
+    mutating_functions: tuple = ()
 
 
-def analyze(source: str) -> CodeInfo:
-    """Analyse one cell; IPython `%`/`!` lines must already be rewritten to get_ipython() calls."""
+def analyze(source: str, functions: tuple = ()) -> CodeInfo:
+    """Analyse one cell; IPython `%`/`!` lines must already be rewritten to get_ipython() calls.
+
+    `functions`: `mutating_functions` of code that ran before (the prelude, earlier cells), so
+    that `clean(df)` counts as changing `df` when `clean` changes its argument in place.
+    """
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     try:
         with warnings.catch_warnings():  # e.g. `x is 1`: the kernel warns when it runs the cell
@@ -44,7 +50,7 @@ def analyze(source: str) -> CodeInfo:
             # Parsing alone accepts some code the compiler rejects (`return` outside a function,
             # `import *` in a def, `nonlocal` at module level); the cell would fail when run.
             compile(tree, "<cell>", "exec", flags)
-        walker = _Walker()
+        walker = _Walker(functions)
         walker.visit(tree)
     except SyntaxError as error:
         prefix = f"line {error.lineno}: " if error.lineno else ""
@@ -60,6 +66,9 @@ def analyze(source: str) -> CodeInfo:
         mutates=tuple(name for name in walker.mutates if name not in walker.imported),
         imports=tuple(walker.imports),
         star_imports=tuple(walker.star_imports),
+        mutating_functions=tuple(
+            (name, fn.positional, tuple(sorted(fn.changed))) for name, fn in walker.functions.items() if fn.changed
+        ),
     )
 
 
@@ -71,6 +80,22 @@ class _Scope:
     local: set[str] = field(default_factory=set)
     declared_global: set[str] = field(default_factory=set)
     assigned_globals: set[str] = field(default_factory=set)  # `global` names bound so far in text
+    # name -> names whose objects it may share (`data = [a, b]`, `for d in data`): changing
+    # `d` in place changes `a` and `b`.
+    aliases: dict[str, set[str]] = field(default_factory=dict)
+    params: tuple[str, ...] = ()  # a function's parameters
+    rebound: set[str] = field(default_factory=set)  # ... bound to another object by now
+    changed_params: set[str] = field(default_factory=set)  # ... that its body changes in place
+
+
+@dataclass
+class _Function:
+    positional: tuple  # parameter names a positional argument binds, in order
+    changed: set  # parameter names the body changes in place (filled once the body is walked)
+
+
+# Calls whose result holds (or iterates over) the very objects passed in.
+_SHARING_CALLS = frozenset({"zip", "enumerate", "reversed", "list", "tuple", "iter", "sorted"})
 
 
 def _function_scope(body: list[ast.AST], params: set[str]) -> _Scope:
@@ -81,7 +106,7 @@ def _function_scope(body: list[ast.AST], params: set[str]) -> _Scope:
     scan = _Bindings()
     for node in body:
         scan.visit(node)
-    return _Scope("function", (scan.names | params) - scan.globals, scan.globals)
+    return _Scope("function", (scan.names | set(params)) - scan.globals, scan.globals, params=tuple(params))
 
 
 class _Bindings(ast.NodeVisitor):
@@ -161,11 +186,13 @@ class _Walker(ast.NodeVisitor):
     while a name bound only by later statements still counts as read.
     """
 
-    def __init__(self):
+    def __init__(self, functions=()):
         self.scopes = [_Scope("module")]
         self.pending = []  # (enclosing scopes, function scope, body) waiting to be walked
         self.reads, self.assigns, self.mutates, self.imports = {}, {}, {}, {}  # ordered sets
         self.star_imports, self.imported = [], set()
+        self.known = {name: _Function(tuple(positional), set(changed)) for name, positional, changed in functions}
+        self.functions = {}  # module-level functions defined here: name -> _Function
 
     def visit(self, node):
         super().visit(node)
@@ -211,10 +238,65 @@ class _Walker(ast.NodeVisitor):
         self.assigns.setdefault(name)
         return True
 
-    def _mutate(self, node: ast.AST):
-        name = _root(node)
-        if name is not None and self._lookup(name) is not None:
-            self.mutates.setdefault(name)
+    def _scope_of(self, name: str) -> _Scope:
+        """The scope `name` resolves to here (the module scope for globals), as `_lookup` resolves."""
+        innermost = len(self.scopes) - 1
+        for depth in range(innermost, 0, -1):
+            scope = self.scopes[depth]
+            if scope.kind == "class" and depth != innermost:
+                continue
+            if name in scope.declared_global:
+                break
+            if name in scope.local:
+                return scope
+        return self.scopes[0]
+
+    def _mutate(self, node: ast.AST, *names: str):
+        """The object `node` starts at may change in place: so may every object it may share."""
+        todo, seen = [_root(node), *names], set()
+        while todo:
+            name = todo.pop()
+            if name is None or name in seen:
+                continue
+            seen.add(name)
+            scope = self._scope_of(name)
+            if scope is self.scopes[0]:
+                self.mutates.setdefault(name)
+            elif name in scope.params and name not in scope.rebound:
+                scope.changed_params.add(name)
+            todo.extend(scope.aliases.get(name, ()))
+
+    def _sources(self, node: ast.AST) -> set[str]:
+        """Names whose objects the value of `node` may be, or hold (`[a, b]`, `x[0]`, `zip(a, b)`)."""
+        if isinstance(node, ast.Name):
+            return {node.id}
+        if isinstance(node, (ast.Starred, ast.Subscript)):
+            return self._sources(node.value)
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            return set().union(*map(self._sources, node.elts))
+        if isinstance(node, ast.Dict):
+            return set().union(*map(self._sources, node.values))
+        if isinstance(node, ast.IfExp):
+            return self._sources(node.body) | self._sources(node.orelse)
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in _SHARING_CALLS:
+                return set().union(*map(self._sources, node.args))
+            if isinstance(func, ast.Attribute) and func.attr in ("items", "values") and not node.args:
+                return self._sources(func.value)
+        return set()
+
+    def _alias(self, target: ast.AST, sources: set[str]):
+        """After `target = value` (or `for target in value`): target's names share `sources`."""
+        for node in ast.walk(target):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                scope = self._scope_of(node.id)
+                if node.id in scope.params and node.id not in sources:
+                    scope.rebound.add(node.id)  # `df = df.copy()`: no longer the caller's object
+                if sources - {node.id}:
+                    scope.aliases[node.id] = sources - {node.id}
+                else:
+                    scope.aliases.pop(node.id, None)
 
     # --- names and in-place changes --------------------------------------------------------
 
@@ -234,6 +316,17 @@ class _Walker(ast.NodeVisitor):
     def visit_Call(self, node):
         if isinstance(node.func, ast.Attribute):  # any method call may change its receiver
             self._mutate(node.func)
+        elif isinstance(node.func, ast.Name) and self._scope_of(node.func.id) is self.scopes[0]:
+            function = self.functions.get(node.func.id) or self.known.get(node.func.id)
+            if function is not None and function.changed:  # `clean(df)` where clean changes its argument
+                for param, arg in zip(function.positional, node.args):
+                    if isinstance(arg, ast.Starred):
+                        break
+                    if param in function.changed:
+                        self._mutate(arg, *self._sources(arg))
+                for keyword in node.keywords:
+                    if keyword.arg in function.changed:
+                        self._mutate(keyword.value, *self._sources(keyword.value))
         self.generic_visit(node)
 
     # --- statements whose parts run in a different order than ast lists them ----------------
@@ -242,6 +335,14 @@ class _Walker(ast.NodeVisitor):
         self.visit(node.value)
         for target in node.targets:
             self.visit(target)
+        values = node.value.elts if isinstance(node.value, (ast.Tuple, ast.List)) else None
+        for target in node.targets:
+            pairs = isinstance(target, (ast.Tuple, ast.List)) and values is not None and len(target.elts) == len(values)
+            if pairs and not any(isinstance(item, ast.Starred) for item in [*target.elts, *values]):
+                for item, value in zip(target.elts, values):  # `a, b = b, a`
+                    self._alias(item, self._sources(value))
+            else:
+                self._alias(target, self._sources(node.value))
 
     def visit_AugAssign(self, node):
         if isinstance(node.target, ast.Name):  # a rebinding that reads the old value first
@@ -262,6 +363,7 @@ class _Walker(ast.NodeVisitor):
     def visit_For(self, node):
         self.visit(node.iter)
         self.visit(node.target)
+        self._alias(node.target, self._sources(node.iter))
         for child in node.body + node.orelse:
             self.visit(child)
 
@@ -319,8 +421,12 @@ class _Walker(ast.NodeVisitor):
     def visit_FunctionDef(self, node):
         for decorator in node.decorator_list:
             self.visit(decorator)
-        self._function(node.args, node.body, node.returns)
-        self._bind(node.name)
+        scope = self._function(node.args, node.body, node.returns)
+        if self._bind(node.name) and not node.decorator_list:
+            positional = tuple(arg.arg for arg in [*node.args.posonlyargs, *node.args.args])
+            self.functions[node.name] = _Function(positional, scope.changed_params)
+        elif self._scope_of(node.name) is self.scopes[0]:
+            self.functions.pop(node.name, None)
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
@@ -335,8 +441,9 @@ class _Walker(ast.NodeVisitor):
         for expr in evaluated:
             if expr is not None:
                 self.visit(expr)
-        scope = _function_scope(body, {arg.arg for arg in params})
+        scope = _function_scope(body, [arg.arg for arg in params])
         self.pending.append((self.scopes, scope, body))
+        return scope
 
     def visit_ClassDef(self, node):
         for expr in [*node.decorator_list, *node.bases, *node.keywords]:

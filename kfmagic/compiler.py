@@ -32,7 +32,9 @@ KNOWN_OPTIONS = {
     "image", "packages", "install", "cpu", "memory", "gpu", "gpu_type", "retries", "cache", "env",
     "display_name", "secret", "volume",
 }
-_PARAM_TYPES = ((bool, bool), (int, int), (float, float), (str, str), (list, list), (dict, dict))
+# Lists and dicts travel as JSON text: KFP's own LIST/STRUCT parameters turn every number into a
+# float (protobuf Struct), and a step must get the very values a local run gets.
+_PARAM_TYPES = ((bool, bool), (int, int), (float, float), (str, str), (list, str), (dict, str))
 
 
 def default_image():
@@ -69,6 +71,11 @@ def _param_type(name, default):
     raise KfmagicError(f"Parameter {name!r}: a default of type {type(default).__name__} cannot be a pipeline parameter.")
 
 
+def pipeline_arguments(params):
+    """Parameter values as the compiled pipeline takes them (lists and dicts as JSON text)."""
+    return {name: json.dumps(value) if isinstance(value, (list, dict)) else value for name, value in params.items()}
+
+
 def _check(plan):
     """Problems kfp would reject later, or silently mangle, as one clear error now."""
     problems, seen = [], {}
@@ -85,11 +92,16 @@ def _check(plan):
                 f"Step {step.name!r}: option(s) {', '.join('--' + o.replace('_', '-') for o in unknown)} cannot be "
                 "expressed in a Kubeflow pipeline; remove them before compiling."
             )
-        names = [*step.inputs, *step.params, *step.outputs, *step.keep]
-        for var in names:
+        names = [*step.inputs, *step.params, *step.outputs]
+        for var in dict.fromkeys(names):
             if var in RESERVED or var.startswith("_kfm"):
                 problems.append(f"Step {step.name!r}: the variable name {var!r} is reserved by kfmagic in Kubeflow; rename it.")
-        clash = sorted(set(arguments(step).values()) & {*step.outputs, *step.keep})
+            elif var.startswith("_"):
+                problems.append(
+                    f"Step {step.name!r} passes {var!r} on or receives it, but Kubeflow names of inputs and outputs "
+                    "must begin with a letter; rename the variable."
+                )
+        clash = sorted(set(arguments(step).values()) & {*step.outputs, *kept(step)})
         if clash:
             problems.append(
                 f"Step {step.name!r}: {', '.join(clash)} would name both an input and an output of its Kubeflow "
@@ -99,13 +111,18 @@ def _check(plan):
         raise KfmagicError("\n".join(problems))
 
 
+def kept(step):
+    """What a last step keeps, less names Kubeflow cannot take (`_`, `_tmp`): keeping is best effort."""
+    return [var for var in step.keep if not var.startswith("_") and var not in RESERVED]
+
+
 def arguments(step):
     """{input variable or parameter: the component's argument for it}.
 
     A step that changes a value it receives (`data.append(4)`) passes it on under the same name,
     but a KFP component cannot have an input and an output of one name: that input gets `_in`.
     """
-    outputs = {*step.outputs, *step.keep}
+    outputs = {*step.outputs, *kept(step)}
     return {name: f"{name}_in" if name in outputs else name for name in (*step.inputs, *step.params)}
 
 
@@ -123,7 +140,7 @@ def _component_source(function_name, plan, step, readers):
     names = arguments(step)
     signature = [f"{names[var]}: Input[Artifact]" for var in step.inputs]
     signature += [f"{names[name]}: {_param_type(name, plan.params[name]).__name__}" for name in step.params]
-    signature += [f"{var}: Output[Artifact]" for var in (*step.outputs, *step.keep)]
+    signature += [f"{var}: Output[Artifact]" for var in (*step.outputs, *kept(step))]
     if step.metrics:
         signature.append(f"{component.METRICS_OUTPUT}: Output[Metrics]")
     signature.append(f"{component.DISPLAY_OUTPUT}: Output[HTML]")
@@ -132,9 +149,10 @@ def _component_source(function_name, plan, step, readers):
         "prelude": [vars(part) for part in plan.prelude],
         "parts": [vars(part) for part in step.parts],
         "params": {name: names[name] for name in step.params},
+        "json_params": [name for name in step.params if isinstance(plan.params[name], (list, dict))],
         "inputs": {var: names[var] for var in step.inputs},
         "outputs": list(step.outputs),
-        "keep": list(step.keep),
+        "keep": kept(step),
         "metrics": list(step.metrics),
         "needed_by": readers.get(step.name, {}),
     }
@@ -245,7 +263,7 @@ def pipeline_function(plan, target):
     body.__signature__ = inspect.Signature([
         inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
                           annotation=_param_type(name, default))
-        for name, default in plan.params.items()
+        for name, default in pipeline_arguments(plan.params).items()
     ])
     return dsl.pipeline(name=kfp_name(plan.name), description=f"kfmagic pipeline {plan.name}")(body)
 
@@ -254,10 +272,9 @@ def compile_plan(plan, path, target=Target()):
     """Write the plan's IR YAML to `path` with kfp's Compiler; returns the path."""
     from kfp import compiler
 
-    pipeline = pipeline_function(plan, target)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        compiler.Compiler().compile(pipeline, path)
+        compiler.Compiler().compile(pipeline_function(plan, target), path)
     except (ValueError, TypeError) as error:  # kfp's own checks: say which pipeline, keep its words
         raise KfmagicError(f"Kubeflow Pipelines cannot compile pipeline {plan.name!r}: {error}") from None
     return path

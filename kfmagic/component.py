@@ -145,7 +145,10 @@ def main(args, step, sources):
         file.write(str(started))
     spec = dict(
         step,
-        params={name: args[argument] for name, argument in step["params"].items()},
+        params={
+            name: json.loads(args[argument]) if name in step["json_params"] else args[argument]
+            for name, argument in step["params"].items()
+        },
         inputs={var: args[argument].path for var, argument in step["inputs"].items()},
         out_dir=out_dir,
     )

@@ -74,7 +74,10 @@ def _parse_tags(tags, where):
             continue
         key, _, value = (part.strip() for part in text.partition(":"))
         key = key.lower()
-        if key in ("step", "block"):
+        if key in ("step", "block") and value.lower() in ("imports", "functions", "skip"):
+            if parsed.role in (None, "step"):  # Kale reads `block:imports` as the `imports` tag
+                parsed.role = value.lower()
+        elif key in ("step", "block"):
             if value:
                 steps.append(value)
         elif key == "prev" and value:
@@ -182,8 +185,13 @@ def translate(nb, default_name="pipeline"):
     found, renamed = [], set()
     settings = _settings(nb)
     defaults = _default_options(settings)
-    if settings.get("docker_image") and not _init_accepts("--image"):
-        defaults.setdefault("image", settings["docker_image"])
+    if _image(settings) and not _init_accepts("--image"):
+        defaults.setdefault("image", _image(settings))
+    if settings.get("enable_caching") is False:  # Kale's pipeline-wide switch
+        defaults.setdefault("cache", "disabled")
+    for kind in ("annotation", "label"):  # said once, not once per step
+        for value in defaults.pop(kind, []):
+            found.append(f"Kale's steps_defaults {kind}:{value} is not applied: kfmagic sets no pod {kind}s.")
 
     def kfmagic_name(raw):
         name = step_name(raw)
@@ -240,6 +248,11 @@ class _StepCell:
     metrics: list = field(default_factory=list)
 
 
+def _image(settings):
+    """The steps' image: `docker_image` in Kale up to 0.7, `base_image` after."""
+    return str(settings.get("docker_image") or settings.get("base_image") or "").strip()
+
+
 def _init_accepts(flag):
     try:
         syntax.parse_pipeline_line(f"init x {flag} value")
@@ -285,8 +298,8 @@ def _header(settings, default_name, found):
     name = step_name(str(settings.get("pipeline_name") or default_name))
     experiment = settings.get("experiment_name") or (settings.get("experiment") or {}).get("name")
     line = f"%pipeline init {name}" + (f" --experiment {_word(experiment)}" if experiment else "")
-    if settings.get("docker_image") and _init_accepts("--image"):
-        line += f" --image {_word(settings['docker_image'])}"
+    if _image(settings) and _init_accepts("--image"):
+        line += f" --image {_word(_image(settings))}"
     if settings.get("volumes"):
         found.append(
             "Kale's volumes are not applied: kfmagic mounts no volumes from Kale's settings; "

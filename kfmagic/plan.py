@@ -101,8 +101,8 @@ def _coerce_param(name, value, default):
 
 
 @lru_cache(maxsize=1024)
-def _analyze(code):
-    return analyze(code)
+def _analyze(code, functions=()):
+    return analyze(code, functions)
 
 
 @dataclass
@@ -131,17 +131,18 @@ def build_plan(name, experiment, cells, explain_missing=None):
         if cell.spec.kind == "params":
             params.update(cell.spec.params)
 
-    provided_by_prelude, prelude_star = set(), []
+    provided_by_prelude, prelude_star, functions = set(), [], {}
     for part in prelude:
         try:
-            info = _analyze(part.code)
+            info = _analyze(part.code, tuple(functions.values()))
         except AnalysisError as error:
             problems.append(f"%%prelude ({part.label}): {error}")
             continue
         provided_by_prelude.update(info.assigns)
         prelude_star.extend(info.star_imports)
+        functions.update((function[0], function) for function in info.mutating_functions)
 
-    steps = _collect_steps(cells, provided_by_prelude, problems)
+    steps = _collect_steps(cells, provided_by_prelude, problems, functions)
     if not steps:
         problems.append("The pipeline has no steps: mark a cell with `%%step NAME` (see %%step?).")
         raise PlanError(problems)
@@ -228,16 +229,24 @@ def build_plan(name, experiment, cells, explain_missing=None):
     return Plan(name, experiment, tuple(planned), prelude, params, tuple(dict.fromkeys(warnings)))
 
 
-def _collect_steps(cells, prelude_names, problems):
+def _collect_steps(cells, prelude_names, problems, functions):
     """Group step cells by name in notebook order and analyse each step's code as one.
 
     Calling a method on a prelude name (`np.zeros(3)`) is not a change worth marshalling: every
     step runs the prelude afresh, so only rebinding a prelude name makes a step its provider.
+    A call to a function that changes its argument in place (`clean(df)`, defined in the prelude
+    or an earlier cell) changes that argument.
     """
-    steps = {}
+    steps, infos = {}, {}
     for cell in cells:
         if cell.spec.kind == "step":
             steps.setdefault(cell.spec.name, _Step(cell.spec.name, len(steps), [])).cells.append(cell)
+            try:
+                infos[id(cell)] = info = _analyze(cell.spec.code, tuple(functions.values()))
+            except AnalysisError as error:
+                infos[id(cell)] = error
+                continue
+            functions.update((function[0], function) for function in info.mutating_functions)
     for step in steps.values():
         bound = set()
         for cell in step.cells:
@@ -246,10 +255,9 @@ def _collect_steps(cells, prelude_names, problems):
             step.outputs += [v for v in options.get("outputs", []) if v not in step.outputs]
             step.metrics += [v for v in options.get("metrics", []) if v not in step.metrics]
             _merge_options(step, cell, options, problems)
-            try:
-                info = _analyze(cell.spec.code)
-            except AnalysisError as error:
-                problems.append(f"Step {step.name!r} ({cell.label}): {error}")
+            info = infos[id(cell)]
+            if isinstance(info, AnalysisError):
+                problems.append(f"Step {step.name!r} ({cell.label}): {info}")
                 continue
             for module in info.star_imports:
                 step.star_imports = True
@@ -261,7 +269,7 @@ def _collect_steps(cells, prelude_names, problems):
             bound.update(info.assigns)
             mutates = [v for v in info.mutates if v not in prelude_names or v in bound]
             step.changes.update(info.assigns, mutates)
-            step.assigns += [v for v in (*info.assigns, *mutates) if v not in step.assigns]
+            step.assigns += [v for v in dict.fromkeys((*info.assigns, *mutates)) if v not in step.assigns]
     return list(steps.values())
 
 

@@ -170,6 +170,28 @@ CASES = [
     ("plain-call", "f(x)", {"f", "x"}, set(), set()),
     ("method-on-call-result", "f(x).append(1)", {"f", "x"}, set(), set()),
     ("method-on-literal", "s = '-'.join(parts)", {"parts"}, {"s"}, set()),
+    # --- in-place changes through another name (aliases) and through functions ---
+    ("alias-name", "d = df\nd['x'] = 1", {"df"}, {"d"}, {"d", "df"}),
+    (
+        "alias-loop-over-list",  # Kale's titanic example: the loop changes both frames
+        "data = [train, test]\nfor ds in data:\n    ds['r'] = ds['a'] / ds['b']",
+        {"train", "test"},
+        {"data", "ds"},
+        {"data", "ds", "train", "test"},
+    ),
+    ("alias-loop-literal", "for d in (a, b):\n    d.fillna(0, inplace=True)", {"a", "b"}, {"d"}, {"a", "b", "d"}),
+    ("alias-loop-items", "for k, d in dfs.items():\n    d['k'] = k", {"dfs"}, {"k", "d"}, {"dfs", "d"}),
+    ("alias-loop-zip", "for x, y in zip(xs, ys):\n    x.append(y)", {"zip", "xs", "ys"}, {"x", "y"}, {"x", "xs", "ys"}),
+    ("alias-rebound-fresh", "d = df\nd = load()\nd['x'] = 1", {"df", "load"}, {"d"}, {"d"}),
+    ("alias-not-a-copy-call", "d = df.copy()\nd['x'] = 1", {"df"}, {"d"}, {"d", "df"}),  # .copy() is a method call
+    ("alias-swap", "a, b = b, a\na.append(1)", {"a", "b"}, {"a", "b"}, {"a", "b"}),
+    ("no-alias-read-only", "d = df\nprint(d)", {"df", "print"}, {"d"}, set()),
+    ("function-changes-arg", "def clean(df):\n    df.dropna(inplace=True)\nclean(train)", {"train"}, {"clean"}, {"train"}),
+    ("function-changes-kwarg", "def f(a, b):\n    b['k'] = a\nf(1, b=cfg)", {"cfg"}, {"f"}, {"cfg"}),
+    ("function-reads-arg", "def f(df):\n    return df.shape\nf(train)", {"train"}, {"f"}, set()),
+    ("function-changes-via-loop", "def f(dfs):\n    for d in dfs:\n        d['x'] = 1\nf([a, b])", {"a", "b"}, {"f"}, {"a", "b"}),
+    ("function-calls-changer", "def f(d):\n    d['x'] = 1\ndef g(d):\n    f(d)\ng(t)", {"t"}, {"f", "g"}, {"t"}),
+    ("function-rebinds-arg", "def f(df):\n    df = prep(df)\n    df['x'] = 1\nf(t)", {"prep", "t"}, {"f"}, set()),
     # --- IPython rewrites and top-level await ---
     ("line-magic", "get_ipython().run_line_magic('time', 'x = 1')", {"get_ipython"}, set(), set()),
     ("shell-capture", "z = get_ipython().getoutput('ls')", {"get_ipython"}, {"z"}, set()),
@@ -272,6 +294,6 @@ def test_analysis_error_without_line():
 
 def test_code_info_is_frozen_tuples():
     info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
-    assert info == CodeInfo(("y",), ("os", "x"), ("x",), ("os", "m"), ("m",))
+    assert info == CodeInfo(("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",))  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.reads = ()

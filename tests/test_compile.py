@@ -69,8 +69,9 @@ def test_kernel_compiles_one_component_per_step_with_artifacts_params_and_option
     # parameters typed from their defaults, wired only where read
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {k: v["parameterType"] for k, v in params.items()} == {
-        "scale": "NUMBER_INTEGER", "label": "STRING", "flags": "STRUCT", "unused": "NUMBER_DOUBLE",
+        "scale": "NUMBER_INTEGER", "label": "STRING", "flags": "STRING", "unused": "NUMBER_DOUBLE",
     }
+    assert params["flags"]["defaultValue"] == '{"a": true}'  # lists and dicts travel as exact JSON text
     assert train_inputs["parameters"] == {"scale": {"componentInputParameter": "scale"}}
     assert set(tasks["report"]["inputs"]["parameters"]) == {"label", "flags"}
     assert "inputs" not in tasks["load"]
@@ -168,6 +169,10 @@ def test_what_kubeflow_cannot_take_is_an_error_not_dropped(tmp_path):
     reserved = pipeline_of("%%step a\nkfmagic_output = 1", "%%step b\nprint(kfmagic_output)")
     with pytest.raises(KfmagicError, match="'kfmagic_output' is reserved"):
         reserved.compile(str(tmp_path / "p.yaml"))
+    hidden = pipeline_of("%%step a\n_hidden = 1", "%%step b\nfor _ in range(2):\n    print(_hidden)")
+    with pytest.raises(KfmagicError, match="'_hidden' on or receives it, but Kubeflow names .* must begin with a letter"):
+        hidden.compile(str(tmp_path / "p.yaml"))
+    pipeline_of("%%step last\nfor _ in range(2):\n    _tmp = 1").compile(str(tmp_path / "p.yaml"))  # kept if possible
     unknown = pipeline_of("%%step a\nx = 1")
     plan = unknown.plan()
     from kfmagic import compiler

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from test_compile import load_ir
+
 from kfmagic.display import TextProgress
 from kfmagic.errors import RunFailed
 from kfmagic.registry import Pipeline
@@ -14,10 +16,10 @@ from kfmagic.syntax import parse_cell
 NOTEBOOK = [
     "%load_ext kfmagic\n%pipeline init twins",
     "%%prelude\nimport pandas as pd",
-    "%%params\nn = 4\nfactor = 1.5",
+    "%%params\nn = 4\nfactor = 1.5\nbins = [1, 2]",
     "%%step make\nframe = pd.DataFrame({'x': range(n)})\nprint('rows', len(frame))\nframe.head(2)",
     "%%step stats --metrics mean_x total\nmean_x = float(frame.x.mean() * factor)\ntotal = float(frame.x.sum())",
-    "%%step shown\nclass Rich:\n    def _repr_html_(self):\n        return '<b>rich!</b>'\ndisplay(Rich())\nlabel = f'{n} rows'",
+    "%%step shown\nclass Rich:\n    def _repr_html_(self):\n        return '<b>rich!</b>'\ndisplay(Rich())\nlabel = f'{n} rows {bins}'",
 ]
 SUMMARY = (
     "import json\n"
@@ -42,7 +44,7 @@ def test_kfp_local_and_local_runs_of_one_notebook_agree(run_cells):
     assert kfp_local["metrics"] == local["metrics"] == {"stats": {"mean_x": 3.75, "total": 15.0}}
     for key in ("state", "steps", "frame", "label", "timed"):
         assert kfp_local[key] == local[key], key
-    assert local["state"] == "SUCCEEDED" and local["frame"] == [0, 1, 2, 3, 4, 5] and local["label"] == "6 rows"
+    assert local["state"] == "SUCCEEDED" and local["frame"] == [0, 1, 2, 3, 4, 5] and local["label"] == "6 rows [1, 2]"
     assert "[make] rows 6" in out[-2]  # the step's output streams into the cell, attributed to the step
     # what each cell displayed is an HTML artifact of its task (the KFP UI shows it)
     outputs = glob.glob(os.path.join(kfp_local["run_dir"], "kfp", "*", "*", "kfmagic_output"))
@@ -51,7 +53,7 @@ def test_kfp_local_and_local_runs_of_one_notebook_agree(run_cells):
     assert "rows 6" in shown["make"] and "<table" in shown["make"]  # print, then the DataFrame's last value
     assert "<b>rich!</b>" in shown["shown"]
     # the loaded values come from the artifacts kfp.local wrote, not from a local run's files
-    assert os.path.exists(os.path.join(kfp_local["run_dir"], "pipeline.yaml"))
+    load_ir(os.path.join(kfp_local["run_dir"], "pipeline.yaml"))  # what ran is a valid PipelineSpec
 
 
 def test_a_failing_step_fails_both_runs_alike(run_cells):
@@ -106,3 +108,25 @@ def test_interrupted_kfp_local_run_is_canceled(tmp_path, monkeypatch):
     with pytest.raises(RunFailed, match="interrupted"):
         pipeline.run(runner="kfp-local", progress=InterruptOnceRunning())
     assert pipeline.last_run.state == "CANCELED" and pipeline.last_run.steps["wait"].state == "CANCELED"
+
+
+def test_the_demo_notebook_gives_the_same_results_under_kfp_local(tmp_path):
+    import nbformat
+    from conftest import REPO, cell_text, execute
+
+    nb = nbformat.read(os.path.join(REPO, "notebooks", "demo_wine.ipynb"), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "kl = %pipeline run --runner kfp-local\n"
+        "import json\n"
+        "print(json.dumps({'same_metrics': kl.metrics == run.metrics, 'metrics': kl.metrics, 'state': kl.state,\n"
+        "                  'score': kl.load('best_model').score(X_test, y_test), 'local_score': best.score(X_test, y_test)}))"
+    ))
+    nb.cells.append(nbformat.v4.new_code_cell("%pipeline compile"))
+    execute(nb, tmp_path)
+    result = json.loads(cell_text(nb.cells[-2]).strip().splitlines()[-1])
+    assert result["state"] == "SUCCEEDED" and result["same_metrics"], result
+    assert set(result["metrics"]) == {"train_svm", "train_forest", "train_logreg", "compare"}
+    assert result["score"] == result["local_score"]
+    assert "wrote wine-classifiers.yaml" in cell_text(nb.cells[-1])
+    spec = load_ir(tmp_path / "wine-classifiers.yaml")[0]
+    assert set(spec["root"]["dag"]["tasks"]) == {"load", "prepare", "train-svm", "train-forest", "train-logreg", "compare"}

@@ -43,6 +43,23 @@ def test_in_place_mutation_makes_a_step_the_provider():
     assert plan.step("grow").inputs == {"items": "make"}
 
 
+def test_changes_through_aliases_and_functions_make_a_step_the_provider():
+    plan = pipeline_of(
+        "%%prelude\ndef add_ratio(df):\n    df['r'] = df['a'] / df['b']",
+        "%%step load\ntrain, test = {}, {}",
+        "%%step loop\nfor ds in [train, test]:\n    ds['c'] = 1",  # Kale's titanic example
+        "%%step helper\nadd_ratio(test)",  # a prelude function that changes its argument
+        "%%step use\nprint(train, test)",
+    ).plan()
+    assert plan.step("use").inputs == {"train": "loop", "test": "helper"}
+    assert plan.step("helper").inputs == {"test": "loop"}
+
+
+def test_a_leaf_keeps_each_variable_once():
+    plan = pipeline_of("%%step a\nm = f = []", "%%step b\nm.append(1)\nm = [m]\nm.append(2)\nf.sort()").plan()
+    assert plan.step("b").keep == ("m", "f")
+
+
 def test_after_edges_are_kept_without_data_and_marked_explicit():
     plan = pipeline_of("%%step a\nx = 1", "%%step b\nopen('flag', 'w')", "%%step c --after b\nprint(x)").plan()
     c = plan.step("c")

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..compiler import Target, compile_plan, kfp_name
+from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
 from ..config import calling
 from ..step_options import display_name
 from ..errors import KfmagicError
@@ -127,7 +127,7 @@ def run(plan, params, workdir, workers, progress, image=None, connection=None, w
         experiment_id = client.create_experiment(experiment, namespace=connection.namespace).experiment_id
     with calling(connection, "creating the run"), _quiet_kfp():
         api_run = client.run_pipeline(
-            experiment_id=experiment_id, job_name=f"{name} {stamp}", params=params,
+            experiment_id=experiment_id, job_name=f"{name} {stamp}", params=pipeline_arguments(params),
             pipeline_id=pipeline_id, version_id=version_id,
         )
     steps = {step.name: StepRun(step.name) for step in plan.steps}

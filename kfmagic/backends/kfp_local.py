@@ -18,7 +18,7 @@ import threading
 import time
 
 from .. import component, runtime
-from ..compiler import Target, compile_plan, kfp_name
+from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
 from ..errors import RunFailed
 from .base import Run, StepRun
 from .local import RUNS_DIR, _pump, _step_env, _stop, new_run_id
@@ -87,7 +87,7 @@ def run(plan, params, workdir, workers, progress, image=None):
     record = Run(run_id, plan.name, "kfp-local", steps, dict(params), run_dir=run_dir, state="RUNNING")
     env = dict(_step_env(), **{component.RESULT_DIR_ENV: run_dir})
     process = subprocess.Popen(
-        [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(params)],
+        [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))],
         cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
