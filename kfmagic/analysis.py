@@ -34,6 +34,8 @@ class CodeInfo:
     star_imports: tuple[str, ...]  # modules of module-level `from m import *`
     # Module-level functions that change an argument in place: (name, positional params, changed params)
     mutating_functions: tuple = ()
+    # Module-level functions and the module-level names their bodies read when called: (name, names)
+    function_reads: tuple = ()
 
 
 def analyze(source: str, functions: tuple = ()) -> CodeInfo:
@@ -69,6 +71,7 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
         mutating_functions=tuple(
             (name, fn.positional, tuple(sorted(fn.changed))) for name, fn in walker.functions.items() if fn.changed
         ),
+        function_reads=tuple((name, tuple(names)) for name, names in walker.function_reads.items()),
     )
 
 
@@ -84,6 +87,7 @@ class _Scope:
     # `d` in place changes `a` and `b`.
     aliases: dict[str, set[str]] = field(default_factory=dict)
     params: tuple[str, ...] = ()  # a function's parameters
+    owner: str | None = None  # the module-level function whose body this is (or is nested in)
     rebound: set[str] = field(default_factory=set)  # ... bound to another object by now
     changed_params: set[str] = field(default_factory=set)  # ... that its body changes in place
 
@@ -193,6 +197,7 @@ class _Walker(ast.NodeVisitor):
         self.star_imports, self.imported = [], set()
         self.known = {name: _Function(tuple(positional), set(changed)) for name, positional, changed in functions}
         self.functions = {}  # module-level functions defined here: name -> _Function
+        self.function_reads = {}  # module-level function -> module-level names its body reads
 
     def visit(self, node):
         super().visit(node)
@@ -221,6 +226,9 @@ class _Walker(ast.NodeVisitor):
         return name in self.scopes[0].local or any(name in s.assigned_globals for s in self.scopes)
 
     def _load(self, name: str):
+        owner = next((scope.owner for scope in reversed(self.scopes) if scope.owner), None)
+        if owner is not None and self._lookup(name) is not None and name != owner:
+            self.function_reads.setdefault(owner, {}).setdefault(name)
         if self._lookup(name) is False and not (name.startswith("__") and name.endswith("__")):
             self.reads.setdefault(name)
 
@@ -421,7 +429,8 @@ class _Walker(ast.NodeVisitor):
     def visit_FunctionDef(self, node):
         for decorator in node.decorator_list:
             self.visit(decorator)
-        scope = self._function(node.args, node.body, node.returns)
+        module_level = self.scopes[-1].kind == "module"
+        scope = self._function(node.args, node.body, node.returns, node.name if module_level else None)
         if self._bind(node.name) and not node.decorator_list:
             positional = tuple(arg.arg for arg in [*node.args.posonlyargs, *node.args.args])
             self.functions[node.name] = _Function(positional, scope.changed_params)
@@ -433,7 +442,7 @@ class _Walker(ast.NodeVisitor):
     def visit_Lambda(self, node):
         self._function(node.args, [node.body], None)
 
-    def _function(self, args: ast.arguments, body: list[ast.AST], returns: ast.expr | None):
+    def _function(self, args: ast.arguments, body: list[ast.AST], returns: ast.expr | None, owner=None):
         """Defaults and annotations are evaluated now, in this scope; the body is deferred."""
         params = [*args.posonlyargs, *args.args, *args.kwonlyargs]
         params += [arg for arg in (args.vararg, args.kwarg) if arg is not None]
@@ -442,6 +451,7 @@ class _Walker(ast.NodeVisitor):
             if expr is not None:
                 self.visit(expr)
         scope = _function_scope(body, [arg.arg for arg in params])
+        scope.owner = owner
         self.pending.append((self.scopes, scope, body))
         return scope
 

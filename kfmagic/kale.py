@@ -99,6 +99,14 @@ def _parse_tags(tags, where):
     return parsed
 
 
+def is_skipped(cell):
+    """Whether a code cell is tagged `skip` (so its code is in no step, as Kale reads it)."""
+    try:
+        return _parse_tags(_cell_tags(cell), "cell").role == "skip"
+    except CellSyntaxError:
+        return False
+
+
 def is_tagged(nb):
     """Whether any code cell carries a tag of Kale's language."""
     return any(

@@ -58,7 +58,8 @@ def from_notebook(nb, default_name="pipeline"):
     """(Pipeline, warnings) for an in-memory notebook: kfmagic magics, else Kale tags."""
     texts = [cell_text(cell) if cell.get("cell_type") == "code" else None for cell in nb.cells]
     found = []
-    if not uses_magics(nb) and kale.is_tagged(nb):
+    tagged = not uses_magics(nb) and kale.is_tagged(nb)
+    if tagged:
         translation = kale.translate(nb, default_name)
         texts, found = [translation.header, *translation.texts], list(translation.warnings)
         numbers = [None, *range(1, len(nb.cells) + 1)]
@@ -69,7 +70,7 @@ def from_notebook(nb, default_name="pipeline"):
         if text:
             _add_cell(pipeline, text, number, nb.cells[number - 1] if number else {})
     unmarked = {number: text for number, text in zip(numbers, texts) if number and not _is_marked(text)}
-    pipeline.explain_missing = _explainer(nb, unmarked)
+    pipeline.explain_missing = _explainer(nb, unmarked, tagged)
     return pipeline, found
 
 
@@ -100,18 +101,24 @@ def _add_cell(pipeline, text, number, cell):
     pipeline.add(spec, cell_id=cell.get("id"), label=where)
 
 
-def _explainer(nb, unmarked):
-    """Where a name no step provides comes from in the file: a code cell that is not in the pipeline."""
+def _explainer(nb, unmarked, tagged=False):
+    """Where a name no step provides comes from in the file: a code cell that is not in the pipeline.
+
+    `tagged`: the pipeline comes from Kale tags, so the fix is said with tags.
+    """
 
     def explain(name):
         for number in sorted(unmarked, reverse=True):
             text = cell_text(nb.cells[number - 1]) if nb.cells[number - 1].get("cell_type") == "code" else ""
             try:
                 if text and name in analyze(syntax.to_python(text)).assigns:
-                    return (
-                        f"The notebook's {label(number)} assigns it, but that cell is not part of the "
-                        "pipeline: mark it with %%step (or move it to the %%prelude or %%params)."
-                    )
+                    if not tagged:
+                        fix = "mark it with %%step (or move it to the %%prelude or %%params)."
+                    elif kale.is_skipped(nb.cells[number - 1]):
+                        fix = "it is tagged skip. Tag it step:NAME, imports or functions instead."
+                    else:
+                        fix = "no Kale tag puts it in a step. Tag it step:NAME, imports or functions."
+                    return f"The notebook's {label(number)} assigns it, but that cell is not part of the pipeline: {fix}"
             except (AnalysisError, SyntaxError):
                 continue
         return None

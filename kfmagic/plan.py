@@ -120,6 +120,7 @@ class _Step:
     metrics: list = field(default_factory=list)
     options: dict = field(default_factory=dict)  # every other magic option, merged over the cells
     star_imports: bool = False
+    via: dict = field(default_factory=dict)  # a name read only by a prelude function it calls -> that function
 
 
 def build_plan(name, experiment, cells, explain_missing=None):
@@ -132,6 +133,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
             params.update(cell.spec.params)
 
     provided_by_prelude, prelude_star, functions = set(), [], {}
+    prelude_reads, function_reads = {}, {}
     for part in prelude:
         try:
             info = _analyze(part.code, tuple(functions.values()))
@@ -140,9 +142,12 @@ def build_plan(name, experiment, cells, explain_missing=None):
             continue
         provided_by_prelude.update(info.assigns)
         prelude_star.extend(info.star_imports)
+        prelude_reads.update(dict.fromkeys(info.reads))
+        function_reads.update(info.function_reads)
         functions.update((function[0], function) for function in info.mutating_functions)
 
     steps = _collect_steps(cells, provided_by_prelude, problems, functions)
+    _read_through_prelude_functions(steps, function_reads, provided_by_prelude)
     if not steps:
         problems.append("The pipeline has no steps: mark a cell with `%%step NAME` (see %%step?).")
         raise PlanError(problems)
@@ -159,7 +164,8 @@ def build_plan(name, experiment, cells, explain_missing=None):
     after_ancestors = _closure({s.name: [u for u in s.after if u in by_name and u != s.name] for s in steps})
 
     inputs = {step.name: {} for step in steps}
-    step_params = {step.name: [] for step in steps}
+    # The prelude runs in every step: the parameters it reads are every step's.
+    step_params = {step.name: [v for v in prelude_reads if v in params] for step in steps}
     for step in steps:
         candidates = [
             other
@@ -229,6 +235,27 @@ def build_plan(name, experiment, cells, explain_missing=None):
     return Plan(name, experiment, tuple(planned), prelude, params, tuple(dict.fromkeys(warnings)))
 
 
+def _read_through_prelude_functions(steps, function_reads, prelude_names):
+    """A step calling a prelude function reads the names the function's body reads (as Kale,
+    which prepends its `functions` cells to each step, finds them): `def scaled(): return data * 2`
+    in the prelude makes a step that calls `scaled()` read `data`."""
+    needs = {}
+    for name in function_reads:
+        seen, todo = set(), [name]
+        while todo:
+            for read in function_reads.get(todo.pop(), ()):
+                if read not in seen:
+                    seen.add(read)
+                    todo.append(read)
+        needs[name] = [v for v in seen if v not in prelude_names and v != name]
+    for step in steps:
+        for function in [v for v in step.reads if v in needs and v in prelude_names]:
+            for var in needs[function]:
+                if var not in step.reads and var not in step.changes:
+                    step.reads.append(var)
+                    step.via[var] = function
+
+
 def _collect_steps(cells, prelude_names, problems, functions):
     """Group step cells by name in notebook order and analyse each step's code as one.
 
@@ -292,10 +319,11 @@ def _merge_options(step, cell, options, problems):
 
 
 def _missing_name(step, var, steps, explain_missing):
+    reads = f"calls {step.via[var]}() of the %%prelude, which reads" if var in step.via else "reads"
     later = [other.name for other in steps if other.index > step.index and var in other.changes]
     if later:
         return (
-            f"Step {step.name!r} reads {var!r}, which only the later step {later[0]!r} assigns. "
+            f"Step {step.name!r} {reads} {var!r}, which only the later step {later[0]!r} assigns. "
             f"Move the cell of {later[0]!r} above {step.name!r}, or add `--after {later[0]}` to {step.name!r}."
         )
     where = explain_missing(var) if explain_missing else None
@@ -303,7 +331,7 @@ def _missing_name(step, var, steps, explain_missing):
         f" {where}" if where else " Assign it in an earlier step, import or define it in the %%prelude, "
         "or declare it in %%params."
     )
-    return f"Step {step.name!r} reads {var!r}, but no step, prelude or parameter provides it.{hint}"
+    return f"Step {step.name!r} {reads} {var!r}, but no step, prelude or parameter provides it.{hint}"
 
 
 def _closure(edges):

@@ -74,6 +74,7 @@ def _step_shell(namespace):
             config = Config()
             config.HistoryManager.enabled = False
             shell = InteractiveShell.instance(config=config, user_ns=namespace)
+            shell.enable_gui = lambda gui=None: None  # `%matplotlib inline`: a step has no GUI loop to start
         return shell
 
     return get_ipython

@@ -22,11 +22,14 @@ def test_every_command_has_help(tmp_path, command):
 
 
 def test_show_and_check_read_the_demo_without_running_it(tmp_path):
-    show = kfmagic("show", DEMO, cwd=tmp_path)
+    notebook_dir = tmp_path / "nb"
+    notebook_dir.mkdir()
+    demo = shutil.copy(DEMO, notebook_dir)
+    show = kfmagic("show", demo, cwd=tmp_path)
     assert show.returncode == 0 and "train_forest" in show.stdout and "params: test_size=0.25" in show.stdout
-    check = kfmagic("check", DEMO, cwd=tmp_path)
+    check = kfmagic("check", demo, cwd=tmp_path)
     assert (check.returncode, check.stdout.strip()) == (0, "pipeline wine-classifiers: 6 steps, no problems found.")
-    assert not (tmp_path / ".kfmagic").exists() and not os.path.exists(os.path.join(REPO, "notebooks", ".kfmagic"))
+    assert sorted(os.listdir(tmp_path)) == ["home", "nb"] and os.listdir(notebook_dir) == ["demo_wine.ipynb"]
 
 
 def test_the_demo_runs_from_another_directory(tmp_path):
