@@ -137,8 +137,8 @@ def main():
     os.chdir(scratch)  # runs write .kfmagic/runs/ under the working directory
     print(f"step_overhead: python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
           f"best of {repeats} alternating runs; scratch {scratch}")
-    print(f"{'':<46}{'kfmagic':>17}{'baseline':>17}{'ratio':>8}{'added':>13}")
-    print(f"{'':<46}{'wall / cpu ms':>17}{'wall / cpu ms':>17}{'wall':>8}{'wall ms':>13}   baseline")
+    print(f"{'':<46}{'kfmagic':>17}{'baseline':>17}{'ratio':>13}{'added':>9}")
+    print(f"{'':<46}{'wall / cpu ms':>17}{'wall / cpu ms':>17}{'wall / cpu':>13}{'wall ms':>9}   baseline")
     run_pipeline(trivial_cells(2), workers)  # warm-up: page cache, imports of this process
     bare_processes(2, "pass", 1)
     rows = []
@@ -149,7 +149,7 @@ def main():
         rows.append(dict(label=label, steps=steps, wall_ms=per(kf_wall), cpu_ms=per(kf_cpu),
                          baseline=base_label, baseline_wall_ms=per(base_wall), baseline_cpu_ms=per(base_cpu)))
         print(f"{label:<46}{per(kf_wall):>9.0f} /{per(kf_cpu):>5.0f}{per(base_wall):>11.0f} /{per(base_cpu):>5.0f}"
-              f"{kf_wall / base_wall:>8.2f}{per(kf_wall) - per(base_wall):>+11.0f}     {base_label}", flush=True)
+              f"{kf_wall / base_wall:>7.2f} /{kf_cpu / base_cpu:>5.2f}{per(kf_wall) - per(base_wall):>+8.0f}     {base_label}", flush=True)
 
     seq = lambda: bare_processes(n, "pass", 1)  # noqa: E731
     row(f"local, {n} trivial steps, workers=1 (per step)", n,

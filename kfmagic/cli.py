@@ -12,14 +12,20 @@ import sys
 import nbformat
 
 from . import display, kale, notebook
-from .errors import KfmagicError
+from .errors import KfmagicError, PlanError
 from .registry import parse_param_overrides
 
+KALE_TERMS = (
+    "(This notebook is read from its Kale tags: `--after S` is the tag prev:S, a step is the tag step:NAME, "
+    "the %%prelude the imports/functions cells, %%params the pipeline-parameters cell.)"
+)
 CONFIG_OPTIONS = ("host", "namespace", "experiment", "token", "token_path", "cookies")
 
 
 def _load(args):
     pipeline, warnings = notebook.load(args.notebook)
+    nb = notebook.read(args.notebook)
+    args.kale_tags = not notebook.uses_magics(nb) and kale.is_tagged(nb)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return pipeline
@@ -125,6 +131,8 @@ def main(argv=None):
         args.handler(args)
     except KfmagicError as error:
         print(f"kfmagic {args.command}: {error}", file=sys.stderr)
+        if isinstance(error, PlanError) and getattr(args, "kale_tags", False):
+            print(KALE_TERMS, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"kfmagic {args.command}: interrupted.", file=sys.stderr)

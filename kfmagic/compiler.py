@@ -220,7 +220,7 @@ def _apply_options(task, options):
     for name, value in step_options.env(options).items():
         task.set_env_variable(name, value)
     if options.get("display_name"):
-        task.set_display_name(step_options.display_name(options))
+        task.set_display_name(options["display_name"])
     secrets, volumes = step_options.secrets(options), step_options.volumes(options)
     if secrets or volumes:
         try:

@@ -192,6 +192,7 @@ class TextProgress:
     def finish(self, run):
         self.update(run)
         print(run_text(run), file=self.out)
+        _flush_streams()
 
 
 class NotebookProgress(TextProgress):
@@ -207,6 +208,13 @@ class NotebookProgress(TextProgress):
 
     def finish(self, run):
         self.handle.update(run)
+        _flush_streams()
+
+
+def _flush_streams():
+    """Send the steps' streamed output before what follows the run (a kernel batches streams)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def default_progress():

@@ -177,14 +177,21 @@ def _metric_names(text, where, found):
     except SyntaxError as error:
         found.append(f"{where} (pipeline-metrics): cannot be read ({error.msg}); its metrics are not reported.")
         return []
-    names = []
+    names, lines = [], syntax.to_python(text).splitlines()
     for node in tree.body:
         call = getattr(node, "value", None)
         args = getattr(call, "args", None)
         if getattr(getattr(call, "func", None), "id", None) == "print" and args:
             names += [arg.id for arg in args if isinstance(arg, ast.Name)]
+            if all(isinstance(arg, ast.Name) for arg in args):
+                continue
         elif isinstance(call, ast.Name):
             names.append(call.id)
+            continue
+        found.append(
+            f"{where} (pipeline-metrics): `{lines[node.lineno - 1].strip()}` reports no metric: as in Kale, "
+            "write one variable per line, e.g. print(accuracy)."
+        )
     return list(dict.fromkeys(names))
 
 

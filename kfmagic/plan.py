@@ -120,6 +120,9 @@ class _Step:
     metrics: list = field(default_factory=list)
     options: dict = field(default_factory=dict)  # every other magic option, merged over the cells
     star_imports: bool = False
+    read_at: dict = field(default_factory=dict)  # var -> (position in the notebook, label) of its first read
+    positions: list = field(default_factory=list)  # of its cells in the notebook
+    split_reported: set = field(default_factory=set)  # steps it was reported to be split around
     via: dict = field(default_factory=dict)  # a name read only by a prelude function it calls -> that function
 
 
@@ -183,7 +186,9 @@ def build_plan(name, experiment, cells, explain_missing=None):
             elif prelude_star or step.star_imports:
                 continue  # the star import may provide it; only running the code can tell
             else:
-                problems.append(_missing_name(step, var, steps, explain_missing))
+                problem = _missing_name(step, var, steps, explain_missing)
+                if problem:
+                    problems.append(problem)
 
     for step in steps:
         for option, names in (("--outputs", step.outputs), ("--metrics", step.metrics)):
@@ -265,6 +270,7 @@ def _collect_steps(cells, prelude_names, problems, functions):
     or an earlier cell) changes that argument.
     """
     steps, infos = {}, {}
+    position = {id(cell): number for number, cell in enumerate(cells)}
     for cell in cells:
         if cell.spec.kind == "step":
             steps.setdefault(cell.spec.name, _Step(cell.spec.name, len(steps), [])).cells.append(cell)
@@ -275,6 +281,7 @@ def _collect_steps(cells, prelude_names, problems, functions):
                 continue
             functions.update((function[0], function) for function in info.mutating_functions)
     for step in steps.values():
+        step.positions = [position[id(cell)] for cell in step.cells]
         bound = set()
         for cell in step.cells:
             options = cell.spec.options
@@ -293,6 +300,8 @@ def _collect_steps(cells, prelude_names, problems, functions):
                     "step defines. Import the names you use, or move the import to the %%prelude."
                 )
             step.reads += [v for v in info.reads if v not in bound and v not in step.reads]
+            for var in info.reads:
+                step.read_at.setdefault(var, (position[id(cell)], cell.label))
             bound.update(info.assigns)
             mutates = [v for v in info.mutates if v not in prelude_names or v in bound]
             step.changes.update(info.assigns, mutates)
@@ -320,7 +329,21 @@ def _merge_options(step, cell, options, problems):
 
 def _missing_name(step, var, steps, explain_missing):
     reads = f"calls {step.via[var]}() of the %%prelude, which reads" if var in step.via else "reads"
-    later = [other.name for other in steps if other.index > step.index and var in other.changes]
+    later = [other for other in steps if other.index > step.index and var in other.changes]
+    at, label = step.read_at.get(var, (None, None))
+    before = [other for other in later if at is not None and any(position < at for position in other.positions)]
+    if before and len(step.positions) > 1:  # a step of several cells, some above the writer, some below
+        other = before[0]
+        if other.name in step.split_reported:
+            return None  # one message says it for every name
+        step.split_reported.add(other.name)
+        return (
+            f"Step {step.name!r} reads {var!r} in {label}, below a cell of step {other.name!r} that assigns it, "
+            f"but {step.name!r} begins at {step.cells[0].label}, above {other.name!r}: a step runs as one, "
+            f"before any step that begins below it. Give {label} a step name of its own, or move "
+            f"{step.cells[0].label} below the cells of {other.name!r}."
+        )
+    later = [other.name for other in later]
     if later:
         return (
             f"Step {step.name!r} {reads} {var!r}, which only the later step {later[0]!r} assigns. "

@@ -1,13 +1,23 @@
 """How a value becomes a file and back: cloudpickle, with dill for what cloudpickle can't handle.
 
-Both write plain pickle streams (protocol 5), so `load` is one `pickle.load` whichever wrote it.
-Imports nothing from kfmagic: it runs inside step processes and KFP containers.
+Large contiguous buffers (numpy arrays, pandas columns) travel out of band (pickle protocol 5):
+written once straight from the value's memory after the pickle stream, and mapped back
+copy-on-write on load, so a value is never held twice and loads at the speed pages are touched.
+A file without such buffers is a plain pickle stream. Imports nothing from kfmagic: it runs
+inside step processes and KFP containers.
 """
 
+import gc
+import json
+import mmap
 import os
 import pickle
+import struct
 
 PROTOCOL = 5
+_TRAILER = struct.Struct("<Q8s")  # length of the buffer table, then the marker
+_MARKER = b"KFMOOB01"
+_ALIGN = 64
 
 
 class SerializationError(Exception):
@@ -15,32 +25,75 @@ class SerializationError(Exception):
 
 
 def dump(value, path):
-    """Write `value` to `path`; on failure leave no partial file and raise SerializationError."""
+    """Write `value` to `path`; returns its size. On failure: no file left, SerializationError."""
     import cloudpickle
 
     errors = []
-    for pickler in (cloudpickle, _dill()):
-        if pickler is None:
-            continue
-        try:
-            with open(path, "wb") as file:
-                pickler.dump(value, file, protocol=PROTOCOL)
-            return os.path.getsize(path)
-        except Exception as error:  # any pickling failure: try the next pickler
-            errors.append(f"{pickler.__name__}: {type(error).__name__}: {error}")
+    try:
+        return _dump_out_of_band(cloudpickle, value, path)
+    except Exception as error:  # any pickling failure: try dill
+        errors.append(f"cloudpickle: {type(error).__name__}: {error}")
+    try:
+        import dill
+
+        with open(path, "wb") as file:
+            dill.dump(value, file, protocol=PROTOCOL)
+        return os.path.getsize(path)
+    except ImportError:
+        pass
+    except Exception as error:
+        errors.append(f"dill: {type(error).__name__}: {error}")
     if os.path.exists(path):
         os.remove(path)
     raise SerializationError("; ".join(errors))
 
 
+def _dump_out_of_band(pickler, value, path):
+    buffers = []
+    with open(path, "wb") as file:
+        pickler.dump(value, file, protocol=PROTOCOL, buffer_callback=buffers.append)
+        if not buffers:
+            return file.tell()
+        table = []
+        for buffer in buffers:
+            file.write(b"\0" * (-file.tell() % _ALIGN))
+            with buffer.raw() as view:
+                table.append((file.tell(), view.nbytes))
+                file.write(view)
+        encoded = json.dumps(table).encode()
+        file.write(encoded + _TRAILER.pack(len(encoded), _MARKER))
+        return file.tell()
+
+
 def load(path):
-    with open(path, "rb") as file:
-        return pickle.load(file)
-
-
-def _dill():
+    """The value saved at `path` (the collector paused: unpickling many objects is faster)."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        import dill
-    except ImportError:
+        with open(path, "rb") as file:
+            table = _buffer_table(file)
+            if table is None:
+                return pickle.load(file)
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        view = memoryview(mapped)
+        stream_end = table[0][0] if table else len(mapped)
+        return pickle.loads(view[:stream_end], buffers=[view[start : start + size] for start, size in table])
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _buffer_table(file):
+    """[(offset, size)] of the out-of-band buffers, or None for a plain pickle file."""
+    size = os.fstat(file.fileno()).st_size
+    if size < _TRAILER.size:
         return None
-    return dill
+    file.seek(size - _TRAILER.size)
+    length, marker = _TRAILER.unpack(file.read(_TRAILER.size))
+    file.seek(0)
+    if marker != _MARKER:
+        return None
+    file.seek(size - _TRAILER.size - length)
+    table = json.loads(file.read(length))
+    file.seek(0)
+    return table

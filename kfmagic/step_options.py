@@ -69,12 +69,6 @@ def volumes(options):
     return [tuple(text.split(":", 1)) for text in options.get("volume") or ()]
 
 
-def display_name(options):
-    """`--display-name 'Train model'` without the quotes the magic line keeps."""
-    text = options.get("display_name") or ""
-    return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text
-
-
 def env(options):
     """{name: value} from `--env NAME=VALUE` values."""
     return dict(pair.split("=", 1) for pair in options.get("env") or ())

@@ -60,6 +60,38 @@ def test_a_leaf_keeps_each_variable_once():
     assert plan.step("b").keep == ("m", "f")
 
 
+def test_a_step_split_around_its_producer_is_one_clear_problem():
+    # kubeflow-kale's examples/base/Example.ipynb: the first and the last cell share a step name
+    found = problems(
+        "%%step evaluation\ndata = [1, 2]",
+        "%%step training\nmodel = sum(data)\nscore = 1",
+        "%%step evaluation\nprint(model, score)",
+    )
+    assert found == [
+        "Step 'evaluation' reads 'model' in cell 3, below a cell of step 'training' that assigns it, but "
+        "'evaluation' begins at cell 1, above 'training': a step runs as one, before any step that begins "
+        "below it. Give cell 3 a step name of its own, or move cell 1 below the cells of 'training'."
+    ]
+
+
+def test_a_prelude_function_reads_what_its_body_reads_and_the_prelude_reads_params():
+    plan = pipeline_of(
+        "%%prelude\nimport math\nrandom_seed = SEED\ndef scaled():\n    return [v * FACTOR for v in data] + helper()",
+        "%%prelude\ndef helper():\n    return extra",
+        "%%params\nSEED = 1\nFACTOR = 2",
+        "%%step load\ndata = [1, 2]\nextra = [3]",
+        "%%step other\nz = 1",
+        "%%step use\nout = scaled()",
+    ).plan()
+    assert plan.step("use").inputs == {"data": "load", "extra": "load"}
+    assert plan.step("use").params == ("SEED", "FACTOR")  # the prelude runs in every step
+    assert plan.step("other").params == ("SEED", "FACTOR") and plan.step("other").inputs == {}
+    assert problems("%%prelude\ndef f():\n    return data", "%%step use\nout = f()") == [
+        "Step 'use' calls f() of the %%prelude, which reads 'data', but no step, prelude or parameter provides "
+        "it. Assign it in an earlier step, import or define it in the %%prelude, or declare it in %%params."
+    ]
+
+
 def test_after_edges_are_kept_without_data_and_marked_explicit():
     plan = pipeline_of("%%step a\nx = 1", "%%step b\nopen('flag', 'w')", "%%step c --after b\nprint(x)").plan()
     c = plan.step("c")

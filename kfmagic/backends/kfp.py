@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
 from ..config import calling
-from ..step_options import display_name
 from ..errors import KfmagicError
 from .base import FINAL_STATES, Run, StepRun
 from .local import RUNS_DIR
@@ -132,7 +131,7 @@ def run(plan, params, workdir, workers, progress, image=None, connection=None, w
         )
     steps = {step.name: StepRun(step.name) for step in plan.steps}
     task_names = {kfp_name(step.name): step.name for step in plan.steps}
-    task_names.update({display_name(step.options): step.name for step in plan.steps if step.options.get("display_name")})
+    task_names.update({step.options["display_name"]: step.name for step in plan.steps if step.options.get("display_name")})
     record = RemoteRun(
         api_run.run_id, plan.name, "kfp", steps, dict(params), run_dir=submit_dir, state="PENDING",
         url=connection.run_url(api_run.run_id), connection=connection, task_names=task_names, _client=client,
