@@ -155,6 +155,8 @@ class Pipeline:
         backend = get_backend(runner)
         plan = self.plan()
         values = plan.resolve_params(params or {})
+        for warning in plan.warnings:
+            print(f"warning: {warning}")
         settings = {"image": self.image} if runner != "local" else {}
         if runner == "kfp":
             settings.update(connection=self._connection(), wait=wait)

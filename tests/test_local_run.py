@@ -144,3 +144,9 @@ def test_bad_workers_and_params(run):
         run("%%params\nrate = 1", "%%step a\nx = rate", params={"rte": "2"})
     result = run("%%params\nrate = 1", "%%step a\nx = rate * 2", params={"rate": "21"})
     assert result.load("x") == 42
+
+
+def test_a_run_prints_the_plan_warnings_first(run, capsys):
+    result = run("%%step left\nside = 'l'", "%%step right\nside = 'r'", "%%step merge --after left\nchosen = side")
+    assert result.load("chosen") == "r"
+    assert "warning: Steps 'left' and 'right' both change 'side'" in capsys.readouterr().out
