@@ -126,10 +126,22 @@ def arguments(step):
     return {name: f"{name}_in" if name in outputs else name for name in (*step.inputs, *step.params)}
 
 
+def _value_makers(plan, step):
+    """The step and every step its inputs come from, transitively: a value loads only where the
+    libraries that made it are (a DataFrame needs pandas even in a step that never imports it)."""
+    found, frontier = {}, [step]
+    while frontier:
+        current = frontier.pop()
+        if current.name not in found:
+            found[current.name] = current
+            frontier += [plan.step(producer) for producer in current.inputs.values()]
+    return found.values()
+
+
 def _packages(plan, step):
     """(pinned requirements, modules no distribution provides) for one step."""
     modules = []
-    for part in (*plan.prelude, *step.parts):
+    for part in (*plan.prelude, *(part for maker in _value_makers(plan, step) for part in maker.parts)):
         modules += analyze(part.code).imports
     has_shell = any(shell_lines(part.code) for part in (*plan.prelude, *step.parts))
     return requirements(dict.fromkeys(modules), step.options.get("packages") or (), shell=has_shell)

@@ -181,3 +181,18 @@ def test_what_kubeflow_cannot_take_is_an_error_not_dropped(tmp_path):
     step.options["timeout"] = "1h"  # an option some other part might add that the compiler cannot express
     with pytest.raises(KfmagicError, match="--timeout cannot be expressed"):
         compiler.compile_plan(plan, str(tmp_path / "p.yaml"))
+
+
+def test_a_step_installs_the_libraries_of_the_values_it_receives(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = pipeline_of(
+        "%%step make\nimport numpy as np\nweights = np.ones(3)",
+        "%%step relay\ncopy = weights",
+        "%%step use\nimport json\ntext = json.dumps(list(copy))",
+        "%%step alone\nimport json\nother = json.dumps([1])",
+    ).compile()
+    spec = load_ir(path)[0]
+    numpy_pin = f"numpy=={importlib.metadata.version('numpy')}"
+    for step in ("make", "relay", "use"):  # `use` never imports numpy, but unpickles an array
+        assert numpy_pin in install_line(executor(spec, step)), step
+    assert "numpy" not in install_line(executor(spec, "alone"))
