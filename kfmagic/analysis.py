@@ -98,6 +98,36 @@ class _Function:
     changed: set  # parameter names the body changes in place (filled once the body is walked)
 
 
+# Cell magics that run their body as code of the notebook's namespace: `%%time` binds what its body binds.
+_NAMESPACE_CELL_MAGICS = frozenset({"time", "capture", "prun"})
+
+
+def _cell_magic(node: ast.Call):
+    """(magic, line, body) for `get_ipython().run_cell_magic(...)` with literal arguments, else None."""
+    func = node.func
+    if not (isinstance(func, ast.Attribute) and func.attr == "run_cell_magic" and isinstance(func.value, ast.Call)):
+        return None
+    if getattr(func.value.func, "id", None) != "get_ipython" or len(node.args) != 3 or node.keywords:
+        return None
+    if not all(isinstance(arg, ast.Constant) and isinstance(arg.value, str) for arg in node.args):
+        return None
+    return tuple(arg.value for arg in node.args)
+
+
+def _magic_body(body: str) -> list[ast.stmt]:
+    """The statements of a cell magic's body; its own `%`/`!` lines count as `pass`. [] if unreadable."""
+    lines = [
+        line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip()[:1] in ("%", "!") else line
+        for line in body.splitlines()
+    ]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse("\n".join(lines)).body
+    except (SyntaxError, ValueError, RecursionError):
+        return []
+
+
 # Calls whose result holds (or iterates over) the very objects passed in.
 _SHARING_CALLS = frozenset({"zip", "enumerate", "reversed", "list", "tuple", "iter", "sorted"})
 
@@ -322,6 +352,13 @@ class _Walker(ast.NodeVisitor):
     visit_Subscript = visit_Attribute
 
     def visit_Call(self, node):
+        magic = _cell_magic(node)
+        if magic and magic[0] in _NAMESPACE_CELL_MAGICS and self.scopes[-1].kind == "module":
+            for statement in _magic_body(magic[2]):  # `%%time` / `%%capture` cells: the body runs here
+                self.visit(statement)
+            target = magic[1].split()[0] if magic[0] == "capture" and magic[1].split() else ""
+            if target.isidentifier():  # `%%capture out` binds out
+                self._bind(target)
         if isinstance(node.func, ast.Attribute):  # any method call may change its receiver
             self._mutate(node.func)
         elif isinstance(node.func, ast.Name) and self._scope_of(node.func.id) is self.scopes[0]:

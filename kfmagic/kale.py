@@ -123,10 +123,13 @@ def _default_options(settings):
     """Kale's `steps_defaults` ("limit:cpu:2", ...) apply to every step, under the step's own tags."""
     defaults = settings.get("steps_defaults") or []
     if isinstance(defaults, dict):  # Kale's parsed form: {"limits": {...}, "annotations": {...}}
+        parsed = {key: value if isinstance(value, dict) else {} for key, value in defaults.items()}
         return {
-            "limit": dict(defaults.get("limits") or {}),
-            **{kind: [f"{k}:{v}" for k, v in (defaults.get(f"{kind}s") or {}).items()] for kind in ("annotation", "label")},
+            "limit": dict(parsed.get("limits") or {}),
+            **{kind: [f"{k}:{v}" for k, v in (parsed.get(f"{kind}s") or {}).items()] for kind in ("annotation", "label")},
         }
+    if isinstance(defaults, str):
+        defaults = [defaults]
     return _parse_tags([d for d in defaults if isinstance(d, str)], f"{METADATA_KEY}.steps_defaults").options
 
 
@@ -311,7 +314,8 @@ def _assign_metrics(steps, metrics, nb, texts, found):
 
 def _header(settings, default_name, found):
     name = step_name(str(settings.get("pipeline_name") or default_name))
-    experiment = settings.get("experiment_name") or (settings.get("experiment") or {}).get("name")
+    experiment = settings.get("experiment") or {}
+    experiment = settings.get("experiment_name") or (experiment.get("name") if isinstance(experiment, dict) else experiment)
     line = f"%pipeline init {name}" + (f" --experiment {_word(experiment)}" if experiment else "")
     if _image(settings) and _init_accepts("--image"):
         line += f" --image {_word(_image(settings))}"

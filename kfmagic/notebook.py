@@ -6,6 +6,7 @@ file and a kernel that ran it top to bottom hold the same registry. A notebook t
 Kubeflow Kale is first translated to the same magics (`kfmagic.kale`), cell by cell.
 """
 
+import dataclasses
 import os
 import re
 import warnings
@@ -68,7 +69,7 @@ def from_notebook(nb, default_name="pipeline"):
     pipeline = Pipeline()
     for number, text in zip(numbers, texts):
         if text:
-            _add_cell(pipeline, text, number, nb.cells[number - 1] if number else {})
+            _add_cell(pipeline, text, number, nb.cells[number - 1] if number else {}, tagged)
     unmarked = {number: text for number, text in zip(numbers, texts) if number and not _is_marked(text)}
     pipeline.explain_missing = _explainer(nb, unmarked, tagged)
     return pipeline, found
@@ -83,10 +84,14 @@ def _is_marked(text):
     return bool(text) and syntax.split_magic_line(text) is not None
 
 
-def _add_cell(pipeline, text, number, cell):
+def _add_cell(pipeline, text, number, cell, tagged=False):
+    """Register one cell's kfmagic text. `tagged`: the text is a Kale cell under the magic line
+    its tags became; the spec then keeps the cell's own text, so line numbers are the cell's."""
     where = label(number) if number else "the Kale notebook's settings"
     try:
         spec = syntax.parse_cell(text)
+        if spec is not None and tagged:
+            spec = dataclasses.replace(spec, source=cell_text(cell), code=spec.code[1:])
         if spec is None:
             for line in text.splitlines():
                 if _INIT_LINE_RE.match(line.strip()):
@@ -95,7 +100,10 @@ def _add_cell(pipeline, text, number, cell):
                     pipeline.init(**options)
             return
     except KfmagicError as error:
-        raise type(error)(f"{where}: {error}") from None
+        message = str(error)
+        if tagged:  # the pipeline-parameters cell's own line numbers, one less than under `%%params`
+            message = re.sub(r"^%%params line (\d+)", lambda m: f"pipeline-parameters line {int(m[1]) - 1}", message)
+        raise type(error)(f"{where}: {message}") from None
     except Exception as error:  # argparse's UsageError from parse_pipeline_line
         raise KfmagicError(f"{where}: {error}") from None
     pipeline.add(spec, cell_id=cell.get("id"), label=where)

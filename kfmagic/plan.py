@@ -120,6 +120,7 @@ class _Step:
     metrics: list = field(default_factory=list)
     options: dict = field(default_factory=dict)  # every other magic option, merged over the cells
     star_imports: bool = False
+    unreadable: bool = False  # a cell could not be analysed: what it provides is unknown
     read_at: dict = field(default_factory=dict)  # var -> (position in the notebook, label) of its first read
     positions: list = field(default_factory=list)  # of its cells in the notebook
     split_reported: set = field(default_factory=set)  # steps it was reported to be split around
@@ -142,6 +143,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
             info = _analyze(part.code, tuple(functions.values()))
         except AnalysisError as error:
             problems.append(f"%%prelude ({part.label}): {error}")
+            prelude_star.append(None)  # unreadable: it may provide any name
             continue
         provided_by_prelude.update(info.assigns)
         prelude_star.extend(info.star_imports)
@@ -183,8 +185,8 @@ def build_plan(name, experiment, cells, explain_missing=None):
                 step_params[step.name].append(var)
             elif var in provided_by_prelude or var in RUNTIME_NAMES or hasattr(builtins, var):
                 continue
-            elif prelude_star or step.star_imports:
-                continue  # the star import may provide it; only running the code can tell
+            elif prelude_star or step.star_imports or any(other.unreadable for other in steps):
+                continue  # a star import or unreadable code may provide it; fix that first
             else:
                 problem = _missing_name(step, var, steps, explain_missing)
                 if problem:
@@ -292,6 +294,7 @@ def _collect_steps(cells, prelude_names, problems, functions):
             info = infos[id(cell)]
             if isinstance(info, AnalysisError):
                 problems.append(f"Step {step.name!r} ({cell.label}): {info}")
+                step.unreadable = True
                 continue
             for module in info.star_imports:
                 step.star_imports = True

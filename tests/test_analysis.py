@@ -195,6 +195,16 @@ CASES = [
     # --- IPython rewrites and top-level await ---
     ("line-magic", "get_ipython().run_line_magic('time', 'x = 1')", {"get_ipython"}, set(), set()),
     ("shell-capture", "z = get_ipython().getoutput('ls')", {"get_ipython"}, {"z"}, set()),
+    ("cell-magic-time", "get_ipython().run_cell_magic('time', '', 'm = fit(X)\\nm.score(X)\\n')", {"get_ipython", "fit", "X"}, {"m"}, {"m"}),
+    (
+        "cell-magic-capture",
+        "get_ipython().run_cell_magic('capture', 'out --no-stderr', '!pip install x\\nimport x\\ny = x.f(w)\\n')",
+        {"get_ipython", "w"},
+        {"out", "x", "y"},
+        set(),
+    ),
+    ("cell-magic-timeit-own-namespace", "get_ipython().run_cell_magic('timeit', '', 'y = f()\\n')", {"get_ipython"}, set(), set()),
+    ("cell-magic-unreadable-body", "get_ipython().run_cell_magic('time', '', 'y = (\\n')", {"get_ipython"}, set(), set()),
     ("top-level-await", "result = await fetch(url)", {"fetch", "url"}, {"result"}, set()),
     (
         "top-level-async-for",
