@@ -11,7 +11,7 @@ import sys
 
 import nbformat
 
-from . import display, kale, notebook
+from . import display, kale, notebook, syntax
 from .errors import KfmagicError, PlanError
 from .registry import parse_param_overrides
 
@@ -96,28 +96,15 @@ def _parser():
 
     command("show", show, "Print the steps, their inputs, outputs and params, and the DAG.")
     command("check", check, "Report every problem of the pipeline without running anything.")
-    run_parser = command("run", run, "Run the pipeline (in the notebook's directory, as the kernel does).")
-    run_parser.add_argument(
-        "--param", action="append", default=[], metavar="NAME=VALUE",
-        help="Override a parameter's default (repeatable).",
+    run_parser = syntax.add_run_arguments(
+        command("run", run, "Run the pipeline (in the notebook's directory, as the kernel does).")
     )
-    run_parser.add_argument("--workers", type=int, help="How many steps run at once (default: CPU count).")
-    run_parser.add_argument(
-        "--runner", choices=("local", "kfp-local", "kfp"),
-        help="local: processes on this machine (the default without a host); kfp-local: the compiled "
-        "pipeline run by kfp.local; kfp: submit to Kubeflow Pipelines (the default with a host).",
-    )
-    run_parser.add_argument("--wait", action="store_true", help="With Kubeflow Pipelines: wait until the run ends, showing progress.")
     compile_parser = command("compile", compile_, "Compile the pipeline to Kubeflow Pipelines IR YAML.")
     compile_parser.add_argument("-o", "--output", metavar="PATH", help="Where to write it (default: PIPELINE_NAME.yaml here).")
     for sub in (run_parser, compile_parser):
-        config = sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)")
-        config.add_argument("--host", help="The KFP API endpoint (default: $KF_PIPELINES_ENDPOINT).")
-        config.add_argument("--namespace", help="Kubeflow namespace (multi-user mode).")
-        config.add_argument("--experiment", help="Experiment the run is filed under.")
-        config.add_argument("--token", help="Bearer token.")
-        config.add_argument("--token-path", help="File holding a service account token, re-read per request.")
-        config.add_argument("--cookies", help="Cookie header for an authenticating proxy.")
+        syntax.add_connection_arguments(
+            sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)")
+        )
     convert_parser = command(
         "convert", convert, "Rewrite a Kubeflow Kale-tagged notebook with kfmagic magics (the same pipeline)."
     )

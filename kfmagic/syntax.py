@@ -98,6 +98,35 @@ def params(line, cell):
 CELL_MAGICS = {"step": step, "prelude": prelude, "params": params}
 
 
+def add_run_arguments(run):
+    """The options of a run: `%pipeline run` and `kfmagic run` take the same."""
+    run.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="Override a parameter's default (repeatable).",
+    )
+    run.add_argument("--workers", type=int, help="How many steps run at once (default: CPU count).")
+    run.add_argument(
+        "--runner", choices=("local", "kfp-local", "kfp"),
+        help="local: each step a process here; kfp-local: the compiled pipeline run by kfp.local here; "
+        "kfp: submitted to Kubeflow Pipelines (the default once a host is configured).",
+    )
+    run.add_argument("--local", dest="runner", action="store_const", const="local", help="Run here even if a host is configured.")
+    run.add_argument("--wait", action="store_true", help="On Kubeflow: follow the run, live, until it ends.")
+    return run
+
+
+def add_connection_arguments(parser):
+    """Where Kubeflow Pipelines is: `%pipeline config` and `kfmagic run|compile` take the same."""
+    parser.add_argument("--host", help="The Pipelines API/UI URL, e.g. http://localhost:8080 (default: $KF_PIPELINES_ENDPOINT).")
+    parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters).")
+    parser.add_argument("--experiment", help="Experiment runs are filed under (default: init's, else 'Default').")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="Bearer token (default: $KF_PIPELINES_SA_TOKEN_PATH's file, if set).")
+    auth.add_argument("--token-path", metavar="FILE", help="File holding a service-account token, re-read on each request.")
+    auth.add_argument("--cookies", help="Cookie header of a signed-in browser session, e.g. 'authservice_session=...'.")
+    return parser
+
+
 def _pipeline_parser():
     parser = MagicArgumentParser(prog="pipeline", description="Build, check and run the notebook's pipeline.")
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
@@ -112,29 +141,12 @@ def _pipeline_parser():
     init.add_argument("--image", help="Default container image of the steps on Kubeflow (default python:<kernel version>).")
     commands.add_parser("show", help="Table of steps, inputs, outputs and params, and the DAG.")
     commands.add_parser("check", help="Report every problem of the pipeline without running anything.")
-    run = commands.add_parser("run", help="Run the pipeline; returns a Run.")
-    run.add_argument(
-        "--param", action="append", default=[], metavar="NAME=VALUE",
-        help="Override a parameter's default (repeatable).",
-    )
-    run.add_argument("--workers", type=int, help="How many steps run at once (default: CPU count).")
-    run.add_argument(
-        "--runner", choices=("local", "kfp-local", "kfp"),
-        help="local: each step a process here; kfp-local: the compiled pipeline run by kfp.local here; "
-        "kfp: submitted to Kubeflow Pipelines (the default once a host is configured).",
-    )
-    run.add_argument("--local", dest="runner", action="store_const", const="local", help="Run here even if a host is configured.")
-    run.add_argument("--wait", action="store_true", help="On Kubeflow: follow the run, live, until it ends.")
+    add_run_arguments(commands.add_parser("run", help="Run the pipeline; returns a Run."))
     compile_ = commands.add_parser("compile", help="Write the pipeline as Kubeflow Pipelines YAML.")
     compile_.add_argument("-o", "--output", metavar="PATH", help="Where to write it (default: <pipeline name>.yaml).")
-    config = commands.add_parser("config", help="Where Kubeflow Pipelines is, and how to sign in (kept in memory only).")
-    config.add_argument("--host", help="The Pipelines API/UI URL, e.g. http://localhost:8080 (default: $KF_PIPELINES_ENDPOINT).")
-    config.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters).")
-    config.add_argument("--experiment", help="Experiment runs are filed under (default: init's, else 'Default').")
-    auth = config.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="Bearer token (default: $KF_PIPELINES_SA_TOKEN_PATH's file, if set).")
-    auth.add_argument("--token-path", metavar="FILE", help="File holding a service-account token, re-read on each request.")
-    auth.add_argument("--cookies", help="Cookie header of a signed-in browser session, e.g. 'authservice_session=...'.")
+    add_connection_arguments(
+        commands.add_parser("config", help="Where Kubeflow Pipelines is, and how to sign in (kept in memory only).")
+    )
     status = commands.add_parser("status", help="State of the last run, or of run RUN on the cluster.")
     status.add_argument("run_id", nargs="?", metavar="RUN", help="A run id (default: the last run).")
     remove = commands.add_parser("remove", help="Unregister a step (all its cells).")
