@@ -12,7 +12,7 @@ import sys
 import nbformat
 
 from . import display, kale, notebook, syntax
-from .errors import KfmagicError, PlanError
+from .errors import CellSyntaxError, KfmagicError, PlanError
 from .registry import parse_param_overrides
 
 KALE_TERMS = (
@@ -23,9 +23,9 @@ CONFIG_OPTIONS = ("host", "namespace", "experiment", "token", "token_path", "coo
 
 
 def _load(args):
-    pipeline, warnings = notebook.load(args.notebook)
     nb = notebook.read(args.notebook)
     args.kale_tags = not notebook.uses_magics(nb) and kale.is_tagged(nb)
+    pipeline, warnings = notebook.load(args.notebook)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return pipeline
@@ -118,7 +118,7 @@ def main(argv=None):
         args.handler(args)
     except KfmagicError as error:
         print(f"kfmagic {args.command}: {error}", file=sys.stderr)
-        if isinstance(error, PlanError) and getattr(args, "kale_tags", False):
+        if isinstance(error, (PlanError, CellSyntaxError)) and getattr(args, "kale_tags", False):
             print(KALE_TERMS, file=sys.stderr)
         return 1
     except KeyboardInterrupt:

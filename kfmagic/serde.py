@@ -25,27 +25,47 @@ class SerializationError(Exception):
 
 
 def dump(value, path):
-    """Write `value` to `path`; returns its size. On failure: no file left, SerializationError."""
+    """Write `value` to `path`; returns its size. On failure: no file left, SerializationError.
+
+    The file appears whole or not at all (written aside, then renamed), so a reader that mapped
+    an earlier version keeps its pages.
+    """
     import cloudpickle
 
+    partial = f"{path}.partial"
     errors = []
     try:
-        return _dump_out_of_band(cloudpickle, value, path)
-    except Exception as error:  # any pickling failure: try dill
-        errors.append(f"cloudpickle: {type(error).__name__}: {error}")
+        try:
+            size = _dump_out_of_band(cloudpickle, value, partial)
+        except OSError:
+            raise
+        except Exception as error:  # cloudpickle cannot: try dill
+            errors.append(f"cloudpickle: {type(error).__name__}: {error}")
+            size = _dump_with_dill(value, partial, errors)
+        if size is None:
+            raise SerializationError("; ".join(errors))
+        os.replace(partial, path)
+        return size
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _dump_with_dill(value, path, errors):
+    """Size of the file dill wrote, or None (with the reason in `errors`) if it cannot."""
     try:
         import dill
-
+    except ImportError:
+        return None
+    try:
         with open(path, "wb") as file:
             dill.dump(value, file, protocol=PROTOCOL)
-        return os.path.getsize(path)
-    except ImportError:
-        pass
+            return file.tell()
+    except OSError:
+        raise
     except Exception as error:
         errors.append(f"dill: {type(error).__name__}: {error}")
-    if os.path.exists(path):
-        os.remove(path)
-    raise SerializationError("; ".join(errors))
+        return None
 
 
 def _dump_out_of_band(pickler, value, path):

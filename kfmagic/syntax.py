@@ -267,9 +267,14 @@ def parse_params(code, label="%%params"):
         except ValueError:
             value = None
         if not _is_param_value(value):
+            hint = ""
+            if isinstance(value, tuple):
+                hint = " Write the tuple as a list."
+            elif isinstance(node.value, ast.Constant) and node.value.value is None:
+                hint = " None has no parameter type: give a value of the type the parameter takes."
             raise CellSyntaxError(
                 f"{label} line {node.lineno}: `{text}`: a parameter's default must be a literal int, "
-                "float, str, bool, or a list/dict of these, not an expression."
+                f"float, str, bool, or a list/dict of these, not an expression.{hint}"
             )
         for target in targets:
             defaults[target.id] = value

@@ -51,3 +51,12 @@ def test_unpicklable_value_raises_and_leaves_no_file(tmp_path):
     with pytest.raises(serde.SerializationError, match="cloudpickle: TypeError: cannot pickle 'generator' object"):
         serde.dump((n for n in range(3)), path)
     assert not path.exists()
+
+
+def test_rewriting_a_file_keeps_what_a_reader_mapped(tmp_path):
+    path = tmp_path / "a.pkl"
+    serde.dump(np.full(100_000, 7.0), path)
+    first = serde.load(path)
+    serde.dump(np.full(100_000, 9.0), path)
+    assert first.sum() == 700_000.0 and serde.load(path)[0] == 9.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pkl"]

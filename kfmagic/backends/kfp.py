@@ -129,7 +129,7 @@ def run(plan, params, workdir, workers, progress, image=None, connection=None, w
             experiment_id=experiment_id, job_name=f"{name} {stamp}", params=pipeline_arguments(params),
             pipeline_id=pipeline_id, version_id=version_id,
         )
-    steps = {step.name: StepRun(step.name) for step in plan.steps}
+    steps = {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
     task_names = {kfp_name(step.name): step.name for step in plan.steps}
     task_names.update({step.options["display_name"]: step.name for step in plan.steps if step.options.get("display_name")})
     record = RemoteRun(

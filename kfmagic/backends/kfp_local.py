@@ -21,7 +21,7 @@ from .. import component, runtime
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
 from ..errors import RunFailed
 from .base import Run, StepRun
-from .local import RUNS_DIR, _pump, _step_env, _stop, new_run_id
+from .local import RUNS_DIR, pump_lines, step_env, stop_process, new_run_id
 
 PACKAGE_FILE = "pipeline.yaml"
 LOG_FILE = "kfp-local.log"
@@ -83,16 +83,16 @@ def run(plan, params, workdir, workers, progress, image=None):
     package = compile_plan(plan, os.path.join(run_dir, PACKAGE_FILE), Target(image=image, install=False))
     with open(os.path.join(run_dir, "run.json"), "w") as file:
         json.dump({"id": run_id, "pipeline": plan.name, "params": params, "runner": "kfp-local"}, file)
-    steps = {step.name: StepRun(step.name) for step in plan.steps}
+    steps = {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
     record = Run(run_id, plan.name, "kfp-local", steps, dict(params), run_dir=run_dir, state="RUNNING")
-    env = dict(_step_env(), **{component.RESULT_DIR_ENV: run_dir})
+    env = dict(step_env(), **{component.RESULT_DIR_ENV: run_dir})
     process = subprocess.Popen(
         [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))],
         cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     events, task_output = queue.Queue(), _TaskOutput(plan)
-    threading.Thread(target=_pump, args=("kfp-local", "stdout", process.stdout, events), daemon=True).start()
+    threading.Thread(target=pump_lines, args=("kfp-local", "stdout", process.stdout, events), daemon=True).start()
     progress.start(record)
     try:
         with open(os.path.join(run_dir, LOG_FILE), "w") as log:
@@ -112,7 +112,7 @@ def run(plan, params, workdir, workers, progress, image=None):
                         progress.output(found[0], "stdout", found[1])
         process.wait()
     except KeyboardInterrupt:
-        _stop(process)
+        stop_process(process)
         for step in steps.values():
             if step.state in ("PENDING", "RUNNING"):
                 step.state, step.finished = "CANCELED", time.time()

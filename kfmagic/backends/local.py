@@ -62,14 +62,14 @@ def write_specs(plan, params, run_dir):
     return paths
 
 
-def _pump(name, stream_name, pipe, events):
+def pump_lines(name, stream_name, pipe, events):
     for raw in iter(pipe.readline, b""):
         events.put(("line", name, stream_name, raw.decode("utf-8", "replace").rstrip("\n")))
     pipe.close()
     events.put(("eof", name, stream_name, None))
 
 
-def _step_env():
+def step_env():
     """The step process finds kfmagic even when the kernel imported it from a source checkout."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,7 +77,7 @@ def _step_env():
     return env
 
 
-def _stop(process):
+def stop_process(process):
     """Terminate a step's whole process group, then kill it if it does not go."""
     for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, None)):
         try:
@@ -129,7 +129,7 @@ def run(plan, params, workdir, workers, progress):
     events = queue.Queue()
     pending = list(plan.steps)
     running = {}  # name -> (process, open streams, stderr tail)
-    env = _step_env()
+    env = step_env()
     progress.start(record)
     try:
         while pending or running:
@@ -146,7 +146,7 @@ def run(plan, params, workdir, workers, progress):
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                     )
                     for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
-                        threading.Thread(target=_pump, args=(step.name, stream_name, pipe, events), daemon=True).start()
+                        threading.Thread(target=pump_lines, args=(step.name, stream_name, pipe, events), daemon=True).start()
                     running[step.name] = (process, {"stdout", "stderr"}, [])
                     steps[step.name].state, steps[step.name].started = "RUNNING", time.time()
                     pending.remove(step)
@@ -170,7 +170,7 @@ def run(plan, params, workdir, workers, progress):
                 progress.update(record)
     except KeyboardInterrupt:
         for name, (process, _, _) in running.items():
-            _stop(process)
+            stop_process(process)
             steps[name].state, steps[name].finished = "CANCELED", time.time()
         for step in pending:
             steps[step.name].state = "CANCELED"
