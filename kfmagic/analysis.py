@@ -36,6 +36,8 @@ class CodeInfo:
     mutating_functions: tuple = ()
     # Module-level functions and the module-level names their bodies read when called: (name, names)
     function_reads: tuple = ()
+    # Arguments of module-level `%run` lines: code that may bind any name, as a star import
+    runs: tuple = ()
 
 
 def analyze(source: str, functions: tuple = ()) -> CodeInfo:
@@ -72,6 +74,7 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
             (name, fn.positional, tuple(sorted(fn.changed))) for name, fn in walker.functions.items() if fn.changed
         ),
         function_reads=tuple((name, tuple(names)) for name, names in walker.function_reads.items()),
+        runs=tuple(walker.runs),
     )
 
 
@@ -228,6 +231,7 @@ class _Walker(ast.NodeVisitor):
         self.known = {name: _Function(tuple(positional), set(changed)) for name, positional, changed in functions}
         self.functions = {}  # module-level functions defined here: name -> _Function
         self.function_reads = {}  # module-level function -> module-level names its body reads
+        self.runs = []  # `%run` arguments
 
     def visit(self, node):
         super().visit(node)
@@ -352,6 +356,14 @@ class _Walker(ast.NodeVisitor):
     visit_Subscript = visit_Attribute
 
     def visit_Call(self, node):
+        func = node.func
+        if (  # `%run script.py` (or a notebook): its names are unknown here
+            getattr(func, "attr", None) == "run_line_magic" and getattr(getattr(func, "value", None), "func", None)
+            and getattr(func.value.func, "id", None) == "get_ipython" and len(node.args) == 2
+            and all(isinstance(arg, ast.Constant) for arg in node.args) and node.args[0].value == "run"
+            and self.scopes[-1].kind == "module"
+        ):
+            self.runs.append(str(node.args[1].value))
         magic = _cell_magic(node)
         if magic and magic[0] in _NAMESPACE_CELL_MAGICS and self.scopes[-1].kind == "module":
             for statement in _magic_body(magic[2]):  # `%%time` / `%%capture` cells: the body runs here

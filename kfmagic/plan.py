@@ -146,7 +146,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
             prelude_star.append(None)  # unreadable: it may provide any name
             continue
         provided_by_prelude.update(info.assigns)
-        prelude_star.extend(info.star_imports)
+        prelude_star.extend([*info.star_imports, *info.runs])
         prelude_reads.update(dict.fromkeys(info.reads))
         function_reads.update(info.function_reads)
         functions.update((function[0], function) for function in info.mutating_functions)
@@ -296,6 +296,7 @@ def _collect_steps(cells, prelude_names, problems, functions):
                 problems.append(f"Step {step.name!r} ({cell.label}): {info}")
                 step.unreadable = True
                 continue
+            step.star_imports = step.star_imports or bool(info.runs)  # `%run x.py` may bind any name
             for module in info.star_imports:
                 step.star_imports = True
                 problems.append(

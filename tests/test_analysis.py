@@ -266,6 +266,11 @@ def test_star_imports(source, star):
     assert info.star_imports == star
 
 
+def test_run_magic_is_opaque_code():
+    info = analyze("get_ipython().run_line_magic('run', 'helpers.py')\nx = f(1)")
+    assert info.runs == ("helpers.py",) and info.reads == ("get_ipython", "f")
+
+
 def test_star_import_still_counts_as_import():
     assert analyze("from os.path import *").imports == ("os",)
 

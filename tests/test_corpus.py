@@ -101,3 +101,15 @@ def test_a_name_only_a_skipped_cell_assigns_names_the_cell_and_its_tag(corpus):
     assert result.returncode == 1
     assert "Step 'double' reads 'base'" in result.stderr
     assert "The notebook's cell 2 assigns it, but that cell is not part of the pipeline: it is tagged skip." in result.stderr
+
+
+def test_what_a_time_or_capture_cell_assigns_is_its_steps(corpus):
+    assert "score=0.92" in run(corpus, "kale_time_magic_cell.ipynb")
+
+
+def test_a_failing_tagged_cell_is_reported_with_its_own_line(corpus):
+    result = kfmagic("run", "kale_step_raises.ipynb", cwd=corpus)
+    assert result.returncode == 1
+    assert 'File "step compute, cell 1", line 2' in result.stdout + result.stderr
+    assert "Step 'compute' failed: ZeroDivisionError: division by zero" in result.stderr
+    assert 'File "/' not in result.stdout + result.stderr  # only the cell's frames, none of kfmagic's

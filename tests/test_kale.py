@@ -1,5 +1,6 @@
 """Kubeflow Kale's tags read as kfmagic magics: tags -> registry, `convert` round trip, the example notebook."""
 
+import dataclasses
 import os
 import pickle
 import shutil
@@ -15,6 +16,20 @@ from kfmagic import kale, notebook
 from kfmagic.errors import KfmagicError
 
 KALE_IRIS = os.path.join(REPO, "notebooks", "kale_iris.ipynb")
+
+
+def as_cells(plan):
+    """without_labels, each part as its cell's own code: a tagged cell has no magic line above it,
+    so its line numbers (in errors and tracebacks) are the cell's."""
+
+    def own(part):
+        if not part.source.startswith("%%"):
+            return part
+        return dataclasses.replace(part, source=part.source.partition("\n")[2], code=part.code[1:])
+
+    plan = without_labels(plan)
+    steps = tuple(dataclasses.replace(step, parts=tuple(map(own, step.parts))) for step in plan.steps)
+    return dataclasses.replace(plan, prelude=tuple(map(own, plan.prelude)), steps=steps)
 
 
 def tagged(*cells, metadata=None):
@@ -124,7 +139,7 @@ def test_convert_writes_magics_that_declare_the_same_plan(tmp_path, old_format):
     converted = nbformat.read(out, as_version=4)
     assert not kale.is_tagged(converted) and notebook.uses_magics(converted)
     assert converted.cells[0].source.startswith("%load_ext kfmagic\n%pipeline init kale-iris --experiment kale-demos")
-    assert without_labels(notebook.load(str(out))[0].plan()) == without_labels(notebook.load(source)[0].plan())
+    assert as_cells(notebook.load(str(out))[0].plan()) == as_cells(notebook.load(source)[0].plan())
 
 
 def test_the_kale_example_runs_with_the_cli(tmp_path):
@@ -154,4 +169,13 @@ def test_the_kale_example_and_its_conversion_run_in_a_kernel(tmp_path):
     ran = execute(converted, tmp_path)
     assert "pipeline kale-iris: 6 steps, no problems found." in cell_text(ran.cells[-2])
     kernel_plan = pickle.loads(dump.read_bytes())
-    assert without_labels(kernel_plan) == without_labels(notebook.load(KALE_IRIS)[0].plan())
+    assert as_cells(kernel_plan) == as_cells(notebook.load(KALE_IRIS)[0].plan())
+
+
+def test_errors_in_tagged_cells_count_the_cells_own_lines():
+    params = tagged(("a = 1\nb = os.getcwd()", "pipeline-parameters"), ("x = a", "step:s"))
+    with pytest.raises(KfmagicError, match=r"^cell 1: pipeline-parameters line 2: `b = os.getcwd\(\)`"):
+        notebook.from_notebook(params)
+    step = tagged(("y = 1\nx = (", "step:s"))
+    with pytest.raises(KfmagicError, match=r"^Step 's' \(cell 1\): line 2: '\(' was never closed$"):
+        notebook.from_notebook(step)[0].plan()
