@@ -38,6 +38,8 @@ class CodeInfo:
     function_reads: tuple = ()
     # Arguments of module-level `%run` lines: code that may bind any name, as a star import
     runs: tuple = ()
+    # The reads made by the code's own statements, not inside a def or lambda (which run when called)
+    statement_reads: tuple = ()
 
 
 def analyze(source: str, functions: tuple = ()) -> CodeInfo:
@@ -75,6 +77,7 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
         ),
         function_reads=tuple((name, tuple(names)) for name, names in walker.function_reads.items()),
         runs=tuple(walker.runs),
+        statement_reads=tuple(walker.statement_reads),
     )
 
 
@@ -232,6 +235,7 @@ class _Walker(ast.NodeVisitor):
         self.functions = {}  # module-level functions defined here: name -> _Function
         self.function_reads = {}  # module-level function -> module-level names its body reads
         self.runs = []  # `%run` arguments
+        self.statement_reads = {}  # reads outside any function body
 
     def visit(self, node):
         super().visit(node)
@@ -265,6 +269,8 @@ class _Walker(ast.NodeVisitor):
             self.function_reads.setdefault(owner, {}).setdefault(name)
         if self._lookup(name) is False and not (name.startswith("__") and name.endswith("__")):
             self.reads.setdefault(name)
+            if all(scope.kind != "function" for scope in self.scopes):
+                self.statement_reads.setdefault(name)
 
     def _bind(self, name: str, scope: _Scope | None = None) -> bool:
         """Bind `name` in `scope` (default: the innermost); True if that binds a module name."""

@@ -132,7 +132,8 @@ class PlanView:
 
 def check_text(plan):
     """What `check` reports when the pipeline has no problems: a summary line and the warnings."""
-    lines = [f"pipeline {plan.name}: {len(plan.steps)} steps, no problems found."]
+    count = f"{len(plan.steps)} step{'' if len(plan.steps) == 1 else 's'}"
+    lines = [f"pipeline {plan.name}: {count}, no problems found."]
     return "\n".join(lines + [f"warning: {warning}" for warning in plan.warnings])
 
 

@@ -137,7 +137,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
             params.update(cell.spec.params)
 
     provided_by_prelude, prelude_star, functions = set(), [], {}
-    prelude_reads, function_reads = {}, {}
+    prelude_reads, function_reads, top_reads = {}, {}, []
     for part in prelude:
         try:
             info = _analyze(part.code, tuple(functions.values()))
@@ -149,9 +149,12 @@ def build_plan(name, experiment, cells, explain_missing=None):
         prelude_star.extend([*info.star_imports, *info.runs])
         prelude_reads.update(dict.fromkeys(info.reads))
         function_reads.update(info.function_reads)
+        top_reads += [(part.label, name) for name in info.statement_reads]
         functions.update((function[0], function) for function in info.mutating_functions)
 
     steps = _collect_steps(cells, provided_by_prelude, problems, functions)
+    if not prelude_star:
+        problems += _prelude_needs(top_reads, provided_by_prelude, params, steps)
     _read_through_prelude_functions(steps, function_reads, provided_by_prelude)
     if not steps:
         problems.append("The pipeline has no steps: mark a cell with `%%step NAME` (see %%step?).")
@@ -240,6 +243,22 @@ def build_plan(name, experiment, cells, explain_missing=None):
             )
         )
     return Plan(name, experiment, tuple(planned), prelude, params, tuple(dict.fromkeys(warnings)))
+
+
+def _prelude_needs(top_reads, prelude_names, params, steps):
+    """Names the prelude's own statements read that nothing there provides: it runs first in every
+    step, before the step's inputs are loaded (a Kale `functions` cell computing from a step's data)."""
+    found = []
+    for label, name in top_reads:
+        if name in prelude_names or name in params or name in RUNTIME_NAMES or hasattr(builtins, name):
+            continue
+        writers = [step.name for step in steps if name in step.changes]
+        where = f"step {writers[0]!r} assigns it, but " if writers else ""
+        found.append(
+            f"%%prelude ({label}) reads {name!r}: {where}the prelude runs at the start of every step, before "
+            "the step's inputs are loaded. Compute it in a step, or define it in the prelude."
+        )
+    return found
 
 
 def _read_through_prelude_functions(steps, function_reads, prelude_names):

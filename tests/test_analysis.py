@@ -266,6 +266,12 @@ def test_star_imports(source, star):
     assert info.star_imports == star
 
 
+def test_function_reads_and_statement_reads():
+    info = analyze("import os\nn = len(data)\ndef f(k=K):\n    return g(data) + os.sep\ndef g(v):\n    return v * w")
+    assert info.statement_reads == ("len", "data", "K")
+    assert info.function_reads == (("f", ("g", "data", "os")), ("g", ("w",)))
+
+
 def test_run_magic_is_opaque_code():
     info = analyze("get_ipython().run_line_magic('run', 'helpers.py')\nx = f(1)")
     assert info.runs == ("helpers.py",) and info.reads == ("get_ipython", "f")
@@ -309,6 +315,6 @@ def test_analysis_error_without_line():
 
 def test_code_info_is_frozen_tuples():
     info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
-    assert info == CodeInfo(("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",))  # x is y
+    assert info == CodeInfo(("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",))  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.reads = ()

@@ -113,3 +113,7 @@ def test_a_failing_tagged_cell_is_reported_with_its_own_line(corpus):
     assert 'File "step compute, cell 1", line 2' in result.stdout + result.stderr
     assert "Step 'compute' failed: ZeroDivisionError: division by zero" in result.stderr
     assert 'File "/' not in result.stdout + result.stderr  # only the cell's frames, none of kfmagic's
+
+
+def test_names_a_run_script_defines_are_not_reported_missing(corpus):
+    assert "doubled=22" in run(corpus, "magics_run_helper_script.ipynb")

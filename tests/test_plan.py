@@ -92,6 +92,18 @@ def test_a_prelude_function_reads_what_its_body_reads_and_the_prelude_reads_para
     ]
 
 
+def test_the_prelude_cannot_read_what_a_step_computes():
+    assert problems(
+        "%%prelude\nimport math",
+        "%%step a\ndata = [1, 2]",
+        "%%prelude\nn = len(data)\ndef f():\n    return data",
+        "%%step b\ny = n + f()",
+    ) == [
+        "%%prelude (cell 3) reads 'data': step 'a' assigns it, but the prelude runs at the start of every step, "
+        "before the step's inputs are loaded. Compute it in a step, or define it in the prelude."
+    ]
+
+
 def test_after_edges_are_kept_without_data_and_marked_explicit():
     plan = pipeline_of("%%step a\nx = 1", "%%step b\nopen('flag', 'w')", "%%step c --after b\nprint(x)").plan()
     c = plan.step("c")

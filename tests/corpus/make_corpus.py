@@ -1,0 +1,141 @@
+"""Writes tests/corpus/*.ipynb (`python3 tests/corpus/make_corpus.py`): small notebooks written for
+kfmagic's tests, each reproducing a pattern found in public notebooks (Kubeflow Kale's examples,
+ordinary data-science notebooks). Cell ids are stable, so regenerating changes nothing."""
+import os
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+OUT = os.path.dirname(os.path.abspath(__file__))
+KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def write(name, cells, kale=None, minor=5):
+    made = []
+    for cell in cells:
+        if isinstance(cell, str):
+            made.append(new_markdown_cell(cell))
+        else:
+            made.append(new_code_cell(cell[0], metadata={"tags": list(cell[1:])} if len(cell) > 1 else {}))
+    metadata = {"kernelspec": KERNEL}
+    if kale is not None:
+        metadata["kubeflow_notebook"] = kale
+    nb = new_notebook(cells=made, metadata=metadata)
+    nb.nbformat_minor = minor
+    for number, cell in enumerate(nb.cells, 1):  # stable ids: regenerating changes nothing
+        if minor < 5:
+            cell.pop("id", None)
+        else:
+            cell["id"] = f"cell-{number}"
+    nbformat.write(nb, f"{OUT}/{name}.ipynb")
+
+
+# A feature loop over [train, test] changes both frames in place (Kale's titanic example), and a
+# helper that changes its argument is called on each.
+write("kale_loop_changes_frames", [
+    "# Iris, Kale-tagged\nThe preprocessing steps change the frames in place, through a loop and a helper.",
+    ("!pip install -r requirements.txt", "skip"),
+    ("import pandas as pd\nfrom sklearn.datasets import load_iris\nfrom sklearn.linear_model import LogisticRegression", "imports"),
+    ("TEST_FRACTION = 0.25\nMAX_ITER = 300", "pipeline-parameters"),
+    ("frame = load_iris(as_frame=True).frame\ntest_df = frame.sample(frac=TEST_FRACTION, random_state=0)\ntrain_df = frame.drop(test_df.index)", "block:loaddata"),
+    ("train_df.describe()", "skip"),
+    ("data = [train_df, test_df]\nfor dataset in data:\n    dataset['ratio'] = dataset['sepal length (cm)'] / dataset['sepal width (cm)']", "block:datapreprocessing", "prev:loaddata"),
+    ("LABEL = 'target'",),
+    ("def add_area(df):\n    df['area'] = df['petal length (cm)'] * df['petal width (cm)']\n\n\nfor df in (train_df, test_df):\n    add_area(df)", "block:featureengineering", "prev:datapreprocessing"),
+    ("features = ['ratio', 'area']\nmodel = LogisticRegression(max_iter=MAX_ITER).fit(train_df[features], train_df[LABEL])\naccuracy = model.score(test_df[features], test_df[LABEL])", "block:train", "prev:featureengineering"),
+    ("print(accuracy)", "pipeline-metrics"),
+], kale={"pipeline_name": "iris-frames", "experiment_name": "corpus", "docker_image": "", "volumes": []})
+
+# `block:imports` is Kale's imports tag, and a step may be continued by untagged cells
+# (Kale's own tag-parsing test notebook); nbformat 4.2, no cell ids.
+write("kale_block_imports", [
+    ("import os\nimport numpy as np\n\npath = '.'", "block:imports"),
+    ("values = np.arange(5)\ntotal = int(values.sum())", "block:make"),
+    ("print(total)", "block:report", "prev:make"),
+    ("print(f'the total from the step before is {total}')",),
+    ("import json", "block:imports"),
+    ("names = json.dumps(sorted(os.listdir(path)))", "prev:make", "block:listing"),
+], minor=2)
+
+# A `functions` cell whose function reads a step's result and a parameter when called; a metrics
+# cell with a line Kale cannot read.
+write("kale_function_reads_step_data", [
+    ("import numpy as np", "imports"),
+    ("def scaled():\n    return data * FACTOR", "functions"),
+    ("FACTOR = 3", "pipeline-parameters"),
+    ("data = np.arange(4)", "step:load"),
+    ("total = int(scaled().sum())", "step:use", "prev:load"),
+    ("print(total)\nprint(f'total is {total}')", "pipeline-metrics"),
+], kale={"pipeline_name": "scaled"})
+
+# The first and the last cell share a step name, around the steps in between (Kale's
+# examples/base/Example.ipynb): the notebook's fault, said once, in Kale's words.
+write("kale_step_split_around_others", [
+    ("rows = [[1, 2], [3, 4], [5, 6]]\nlabels = [0, 1, 1]", "step:evaluation"),
+    ("half = len(rows) // 2\ntrain_rows, test_rows = rows[:half], rows[half:]", "step:preprocessing"),
+    ("model = {'threshold': sum(sum(r) for r in train_rows) / len(train_rows)}", "step:training"),
+    ("predictions = [int(sum(r) > model['threshold']) for r in test_rows]\naccuracy = sum(p == y for p, y in zip(predictions, labels[half:])) / len(predictions)", "step:evaluation"),
+])
+
+# Kale's newer settings and tags (examples/serving/sklearn/iris.ipynb): base_image, enable_caching,
+# labels in steps_defaults, volumes, report:disabled, cache:enabled, a skipped serving cell.
+write("kale_settings_and_tags", [
+    ("!pip3 install --user -r requirements.txt", "skip"),
+    ("from sklearn import datasets\nfrom sklearn.model_selection import train_test_split\nfrom sklearn.tree import DecisionTreeClassifier", "imports"),
+    ("MAX_DEPTH = 2", "pipeline-parameters"),
+    ("x, y = datasets.load_iris(return_X_y=True)", "step:load_transform_data", "report:disabled"),
+    ("x_trn, x_tst, y_trn, y_tst = train_test_split(x, y, test_size=.2, random_state=0)",),
+    ("model = DecisionTreeClassifier(max_depth=int(MAX_DEPTH))", "prev:load_transform_data", "step:train_model", "cache:enabled"),
+    ("model.fit(x_trn, y_trn)",),
+    ("accuracy = model.score(x_tst, y_tst)", "step:evaluate_model", "prev:train_model"),
+    ("from kale.common.serveutils import serve\nkfserver = serve(model)", "skip"),
+    ("print(accuracy)", "pipeline-metrics"),
+], kale={
+    "base_image": "python:3.11", "enable_caching": False, "experiment": {"id": "new", "name": "iris-experiment"},
+    "experiment_name": "iris-experiment", "katib_run": False, "pipeline_name": "iris-pipeline",
+    "steps_defaults": ["label:access-ml-pipeline:true", "label:access-rok:true"],
+    "volumes": [{"mount_point": "/home/jovyan", "name": "workspace", "size": 5, "size_type": "Gi", "type": "clone"}],
+}, minor=4)
+
+# A step reads what only a `skip` cell assigns: the notebook's fault, said with its cell and tag.
+write("kale_reads_skipped_cell", [
+    ("import numpy as np", "imports"),
+    ("base = np.arange(3)", "skip"),
+    ("doubled = base * 2", "step:double"),
+])
+
+# `%matplotlib inline` in the prelude and plt.show() in a step (nearly every plotting notebook).
+write("magics_matplotlib_inline", [
+    ("%%prelude\n%matplotlib inline\nimport matplotlib.pyplot as plt",),
+    ("%%step plot\nfig, ax = plt.subplots()\nax.plot([1, 2, 3])\nplt.show()\npoints = 3",),
+    ("%%step report\n%config InlineBackend.figure_format = 'retina'\ndoubled = points * 2",),
+])
+
+# A prelude helper that changes its argument in place, called in a step of its own.
+write("magics_helper_changes_argument", [
+    ("%%prelude\nimport pandas as pd\n\n\ndef add_total(df):\n    df['total'] = df.sum(axis=1)",),
+    ("%%step load\nframe = pd.DataFrame({'a': [1, 2], 'b': [3, 4]})",),
+    ("%%step enrich\nadd_total(frame)",),
+    ("%%step report --metrics grand\ngrand = int(frame['total'].sum())",),
+])
+
+# `%%time` on the training cell (common in ordinary notebooks): what its body assigns is the step's.
+write("kale_time_magic_cell", [
+    ("from sklearn.datasets import load_wine\nfrom sklearn.tree import DecisionTreeClassifier", "imports"),
+    ("X, y = load_wine(return_X_y=True)", "step:load"),
+    ("%%time\nmodel = DecisionTreeClassifier(max_depth=2, random_state=0).fit(X, y)", "step:train"),
+    ("%%capture log\nscore = model.score(X, y)\nprint(score)", "step:evaluate"),
+    ("print(score)", "pipeline-metrics"),
+], kale={"pipeline_name": "wine-time"})
+
+# A step that fails: its traceback shows the tagged cell's own line numbers.
+write("kale_step_raises", [
+    ("values = [1, 2]\nratio = values[0] / 0", "step:compute"),
+])
+
+# `%run helpers.py` in the prelude defines names kfmagic cannot see: not "no step provides" errors.
+write("magics_run_helper_script", [
+    ("%%prelude\n%run corpus_helpers.py",),
+    ("%%step first\nstart = bump(BASE)",),
+    ("%%step second --metrics doubled\ndoubled = start * 2",),
+])
