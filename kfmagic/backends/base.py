@@ -90,7 +90,7 @@ class Run:
             lines.append(f"Not run: {', '.join(not_run)}.")
         if self.run_dir:
             lines.append(f"Outputs of finished steps are kept in {self.run_dir}.")
-        lines.append("The run object: kfmagic.pipeline().last_run")
+        lines.append("In the kernel, the run is kfmagic.pipeline().last_run.")
         return "\n".join(lines)
 
     def _repr_html_(self):

@@ -178,7 +178,7 @@ def run(plan, params, workdir, workers, progress):
         progress.finish(record)
         raise RunFailed(
             f"Run {run_id} interrupted: its step processes were stopped. Outputs of finished steps are "
-            f"kept in {run_dir}; the run object is kfmagic.pipeline().last_run.",
+            f"kept in {run_dir}; in the kernel, the run is kfmagic.pipeline().last_run.",
             record,
         ) from None
     record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in steps.values()) else "FAILED"
