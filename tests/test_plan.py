@@ -262,3 +262,14 @@ def test_conflicting_options_over_cells_of_one_step():
     pipeline.cells[0].spec.options["image"] = "python:3.11"
     with pytest.raises(PlanError, match="contradicts"):
         pipeline.plan()
+
+
+def test_show_has_a_table_and_a_dag_as_text_and_as_svg():
+    view = pipeline_of(
+        "%%params\nrate = 1", "%%step a\nx = rate", "%%step b\ny = x", "%%step c\nz = x", "%%step d --after b\nprint(z)"
+    ).show()
+    text = repr(view)
+    assert "d     b, c*" in text and "z <- c" in text and "params: rate=1" in text
+    assert "[1] a\n[2] b  <- a*\n    c  <- a*\n[3] d  <- b, c*" in text
+    page = view._repr_html_()
+    assert page.count("<rect") == 4 and page.count("<line") == 4 and "stroke-dasharray" in page  # b -> d is --after
