@@ -95,12 +95,18 @@ def report_drift(pipeline, path):
         print(f"  - {line}")
 
 
+def _cell_label(shell):
+    """"In [N]" of the running cell: its input is already in the history when it runs (whereas
+    IPython 9 increments execution_count before running a cell, and IPython 8 after)."""
+    return f"In [{len(shell.history_manager.input_hist_raw) - 1}]"
+
+
 def _register(shell, kind, line, cell):
     """Register a marked cell. `cell` is None when the transformer left the body to IPython: the
     cell is then the one being run; otherwise (a direct run_cell_magic call) run the body too."""
     text = _running["text"] if cell is None else f"%%{kind} {line}\n{cell}"
     spec = syntax.parse_cell(text)
-    current_pipeline().add(spec, cell_id=_running["cell_id"], label=f"In [{shell.execution_count}]")
+    current_pipeline().add(spec, cell_id=_running["cell_id"], label=_cell_label(shell))
     if cell is not None:
         shell.run_cell(cell, store_history=False)
 
