@@ -16,6 +16,7 @@ import numbers
 import os
 import sys
 import traceback
+import types
 
 try:
     from kfmagic import serde
@@ -73,11 +74,17 @@ def _step_shell(namespace):
 
             config = Config()
             config.HistoryManager.enabled = False
+            config.InteractiveShell.colors = "NoColor"
             shell = InteractiveShell.instance(config=config, user_ns=namespace)
             shell.enable_gui = lambda gui=None: None  # `%matplotlib inline`: a step has no GUI loop to start
+            shell.showtraceback = _raise_instead  # IPython shows a magic's error and goes on; a step must fail
         return shell
 
     return get_ipython
+
+
+def _raise_instead(exc_tuple=None, *_, **__):
+    raise (exc_tuple or sys.exc_info())[1]
 
 
 def _display(*objects, **_):
@@ -91,36 +98,44 @@ def _describe_type(value):
     return f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
 
 
-def _save(spec, namespace, result):
+def _save(spec, namespace, result, prelude):
+    """Save the outputs (each required) and what the step keeps (if it pickles)."""
     step, out_dir = spec["step"], spec["out_dir"]
     os.makedirs(os.path.join(out_dir, OUTPUTS_DIR), exist_ok=True)
-    needed_by = spec.get("needed_by", {})
     for var in spec["outputs"]:
         if var not in namespace:
-            who = needed_by.get(var)
+            who = spec.get("needed_by", {}).get(var)
             why = f"step(s) {', '.join(who)} read it" if who else "it is declared with --outputs/--metrics"
             raise StepFailed(
                 f"Step {step!r} did not assign {var!r}, but {why}. Make sure every path through the "
                 "step's code assigns it."
             )
+    for var in dict.fromkeys([*spec["outputs"], *spec["keep"]]):
+        if var not in namespace:
+            continue
+        kind = _describe_type(namespace[var])
         try:
-            size = serde.dump(namespace[var], output_path(out_dir, var))
+            size = serde.dump(namespace[var], output_path(out_dir, var), by_name=prelude)
         except serde.SerializationError as error:
+            if var not in spec["outputs"]:
+                result["skipped"][var] = f"a {kind} that cannot be pickled ({error})"
+                continue
             raise StepFailed(
-                f"Step {step!r} cannot save {var!r} (a {_describe_type(namespace[var])}): neither cloudpickle "
-                f"nor dill can serialize it ({error}). Recreate it in the step that uses it, or pass "
-                "something that pickles instead (a path, a config, the data it holds)."
+                f"Step {step!r} cannot save {var!r} (a {kind}): neither cloudpickle nor dill can serialize "
+                f"it ({error}). Recreate it in the step that uses it, or pass something that pickles "
+                "instead (a path, a config, the data it holds)."
             ) from None
-        result["saved"][var] = {"type": _describe_type(namespace[var]), "bytes": size}
-    for var in spec["keep"]:
-        if var not in namespace or var in result["saved"]:
-            continue
-        try:
-            size = serde.dump(namespace[var], output_path(out_dir, var))
-        except serde.SerializationError as error:
-            result["skipped"][var] = f"a {_describe_type(namespace[var])} that cannot be pickled ({error})"
-            continue
-        result["saved"][var] = {"type": _describe_type(namespace[var]), "bytes": size}
+        result["saved"][var] = {"type": kind, "bytes": size}
+
+
+def _defined_by_prelude(namespace):
+    """The classes and functions the prelude defined: every step has them, so values refer to them
+    by name (an instance of a prelude class is an instance of the consumer's class, as in the kernel)."""
+    return {
+        name: value
+        for name, value in namespace.items()
+        if isinstance(value, (type, types.FunctionType)) and getattr(value, "__module__", None) == "__main__"
+    }
 
 
 def _metrics(spec, namespace):
@@ -143,13 +158,15 @@ def run_step(spec, display=None):
     without it, display() prints text as a terminal would and last values are not shown.
     """
     result = {"state": "RUNNING", "saved": {}, "skipped": {}, "metrics": {}, "error": None}
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
-    namespace["get_ipython"] = _step_shell(namespace)
-    namespace["display"] = display or _display
+    main, kernel_main = types.ModuleType("__main__"), sys.modules.get("__main__")
+    sys.modules["__main__"] = main  # the cells' namespace is __main__, as in the kernel
+    namespace = main.__dict__
+    namespace.update(__builtins__=builtins, get_ipython=_step_shell(namespace), display=display or _display)
     try:
         namespace.update(spec["params"])
         for part in spec["prelude"]:
             _run_code(part, namespace, "prelude")
+        prelude = _defined_by_prelude(namespace)
         for var, path in spec["inputs"].items():
             try:
                 namespace[var] = serde.load(path)
@@ -160,8 +177,8 @@ def run_step(spec, display=None):
                 ) from None
         for part in spec["parts"]:
             _run_code(part, namespace, f"step {spec['step']}", show=display)
-        _save(spec, namespace, result)
         result["metrics"] = _metrics(spec, namespace)
+        _save(spec, namespace, result, prelude)
         result["state"] = "SUCCEEDED"
     except StepFailed as error:
         result.update(state="FAILED", error=str(error))
@@ -169,6 +186,8 @@ def run_step(spec, display=None):
     except BaseException as error:  # the user's code failed: show it as a plain cell would
         result.update(state="FAILED", error=_user_traceback(error))
         print(result["error"], file=sys.stderr, end="")
+    finally:
+        sys.modules["__main__"] = kernel_main
     os.makedirs(spec["out_dir"], exist_ok=True)
     with open(os.path.join(spec["out_dir"], RESULT_FILE), "w") as file:
         json.dump(result, file)

@@ -8,6 +8,7 @@ inside step processes and KFP containers.
 """
 
 import gc
+import importlib
 import json
 import mmap
 import os
@@ -24,19 +25,19 @@ class SerializationError(Exception):
     """Neither cloudpickle nor dill could save the value; the message says why."""
 
 
-def dump(value, path):
+def dump(value, path, by_name=None):
     """Write `value` to `path`; returns its size. On failure: no file left, SerializationError.
 
     The file appears whole or not at all (written aside, then renamed), so a reader that mapped
-    an earlier version keeps its pages.
+    an earlier version keeps its pages. `by_name` ({name: object} of the __main__ namespace) are
+    saved as references to the loader's `__main__.<name>`, not copied: classes and functions that
+    every step (and the kernel) defines alike, so instances keep their class.
     """
-    import cloudpickle
-
     partial = f"{path}.partial"
     errors = []
     try:
         try:
-            size = _dump_out_of_band(cloudpickle, value, partial)
+            size = _dump_out_of_band(_pickler(by_name or {}), value, partial)
         except OSError:
             raise
         except Exception as error:  # cloudpickle cannot: try dill
@@ -68,10 +69,32 @@ def _dump_with_dill(value, path, errors):
         return None
 
 
+class _Main:
+    """Pickles as `importlib.import_module("__main__")`: the loader's own __main__."""
+
+    def __reduce__(self):
+        return importlib.import_module, ("__main__",)
+
+
+def _pickler(by_name):
+    import cloudpickle
+
+    known = {id(obj): (name, obj) for name, obj in by_name.items()}
+
+    class Pickler(cloudpickle.Pickler):
+        def reducer_override(self, obj):
+            name, same = known.get(id(obj), (None, None))
+            if same is obj:
+                return getattr, (_Main(), name)
+            return super().reducer_override(obj)
+
+    return Pickler
+
+
 def _dump_out_of_band(pickler, value, path):
     buffers = []
     with open(path, "wb") as file:
-        pickler.dump(value, file, protocol=PROTOCOL, buffer_callback=buffers.append)
+        pickler(file, protocol=PROTOCOL, buffer_callback=buffers.append).dump(value)
         if not buffers:
             return file.tell()
         table = []

@@ -138,3 +138,13 @@ def test_ctrl_c_stops_the_run_and_its_processes(kernel, tmp_path):
         os.kill(step_pid, 0)
     _, shown = kernel.run("print(__import__('kfmagic').pipeline().last_run.state)")
     assert shown.strip() == "CANCELED"
+
+
+def test_values_of_prelude_classes_load_as_the_kernels_classes(run_cells):
+    out = run_cells([
+        PRELUDE,
+        "%%prelude\nclass Box:\n    def __init__(self, v):\n        self.v = v",
+        "%%step make\nbox = Box(3)",
+        "run = %pipeline run\nloaded = run.load('box')\nprint(isinstance(loaded, Box), loaded.v)",
+    ])
+    assert out[-1].strip().endswith("True 3")

@@ -150,3 +150,19 @@ def test_a_run_prints_the_plan_warnings_first(run, capsys):
     result = run("%%step left\nside = 'l'", "%%step right\nside = 'r'", "%%step merge --after left\nchosen = side")
     assert result.load("chosen") == "r"
     assert "warning: Steps 'left' and 'right' both change 'side'" in capsys.readouterr().out
+
+
+def test_prelude_classes_and_functions_stay_the_same_in_every_step(run):
+    result = run(
+        "%%prelude\nimport enum\nfrom dataclasses import dataclass\n@dataclass\nclass Config:\n    rate: float = 0.1\n"
+        "class Colour(enum.Enum):\n    RED = 1\ndef helper(v):\n    return v * 2",
+        "%%step a\ncfg = Config(0.5)\ncolour = Colour.RED\nf = helper",
+        "%%step b\nsame = (isinstance(cfg, Config), colour is Colour.RED, cfg == Config(0.5), f is helper)",
+    )
+    assert result.load("same") == (True, True, True, True)
+
+
+def test_an_error_in_a_magic_line_fails_the_step(run):
+    result = run("%%step a\n%time x = 1 / 0\ny = 2")
+    assert result.state == "FAILED" and "ZeroDivisionError" in result.steps["a"].error
+    assert "\x1b[" not in result.steps["a"].error
