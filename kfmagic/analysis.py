@@ -40,6 +40,8 @@ class CodeInfo:
     runs: tuple = ()
     # The reads made by the code's own statements, not inside a def or lambda (which run when called)
     statement_reads: tuple = ()
+    # Module-level names bound by import statements (`np` of `import numpy as np`, `SVC`)
+    imported: tuple = ()
 
 
 def analyze(source: str, functions: tuple = ()) -> CodeInfo:
@@ -78,6 +80,7 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
         function_reads=tuple((name, tuple(names)) for name, names in walker.function_reads.items()),
         runs=tuple(walker.runs),
         statement_reads=tuple(walker.statement_reads),
+        imported=tuple(walker.imported),
     )
 
 
@@ -106,6 +109,40 @@ class _Function:
 
 # Cell magics that run their body as code of the notebook's namespace: `%%time` binds what its body binds.
 _NAMESPACE_CELL_MAGICS = frozenset({"time", "capture", "prun"})
+# Line magics that run the rest of their line there: `%time model = fit(X)` binds model.
+_NAMESPACE_LINE_MAGICS = frozenset({"time", "prun"})
+# Options of %prun that take a value (`-s cumulative`); its others (-r, -q) take none.
+_PRUN_VALUE_OPTIONS = frozenset("DlsT")
+
+
+def _line_magic(node: ast.Call):
+    """(magic, line) for `get_ipython().run_line_magic(...)` with literal arguments, else None."""
+    func = node.func
+    if not (isinstance(func, ast.Attribute) and func.attr == "run_line_magic" and isinstance(func.value, ast.Call)):
+        return None
+    if getattr(func.value.func, "id", None) != "get_ipython" or len(node.args) != 2 or node.keywords:
+        return None
+    if not all(isinstance(arg, ast.Constant) and isinstance(arg.value, str) for arg in node.args):
+        return None
+    return tuple(arg.value for arg in node.args)
+
+
+def _prun_code(line: str) -> str:
+    """The code of a `%prun` line, after its options (`-s cumulative -q`), as IPython's getopt reads them."""
+    rest = line.lstrip()
+    while rest.startswith("-"):
+        token, _, rest = rest.partition(" ")
+        rest = rest.lstrip()
+        if token == "--":
+            break
+        flags = token[1:]
+        for index, flag in enumerate(flags):
+            if flag in _PRUN_VALUE_OPTIONS:
+                if index == len(flags) - 1:  # `-s cumulative`: the value is the next word
+                    _, _, rest = rest.partition(" ")
+                    rest = rest.lstrip()
+                break  # `-scumulative`: the value is the rest of the word
+    return rest
 
 
 def _cell_magic(node: ast.Call):
@@ -208,13 +245,23 @@ def _import_binding(alias: ast.alias) -> str:
 
 
 def _root(node: ast.AST) -> str | None:
-    """The name a receiver chain starts at: `x` for `x.a[0].b`; None for `f(x).b`.
+    """The name a receiver chain starts at: `x` for `x.a[0].b` and for `x.a().b` (a method may
+    return part of its object: `groups.setdefault(k, []).append(v)`); None for `f(x).b`."""
+    while True:
+        if isinstance(node, (ast.Attribute, ast.Subscript)):
+            node = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            node = node.func.value
+        else:
+            return node.id if isinstance(node, ast.Name) else None
 
-    A chain through a method call (`x.a().b`) needs no case here: the call already mutates `x`.
-    """
-    while isinstance(node, (ast.Attribute, ast.Subscript)):
-        node = node.value
-    return node.id if isinstance(node, ast.Name) else None
+
+def _passes_inplace(node: ast.Call) -> bool:
+    """`inplace=True`, or an `inplace=` that may be true (`inplace=flag`)."""
+    return any(
+        keyword.arg == "inplace" and not (isinstance(keyword.value, ast.Constant) and not keyword.value.value)
+        for keyword in node.keywords
+    )
 
 
 class _Walker(ast.NodeVisitor):
@@ -230,7 +277,8 @@ class _Walker(ast.NodeVisitor):
         self.scopes = [_Scope("module")]
         self.pending = []  # (enclosing scopes, function scope, body) waiting to be walked
         self.reads, self.assigns, self.mutates, self.imports = {}, {}, {}, {}  # ordered sets
-        self.star_imports, self.imported = [], set()
+        self.star_imports, self.imported = [], {}  # imported: names bound by module-level imports (ordered)
+        self.discarded = set()  # calls whose value is thrown away: the whole of an expression statement
         self.known = {name: _Function(tuple(positional), set(changed)) for name, positional, changed in functions}
         self.functions = {}  # module-level functions defined here: name -> _Function
         self.function_reads = {}  # module-level function -> module-level names its body reads
@@ -252,22 +300,16 @@ class _Walker(ast.NodeVisitor):
     def _lookup(self, name: str) -> bool | None:
         """None when `name` is local to an enclosing function or comprehension; otherwise it is
         a module-level name, and the result says whether this code has bound it already."""
-        innermost = len(self.scopes) - 1
-        for depth in range(innermost, 0, -1):
-            scope = self.scopes[depth]
-            if scope.kind == "class" and depth != innermost:
-                continue  # class bodies do not enclose the functions defined in them
-            if name in scope.declared_global:
-                break
-            if name in scope.local:
-                return None
+        if self._scope_of(name) is not self.scopes[0]:
+            return None
         return name in self.scopes[0].local or any(name in s.assigned_globals for s in self.scopes)
 
     def _load(self, name: str):
+        bound = self._lookup(name)
         owner = next((scope.owner for scope in reversed(self.scopes) if scope.owner), None)
-        if owner is not None and self._lookup(name) is not None and name != owner:
+        if owner is not None and bound is not None and name != owner:
             self.function_reads.setdefault(owner, {}).setdefault(name)
-        if self._lookup(name) is False and not (name.startswith("__") and name.endswith("__")):
+        if bound is False and not (name.startswith("__") and name.endswith("__")):
             self.reads.setdefault(name)
             if all(scope.kind != "function" for scope in self.scopes):
                 self.statement_reads.setdefault(name)
@@ -292,7 +334,7 @@ class _Walker(ast.NodeVisitor):
         for depth in range(innermost, 0, -1):
             scope = self.scopes[depth]
             if scope.kind == "class" and depth != innermost:
-                continue
+                continue  # class bodies do not enclose the functions defined in them
             if name in scope.declared_global:
                 break
             if name in scope.local:
@@ -361,15 +403,29 @@ class _Walker(ast.NodeVisitor):
 
     visit_Subscript = visit_Attribute
 
+    def visit_Expr(self, node):
+        """A call that is the whole statement: its value is thrown away, so it is made for what it
+        does (`model.fit(X)`, `items.append(x)`); so is a discarded comprehension's element."""
+        value = node.value.value if isinstance(node.value, ast.Await) else node.value
+        if isinstance(value, (ast.ListComp, ast.SetComp)):  # `[out.append(x) for x in xs]`
+            value = value.elt.value if isinstance(value.elt, ast.Await) else value.elt
+        if isinstance(value, ast.Call):
+            self.discarded.add(value)
+        self.generic_visit(node)
+
     def visit_Call(self, node):
-        func = node.func
-        if (  # `%run script.py` (or a notebook): its names are unknown here
-            getattr(func, "attr", None) == "run_line_magic" and getattr(getattr(func, "value", None), "func", None)
-            and getattr(func.value.func, "id", None) == "get_ipython" and len(node.args) == 2
-            and all(isinstance(arg, ast.Constant) for arg in node.args) and node.args[0].value == "run"
-            and self.scopes[-1].kind == "module"
-        ):
-            self.runs.append(str(node.args[1].value))
+        line_magic = _line_magic(node)
+        if line_magic and self.scopes[-1].kind == "module":
+            magic, line = line_magic
+            if magic == "run":  # `%run script.py` (or a notebook): its names are unknown here
+                self.runs.append(line)
+            elif magic in _NAMESPACE_LINE_MAGICS:  # `%time model = fit(X)`: the line runs here
+                statements = _magic_body(_prun_code(line) if magic == "prun" else line)
+                if node not in self.discarded and len(statements) == 1 and isinstance(statements[0], ast.Expr):
+                    self.visit(statements[0].value)  # `m = %time X.mean()`: its value is used
+                else:
+                    for statement in statements:
+                        self.visit(statement)
         magic = _cell_magic(node)
         if magic and magic[0] in _NAMESPACE_CELL_MAGICS and self.scopes[-1].kind == "module":
             for statement in _magic_body(magic[2]):  # `%%time` / `%%capture` cells: the body runs here
@@ -377,7 +433,9 @@ class _Walker(ast.NodeVisitor):
             target = magic[1].split()[0] if magic[0] == "capture" and magic[1].split() else ""
             if target.isidentifier():  # `%%capture out` binds out
                 self._bind(target)
-        if isinstance(node.func, ast.Attribute):  # any method call may change its receiver
+        if isinstance(node.func, ast.Attribute) and (node in self.discarded or _passes_inplace(node)):
+            # A method called for its effect may change its receiver (`model.fit(X)`, `lst.append(x)`,
+            # `df['c'].fillna(0, inplace=True)`); one whose value is used (`m = X.mean()`) only reads it.
             self._mutate(node.func)
         elif isinstance(node.func, ast.Name) and self._scope_of(node.func.id) is self.scopes[0]:
             function = self.functions.get(node.func.id) or self.known.get(node.func.id)
@@ -451,7 +509,7 @@ class _Walker(ast.NodeVisitor):
         for alias in node.names:
             self.imports.setdefault(alias.name.partition(".")[0])
             if self._bind(_import_binding(alias)):
-                self.imported.add(_import_binding(alias))
+                self.imported.setdefault(_import_binding(alias))
 
     def visit_ImportFrom(self, node):
         if node.level == 0:
@@ -460,7 +518,7 @@ class _Walker(ast.NodeVisitor):
             if alias.name == "*":  # the compiler allows it only at module level
                 self.star_imports.append("." * node.level + (node.module or ""))
             elif self._bind(alias.asname or alias.name):
-                self.imported.add(alias.asname or alias.name)
+                self.imported.setdefault(alias.asname or alias.name)
 
     # --- match patterns: captures bind, value and class patterns read ------------------------
 

@@ -40,6 +40,7 @@ class StepPlan:
     assigns: tuple  # every variable its code assigns or changes in place
     metrics: tuple
     options: dict
+    needed_by: dict = field(default_factory=dict)  # variable it saves -> the steps that read it, in plan order
 
     @property
     def inferred(self):
@@ -211,11 +212,13 @@ def build_plan(name, experiment, cells, explain_missing=None):
         raise PlanError(problems)
 
     ancestors = _closure(upstream)
-    consumers = {}
     for consumer, needs in inputs.items():
         for var, producer in needs.items():
-            consumers.setdefault(producer, set()).add(var)
             warnings.extend(_parallel_writers(consumer, var, producer, steps, ancestors))
+    consumers = {}  # producer -> {var: [the steps that read it, in plan order]}
+    for consumer in order:
+        for var, producer in inputs[consumer].items():
+            consumers.setdefault(producer, {}).setdefault(var, []).append(consumer)
 
     position = {name: i for i, name in enumerate(order)}
     planned = []
@@ -240,6 +243,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
                 assigns=tuple(step.assigns),
                 metrics=tuple(dict.fromkeys(step.metrics)),
                 options=dict(step.options),
+                needed_by=consumers.get(step_name, {}),
             )
         )
     return Plan(name, experiment, tuple(planned), prelude, params, tuple(dict.fromkeys(warnings)))

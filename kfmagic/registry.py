@@ -6,6 +6,7 @@ Everything else (plan, run, show) is derived from it on demand, never stored twi
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 
 from . import display
@@ -21,7 +22,11 @@ class RegisteredCell:
     spec: object  # syntax.CellSpec
     key: str
     label: str  # "In [5]" in the kernel, "cell 5" in a file
-    has_id: bool
+
+    @property
+    def has_id(self):
+        """Whether the cell is known by its front-end cell id (else by its text)."""
+        return self.key.startswith("id:")
 
 
 @dataclass
@@ -54,7 +59,7 @@ class Pipeline:
         the same text replaces it, an edited cell is registered as a new cell.
         """
         key = f"id:{cell_id}" if cell_id else "text:" + hashlib.sha256(spec.source.encode()).hexdigest()
-        cell = RegisteredCell(spec, key, label, bool(cell_id))
+        cell = RegisteredCell(spec, key, label)
         for index, known in enumerate(self.cells):
             if known.key == key:
                 self.cells[index] = cell
@@ -107,21 +112,28 @@ class Pipeline:
     def compile(self, path=None):
         """Write the pipeline as Kubeflow Pipelines IR YAML (default `<name>.yaml` here); returns the path.
 
-        Prints what would not work in a step's pod (relative paths, big values, kernel magics).
+        Warns (on stderr) of what would not work in a step's pod (relative paths, big values,
+        kernel magics, modules no installed package provides).
         """
-        from .compiler import Target, compile_plan, unknown_modules
+        from .compiler import Target, compile_plan, plan_packages
         from .portability import warnings_for
 
         plan = self.plan()
-        path = compile_plan(plan, path or f"{self.name}.yaml", Target(image=self.image))
+        packages = plan_packages(plan)
+        path = compile_plan(plan, path or f"{self.name}.yaml", Target(image=self.image), packages)
         problems = list(plan.warnings) + warnings_for(plan, os.getcwd())
-        for step, modules in unknown_modules(plan).items():
+        if packages.prelude_unknown:
+            problems.append(
+                f"The %%prelude imports {', '.join(packages.prelude_unknown)}, which no installed package provides "
+                "(a local module?): no step's pod will have it. Build it into --image, or make it an installable "
+                "package and add it with --packages."
+            )
+        for step, modules in packages.unknown.items():
             problems.append(
                 f"Step {step!r} imports {', '.join(modules)}, which no installed package provides (a local "
                 "module?): its pod will not have it. Move the code into the %%prelude, or build it into --image."
             )
-        for problem in problems:
-            print(f"warning: {problem}")
+        _warn(problems)
         return path
 
     def configure(self, host=None, namespace=None, experiment=None, token=None, token_path=None, cookies=None):
@@ -146,7 +158,7 @@ class Pipeline:
         ("0.1") are parsed to the default's type. Runs never touch the kernel's namespace.
         """
         from .backends import get_backend
-        from .backends.base import FINAL_STATES
+        from .backends.base import FINAL_STATES, Settings
 
         if workers is not None and workers < 1:
             raise KfmagicError(f"--workers {workers}: at least one step must run at a time; use 1 or more.")
@@ -155,11 +167,7 @@ class Pipeline:
         backend = get_backend(runner)
         plan = self.plan()
         values = plan.resolve_params(params or {})
-        for warning in plan.warnings:
-            print(f"warning: {warning}")
-        settings = {"image": self.image} if runner != "local" else {}
-        if runner == "kfp":
-            settings.update(connection=self._connection(), wait=wait)
+        _warn(plan.warnings)
         try:
             run = backend.run(
                 plan,
@@ -167,7 +175,7 @@ class Pipeline:
                 workdir=os.getcwd(),
                 workers=workers or os.cpu_count() or 1,
                 progress=progress or display.default_progress(),
-                **settings,
+                settings=Settings(image=self.image, connection=self._connection(), wait=wait),
             )
         except RunFailed as interrupted:
             self.last_run = interrupted.run
@@ -188,9 +196,15 @@ class Pipeline:
                 f"%pipeline status {run_id}: not a run of this kernel, and no Kubeflow Pipelines host is "
                 "configured to ask (`%pipeline config --host URL`)."
             )
-        from .backends.kfp import fetch
+        from .backends import get_backend
 
-        return fetch(self._connection(), run_id)
+        return get_backend("kfp").fetch(self._connection(), run_id)
+
+
+def _warn(warnings):
+    """What may not work as the user expects, on stderr (in a kernel it shows in the cell)."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def parse_param_overrides(pairs):

@@ -1,12 +1,27 @@
-"""The Run every backend returns: states with KFP's names, durations, metrics, loadable values."""
+"""What every backend shares: its settings, the Run it returns (states with KFP's names,
+durations, metrics, loadable values), and how a run starts, reads step results and is cancelled."""
 
+import json
+import os
+import secrets
 import time
 from dataclasses import dataclass, field
 
-from .. import serde
-from ..errors import KfmagicError
+from .. import runtime, serde
+from ..errors import KfmagicError, RunFailed
+from ..workspace import RUNS_DIR
 
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run may need besides the plan; each backend uses what applies to it."""
+
+    image: str | None = None  # default image of the steps on Kubeflow (kfp-local, kfp)
+    connection: object = field(default=None, repr=False)  # config.Connection (kfp)
+    wait: bool = False  # follow a submitted run until it ends (kfp)
 
 
 @dataclass
@@ -27,6 +42,23 @@ class StepRun:
         if self.started is None:
             return None
         return (self.finished or time.time()) - self.started
+
+    def apply_result(self, result, out_dir):
+        """Take state, error, metrics and saved values from the result its runtime wrote in `out_dir`."""
+        self.state, self.error = result["state"], result["error"]
+        self.metrics, self.skipped = result["metrics"], result["skipped"]
+        self.saved = {var: {"path": runtime.output_path(out_dir, var), **info} for var, info in result["saved"].items()}
+        self.started = result.get("started", self.started)
+        self.finished = result.get("finished", self.finished or time.time())
+
+
+def read_result(out_dir):
+    """The result a step's runtime wrote in `out_dir`, or None while there is none."""
+    path = os.path.join(out_dir, runtime.RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
 
 
 @dataclass
@@ -93,6 +125,11 @@ class Run:
         lines.append("In the kernel, the run is kfmagic.pipeline().last_run.")
         return "\n".join(lines)
 
+    def write_info(self, **extra):
+        """Write run.json in the run's directory: what ran, with which parameters, and where."""
+        with open(os.path.join(self.run_dir, RUN_FILE), "w") as file:
+            json.dump({"id": self.id, "pipeline": self.pipeline, "params": self.params, "runner": self.runner, **extra}, file)
+
     def _repr_html_(self):
         from ..display import run_html
 
@@ -102,3 +139,40 @@ class Run:
         from ..display import run_text
 
         return run_text(self)
+
+
+def new_run_dir(workdir, pipeline_name, suffix=None):
+    """(run id, its directory under RUNS_DIR, created): `<pipeline>-<date>-<time>-<random>[-suffix]`."""
+    run_id = f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    if suffix:
+        run_id += f"-{suffix}"
+    run_dir = os.path.join(workdir, RUNS_DIR, run_id)
+    os.makedirs(run_dir, exist_ok=True)
+    return run_id, run_dir
+
+
+def step_runs(plan):
+    """A PENDING StepRun per step of `plan`, in plan order."""
+    return {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
+
+
+def start_run(plan, params, workdir, runner):
+    """A RUNNING Run of `plan` here: its directory made, its run.json written."""
+    run_id, run_dir = new_run_dir(workdir, plan.name)
+    record = Run(run_id, plan.name, runner, step_runs(plan), dict(params), run_dir=run_dir, state="RUNNING")
+    record.write_info()
+    return record
+
+
+def interrupted(record, progress, message):
+    """After Ctrl-C (its processes stopped): every step not ended and the run are CANCELED, the
+    progress shows it; returns the RunFailed to raise, carrying the run."""
+    now = time.time()
+    for step in record.steps.values():
+        if step.state == "RUNNING":
+            step.state, step.finished = "CANCELED", now
+        elif step.state == "PENDING":
+            step.state = "CANCELED"
+    record.state, record.finished = "CANCELED", now
+    progress.finish(record)
+    return RunFailed(message, record)

@@ -7,7 +7,6 @@ from the API. Its `wait` ends on every final state, CANCELED included.
 
 import contextlib
 import io
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,8 +14,7 @@ from dataclasses import dataclass, field
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
 from ..config import calling
 from ..errors import KfmagicError
-from .base import FINAL_STATES, Run, StepRun
-from .local import RUNS_DIR
+from .base import FINAL_STATES, Run, StepRun, new_run_dir, step_runs
 
 POLL_SECONDS = 2.0
 DEFAULT_EXPERIMENT = "Default"
@@ -105,11 +103,14 @@ def _quiet_kfp():
         auth.is_ipython = is_ipython
 
 
-def run(plan, params, workdir, workers, progress, image=None, connection=None, wait=False):
-    """Compile, upload and start `plan` on the cluster; returns the RemoteRun (ended if `wait`)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    submit_dir = os.path.join(workdir, RUNS_DIR, f"{plan.name}-{stamp}-kfp")
-    package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), Target(image=image))
+def run(plan, params, *, workdir, workers, progress, settings):
+    """Compile, upload and start `plan` on the cluster; returns the RemoteRun (ended if `settings.wait`).
+
+    Of `settings` (base.Settings), the image, the connection and `wait` apply; `workers` does not.
+    """
+    connection, stamp = settings.connection, time.strftime("%Y%m%d-%H%M%S")
+    _, submit_dir = new_run_dir(workdir, plan.name, suffix="kfp")  # the compiled package and run.json
+    package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), Target(image=settings.image))
     client = connection.client()
     name = kfp_name(plan.name)
     with calling(connection, f"uploading pipeline {name!r}"), _quiet_kfp():
@@ -129,18 +130,16 @@ def run(plan, params, workdir, workers, progress, image=None, connection=None, w
             experiment_id=experiment_id, job_name=f"{name} {stamp}", params=pipeline_arguments(params),
             pipeline_id=pipeline_id, version_id=version_id,
         )
-    steps = {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
+    steps = step_runs(plan)
     task_names = {kfp_name(step.name): step.name for step in plan.steps}
     task_names.update({step.options["display_name"]: step.name for step in plan.steps if step.options.get("display_name")})
     record = RemoteRun(
         api_run.run_id, plan.name, "kfp", steps, dict(params), run_dir=submit_dir, state="PENDING",
         url=connection.run_url(api_run.run_id), connection=connection, task_names=task_names, _client=client,
     )
-    with open(os.path.join(submit_dir, "run.json"), "w") as file:
-        json.dump({"id": record.id, "pipeline": plan.name, "params": params, "runner": "kfp",
-                   "host": connection.endpoint, "url": record.url, "experiment": experiment}, file)
+    record.write_info(host=connection.endpoint, url=record.url, experiment=experiment)
     print(f"Submitted run {record.id} of pipeline {name!r} (experiment {experiment!r}): {record.url}")
-    return record.wait(progress=progress) if wait else record.refresh()
+    return record.wait(progress=progress) if settings.wait else record.refresh()
 
 
 def fetch(connection, run_id):

@@ -17,11 +17,10 @@ import sys
 import threading
 import time
 
-from .. import component, runtime
+from .. import component
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
-from ..errors import RunFailed
-from .base import Run, StepRun
-from .local import RUNS_DIR, pump_lines, step_env, stop_process, new_run_id
+from .base import interrupted, read_result, start_run
+from .local import pump_lines, step_env, stop_process
 
 PACKAGE_FILE = "pipeline.yaml"
 LOG_FILE = "kfp-local.log"
@@ -62,29 +61,22 @@ def _refresh(steps, run_dir):
     """Step states from the files each step's component writes as it starts and ends."""
     for name, step in steps.items():
         out_dir = os.path.join(run_dir, name)
-        if step.state in ("PENDING", "RUNNING") and os.path.exists(os.path.join(out_dir, runtime.RESULT_FILE)):
-            with open(os.path.join(out_dir, runtime.RESULT_FILE)) as file:
-                result = json.load(file)
-            step.state, step.error = result["state"], result["error"]
-            step.metrics, step.skipped, step.saved = result["metrics"], result["skipped"], result["saved"]
-            step.started, step.finished = result.get("started", step.started), result.get("finished", time.time())
+        result = read_result(out_dir) if step.state in ("PENDING", "RUNNING") else None
+        if result is not None:
+            step.apply_result(result, out_dir)
         elif step.state == "PENDING" and os.path.exists(os.path.join(out_dir, component.STARTED_FILE)):
             step.state, step.started = "RUNNING", os.path.getmtime(os.path.join(out_dir, component.STARTED_FILE))
 
 
-def run(plan, params, workdir, workers, progress, image=None):
+def run(plan, params, *, workdir, workers, progress, settings):
     """Compile `plan` and run it with kfp.local; returns the Run once kfp.local has finished.
 
-    `workers` is accepted for the common interface: kfp.local runs one task at a time.
+    `workers` is accepted for the common interface: kfp.local runs one task at a time. Of
+    `settings` (base.Settings), the image applies.
     """
-    run_id = new_run_id(plan.name)
-    run_dir = os.path.join(workdir, RUNS_DIR, run_id)
-    os.makedirs(run_dir, exist_ok=True)
-    package = compile_plan(plan, os.path.join(run_dir, PACKAGE_FILE), Target(image=image, install=False))
-    with open(os.path.join(run_dir, "run.json"), "w") as file:
-        json.dump({"id": run_id, "pipeline": plan.name, "params": params, "runner": "kfp-local"}, file)
-    steps = {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
-    record = Run(run_id, plan.name, "kfp-local", steps, dict(params), run_dir=run_dir, state="RUNNING")
+    record = start_run(plan, params, workdir, "kfp-local")
+    run_id, run_dir, steps = record.id, record.run_dir, record.steps
+    package = compile_plan(plan, os.path.join(run_dir, PACKAGE_FILE), Target(image=settings.image, install=False))
     env = dict(step_env(), **{component.RESULT_DIR_ENV: run_dir})
     process = subprocess.Popen(
         [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))],
@@ -113,12 +105,9 @@ def run(plan, params, workdir, workers, progress, image=None):
         process.wait()
     except KeyboardInterrupt:
         stop_process(process)
-        for step in steps.values():
-            if step.state in ("PENDING", "RUNNING"):
-                step.state, step.finished = "CANCELED", time.time()
-        record.state, record.finished = "CANCELED", time.time()
-        progress.finish(record)
-        raise RunFailed(f"Run {run_id} interrupted: kfp.local was stopped. Its files are in {run_dir}.", record) from None
+        raise interrupted(
+            record, progress, f"Run {run_id} interrupted: kfp.local was stopped. Its files are in {run_dir}."
+        ) from None
     _refresh(steps, run_dir)
     failed = any(step.state != "SUCCEEDED" for step in steps.values()) or process.returncode != 0
     for step in steps.values():

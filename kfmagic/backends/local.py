@@ -5,7 +5,6 @@ in parallel, values passed as files under `.kfmagic/runs/<run-id>/` in the worki
 import json
 import os
 import queue
-import secrets
 import signal
 import subprocess
 import sys
@@ -13,29 +12,13 @@ import threading
 import time
 
 from .. import runtime
-from ..errors import RunFailed
-from .base import Run, StepRun
+from .base import interrupted, read_result, start_run
 
-RUNS_DIR = os.path.join(".kfmagic", "runs")
 _NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
-
-
-def new_run_id(pipeline_name):
-    return f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def needed_by(plan):
-    """{producer: {var: [steps that read it]}}: what each step must save, and for whom."""
-    readers = {}
-    for step in plan.steps:
-        for var, producer in step.inputs.items():
-            readers.setdefault(producer, {}).setdefault(var, []).append(step.name)
-    return readers
 
 
 def write_specs(plan, params, run_dir):
     """One runtime spec per step: what it runs, where its inputs are, what it must save."""
-    readers = needed_by(plan)
     prelude = [vars(part) for part in plan.prelude]
     paths = {}
     for step in plan.steps:
@@ -53,7 +36,7 @@ def write_specs(plan, params, run_dir):
             "outputs": list(step.outputs),
             "keep": list(step.keep),
             "metrics": list(step.metrics),
-            "needed_by": readers.get(step.name, {}),
+            "needed_by": step.needed_by,
             "out_dir": out_dir,
         }
         paths[step.name] = os.path.join(out_dir, "spec.json")
@@ -97,35 +80,28 @@ def stop_process(process):
 def _read_result(step_run, process, out_dir, stderr_tail):
     """Fill a finished StepRun from the result file its runtime wrote (or from how it died)."""
     step_run.finished = time.time()
-    result_path = os.path.join(out_dir, runtime.RESULT_FILE)
     if process.returncode < 0:
         sig = signal.Signals(-process.returncode).name
         hint = " (the system may have run out of memory)" if sig == "SIGKILL" else ""
         step_run.state, step_run.error = "FAILED", f"Step {step_run.name!r} was killed by {sig}{hint}."
         return
-    if not os.path.exists(result_path):
+    result = read_result(out_dir)
+    if result is None:
         tail = "\n".join(stderr_tail[-10:])
         step_run.state = "FAILED"
         step_run.error = f"Step {step_run.name!r} exited with code {process.returncode} before reporting a result.\n{tail}"
         return
-    with open(result_path) as file:
-        result = json.load(file)
-    step_run.state, step_run.error = result["state"], result["error"]
-    step_run.metrics, step_run.skipped = result["metrics"], result["skipped"]
-    step_run.saved = {
-        var: dict(info, path=runtime.output_path(out_dir, var)) for var, info in result["saved"].items()
-    }
+    step_run.apply_result(result, out_dir)
 
 
-def run(plan, params, workdir, workers, progress):
-    """Execute `plan` with `params`; returns the Run once every step has ended."""
-    run_id = new_run_id(plan.name)
-    run_dir = os.path.join(workdir, RUNS_DIR, run_id)
+def run(plan, params, *, workdir, workers, progress, settings):
+    """Execute `plan` with `params`; returns the Run once every step has ended.
+
+    `settings` (base.Settings) is accepted for the common interface: nothing in it applies here.
+    """
+    record = start_run(plan, params, workdir, "local")
+    run_id, run_dir, steps = record.id, record.run_dir, record.steps
     specs = write_specs(plan, params, run_dir)
-    steps = {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
-    record = Run(run_id, plan.name, "local", steps, dict(params), run_dir=run_dir, state="RUNNING")
-    with open(os.path.join(run_dir, "run.json"), "w") as file:
-        json.dump({"id": run_id, "pipeline": plan.name, "params": params}, file)
     events = queue.Queue()
     pending = list(plan.steps)
     running = {}  # name -> (process, open streams, stderr tail)
@@ -169,17 +145,12 @@ def run(plan, params, workdir, workers, progress):
                 _read_result(steps[name], process, os.path.dirname(specs[name]), stderr_tail)
                 progress.update(record)
     except KeyboardInterrupt:
-        for name, (process, _, _) in running.items():
+        for process, _, _ in running.values():
             stop_process(process)
-            steps[name].state, steps[name].finished = "CANCELED", time.time()
-        for step in pending:
-            steps[step.name].state = "CANCELED"
-        record.state, record.finished = "CANCELED", time.time()
-        progress.finish(record)
-        raise RunFailed(
+        raise interrupted(
+            record, progress,
             f"Run {run_id} interrupted: its step processes were stopped. Outputs of finished steps are "
             f"kept in {run_dir}; in the kernel, the run is kfmagic.pipeline().last_run.",
-            record,
         ) from None
     record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in steps.values()) else "FAILED"
     record.finished = time.time()
