@@ -329,7 +329,7 @@ class _Walker(ast.NodeVisitor):
         return True
 
     def _scope_of(self, name: str) -> _Scope:
-        """The scope `name` resolves to here (the module scope for globals), as `_lookup` resolves."""
+        """The scope `name` resolves to here (the module scope for globals)."""
         innermost = len(self.scopes) - 1
         for depth in range(innermost, 0, -1):
             scope = self.scopes[depth]

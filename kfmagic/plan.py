@@ -126,6 +126,7 @@ class _Step:
     positions: list = field(default_factory=list)  # of its cells in the notebook
     split_reported: set = field(default_factory=set)  # steps it was reported to be split around
     via: dict = field(default_factory=dict)  # a name read only by a prelude function it calls -> that function
+    imported: set = field(default_factory=set)  # names its imports bind: modules, not data to keep
 
 
 def build_plan(name, experiment, cells, explain_missing=None):
@@ -228,7 +229,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
             v for v in step.outputs + step.metrics if v not in consumers.get(step_name, set())
         ]
         is_leaf = step_name not in {u for names in upstream.values() for u in names}
-        keep = [v for v in step.assigns if v not in outputs] if is_leaf else []
+        keep = [v for v in step.assigns if v not in outputs and v not in step.imported] if is_leaf else []
         planned.append(
             StepPlan(
                 name=step_name,
@@ -330,6 +331,7 @@ def _collect_steps(cells, prelude_names, problems, functions):
             for var in info.reads:
                 step.read_at.setdefault(var, (position[id(cell)], cell.label))
             bound.update(info.assigns)
+            step.imported.update(info.imported)
             mutates = [v for v in info.mutates if v not in prelude_names or v in bound]
             step.changes.update(info.assigns, mutates)
             step.assigns += [v for v in dict.fromkeys((*info.assigns, *mutates)) if v not in step.assigns]

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from kfmagic.analysis import AnalysisError, CodeInfo, analyze
+from kfmagic.syntax import to_python
 
 # (id, source, reads, assigns, mutates) -- compared as sets.
 CASES = [
@@ -61,7 +62,7 @@ CASES = [
     ("def-kwonly-default", "def f(*, k=kd):\n    pass", {"kd"}, {"f"}, set()),
     ("def-default-not-self", "def f(a=f):\n    pass", {"f"}, {"f"}, set()),
     ("decorator", "@dec(opt)\ndef f():\n    pass", {"dec", "opt"}, {"f"}, set()),
-    ("decorator-method-call", "@app.route('/')\ndef index():\n    pass", {"app"}, {"index"}, {"app"}),
+    ("decorator-method-call", "@app.route('/')\ndef index():\n    pass", {"app"}, {"index"}, set()),  # value used
     ("param-annotations", "def f(a: T = 1) -> U:\n    pass", {"T", "U"}, {"f"}, set()),
     ("local-annotation-unevaluated", "def f():\n    x: Local = 1\n    return x", set(), {"f"}, set()),
     ("recursion", "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)", set(), {"fact"}, set()),
@@ -160,7 +161,25 @@ CASES = [
     ("subscript-store", "x[i] = v", {"x", "i", "v"}, set(), {"x"}),
     ("deep-store", "x.a.b[2] = 3", {"x"}, set(), {"x"}),
     ("mutation-after-bind", "x = [1]\nx.append(2)", set(), {"x"}, {"x"}),
+    # --- a method call changes its receiver when called for its effect: the value is discarded or
+    # it passes inplace=True; a call whose value is used only reads it ---
     ("method-inplace", "df.fillna(0, inplace=True)", {"df"}, set(), {"df"}),
+    ("method-drop-inplace", "df.drop(columns=['a'], inplace=True)", {"df"}, set(), {"df"}),
+    ("method-append", "lst.append(x)", {"lst", "x"}, set(), {"lst"}),
+    ("method-value-assigned", "m = X.mean()", {"X"}, {"m"}, set()),
+    ("method-value-argument", "print('mean', X_train.mean())", {"print", "X_train"}, set(), set()),
+    ("method-value-compared", "ok = x.count(1) > 2", {"x"}, {"ok"}, set()),
+    ("method-value-returned", "def f(df):\n    return df.mean()\nf(train)", {"train"}, {"f"}, set()),
+    ("method-chain-value-used", "y = x.m().n()", {"x"}, {"y"}, set()),
+    ("method-value-in-loop-alias", "for ds in [train, test]:\n    print(ds.mean())", {"train", "test", "print"}, {"ds"}, set()),
+    ("method-inplace-value-used", "out = df.drop(columns=['a'], inplace=True)", {"df"}, {"out"}, {"df"}),
+    ("method-inplace-maybe", "out = df.drop(columns=['a'], inplace=flag)", {"df", "flag"}, {"out"}, {"df"}),
+    ("method-inplace-false", "out = df.drop(columns=['a'], inplace=False)", {"df"}, {"out"}, set()),
+    ("method-column-inplace-value-used", "v = df['c'].fillna(0, inplace=True)", {"df"}, {"v"}, {"df"}),
+    ("method-setdefault-append", "groups.setdefault(k, []).append(v)", {"groups", "k", "v"}, set(), {"groups"}),
+    ("await-method-statement", "await conn.send(msg)", {"conn", "msg"}, set(), {"conn"}),
+    ("await-method-value-used", "reply = await conn.recv()", {"conn"}, {"reply"}, set()),
+    ("comp-value-used", "sizes = [out.count(x) for x in xs]", {"out", "xs"}, {"sizes"}, set()),
     ("method-fit", "model.fit(X)", {"model", "X"}, set(), {"model"}),
     ("method-chain", "x.a.b()", {"x"}, set(), {"x"}),
     ("method-on-item", "x[0].update()", {"x"}, set(), {"x"}),
@@ -183,7 +202,7 @@ CASES = [
     ("alias-loop-items", "for k, d in dfs.items():\n    d['k'] = k", {"dfs"}, {"k", "d"}, {"dfs", "d"}),
     ("alias-loop-zip", "for x, y in zip(xs, ys):\n    x.append(y)", {"zip", "xs", "ys"}, {"x", "y"}, {"x", "xs", "ys"}),
     ("alias-rebound-fresh", "d = df\nd = load()\nd['x'] = 1", {"df", "load"}, {"d"}, {"d"}),
-    ("alias-not-a-copy-call", "d = df.copy()\nd['x'] = 1", {"df"}, {"d"}, {"d", "df"}),  # .copy() is a method call
+    ("alias-copy-is-fresh", "d = df.copy()\nd['x'] = 1", {"df"}, {"d"}, {"d"}),  # .copy()'s value is used
     ("alias-swap", "a, b = b, a\na.append(1)", {"a", "b"}, {"a", "b"}, {"a", "b"}),
     ("no-alias-read-only", "d = df\nprint(d)", {"df", "print"}, {"d"}, set()),
     ("function-changes-arg", "def clean(df):\n    df.dropna(inplace=True)\nclean(train)", {"train"}, {"clean"}, {"train"}),
@@ -193,7 +212,27 @@ CASES = [
     ("function-calls-changer", "def f(d):\n    d['x'] = 1\ndef g(d):\n    f(d)\ng(t)", {"t"}, {"f", "g"}, {"t"}),
     ("function-rebinds-arg", "def f(df):\n    df = prep(df)\n    df['x'] = 1\nf(t)", {"prep", "t"}, {"f"}, set()),
     # --- IPython rewrites and top-level await ---
-    ("line-magic", "get_ipython().run_line_magic('time', 'x = 1')", {"get_ipython"}, set(), set()),
+    ("line-magic-time", "get_ipython().run_line_magic('time', 'x = 1')", {"get_ipython"}, {"x"}, set()),
+    ("line-magic-time-value", "x = get_ipython().run_line_magic('time', 'f(y)')", {"get_ipython", "f", "y"}, {"x"}, set()),
+    (
+        "line-magic-time-value-method",  # `model = %time SVC().fit(X, y)`
+        "model = get_ipython().run_line_magic('time', 'SVC().fit(X, y)')",
+        {"get_ipython", "SVC", "X", "y"},
+        {"model"},
+        set(),
+    ),
+    ("line-magic-time-value-used", "m = get_ipython().run_line_magic('time', 'X.mean()')", {"get_ipython", "X"}, {"m"}, set()),
+    ("line-magic-time-statement", "get_ipython().run_line_magic('time', 'model.fit(X)')", {"get_ipython", "model", "X"}, set(), {"model"}),
+    ("line-magic-prun", "get_ipython().run_line_magic('prun', 'z = g(w)')", {"get_ipython", "g", "w"}, {"z"}, set()),
+    (
+        "line-magic-prun-options",
+        "get_ipython().run_line_magic('prun', '-s cumulative -rq -l10 -T out.txt z = g(w)')",
+        {"get_ipython", "g", "w"},
+        {"z"},
+        set(),
+    ),
+    ("line-magic-timeit-own-namespace", "get_ipython().run_line_magic('timeit', 'y = f(x)')", {"get_ipython"}, set(), set()),
+    ("line-magic-unreadable", "get_ipython().run_line_magic('time', 'y = (')", {"get_ipython"}, set(), set()),
     ("shell-capture", "z = get_ipython().getoutput('ls')", {"get_ipython"}, {"z"}, set()),
     ("cell-magic-time", "get_ipython().run_cell_magic('time', '', 'm = fit(X)\\nm.score(X)\\n')", {"get_ipython", "fit", "X"}, {"m"}, {"m"}),
     (
@@ -220,10 +259,6 @@ CASES = [
 def test_names(source, reads, assigns, mutates):
     info = analyze(source)
     assert (set(info.reads), set(info.assigns), set(info.mutates)) == (reads, assigns, mutates)
-
-
-def test_case_ids_unique():
-    assert len({c[0] for c in CASES}) == len(CASES)
 
 
 ORDER_CASES = [
@@ -308,13 +343,35 @@ def test_too_deep_is_an_analysis_error(terms):
         analyze("x = " + " + ".join(["a"] * terms))
 
 
-def test_analysis_error_without_line():
-    error = AnalysisError("bad code")
-    assert (str(error), error.lineno) == ("bad code", None)
+def test_null_byte_is_an_analysis_error_without_line():
+    with pytest.raises(AnalysisError) as caught:
+        analyze("x = 1\0")
+    assert caught.value.lineno is None and "null bytes" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "cell, reads, assigns",
+    [
+        ("%time model = fit(X)\n", {"get_ipython", "fit", "X"}, {"model"}),
+        ("model = %time SVC().fit(X, y)\n", {"get_ipython", "SVC", "X", "y"}, {"model"}),
+        ("%prun -s cumulative z = g(w)\n", {"get_ipython", "g", "w"}, {"z"}),
+        ("%timeit y = f(x)\n", {"get_ipython"}, set()),
+    ],
+)
+def test_time_and_prun_line_magics_run_their_line_here(cell, reads, assigns):
+    info = analyze(to_python(cell))
+    assert (set(info.reads), set(info.assigns)) == (reads, assigns)
+
+
+def test_imported_names_are_the_module_level_import_bindings():
+    source = "import numpy as np\nfrom sklearn.svm import SVC\nimport a.b\nx = np.ones(2)\n"
+    source += "def f():\n    import json\n    global g\n    import g\nclass C:\n    import os"
+    assert analyze(source).imported == ("np", "SVC", "a", "g")
 
 
 def test_code_info_is_frozen_tuples():
     info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
-    assert info == CodeInfo(("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",))  # x is y
+    expected = CodeInfo(("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",), imported=("os",))
+    assert info == expected  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.reads = ()
