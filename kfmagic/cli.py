@@ -13,7 +13,7 @@ import nbformat
 
 from . import display, kale, notebook, syntax
 from .errors import CellSyntaxError, KfmagicError, PlanError
-from .registry import parse_param_overrides
+from .registry import parse_param_overrides, warn
 
 KALE_TERMS = (
     "(This notebook is read from its Kale tags: `--after S` is the tag prev:S, a step is the tag step:NAME, "
@@ -24,11 +24,11 @@ CONFIG_OPTIONS = ("host", "namespace", "experiment", "token", "token_path", "coo
 
 def _load(args):
     nb = notebook.read(args.notebook)
-    args.kale_tags = not notebook.uses_magics(nb) and kale.is_tagged(nb)
-    pipeline, warnings = notebook.load(args.notebook)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    args.kale_tags = notebook.is_kale(nb)
+    pipeline, warnings = notebook.load(args.notebook, nb)
+    warn(warnings)
     return pipeline
+
 
 
 def show(args):
@@ -60,15 +60,14 @@ def compile_(args):
 
 def convert(args):
     nb = notebook.read(args.notebook)
-    if notebook.uses_magics(nb) or not kale.is_tagged(nb):
+    if not notebook.is_kale(nb):
         raise KfmagicError(f"{args.notebook}: no Kale tags to convert (or it already uses kfmagic's magics).")
     output = args.output or f"{os.path.splitext(args.notebook)[0]}_kfmagic.ipynb"
     if os.path.abspath(output) == os.path.abspath(args.notebook):
         raise KfmagicError(f"-o {output}: that is the input notebook; write the converted one to a new file.")
     default_name = kale.step_name(os.path.splitext(os.path.basename(args.notebook))[0])
     converted, warnings = kale.convert(nb, default_name)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    warn(warnings)
     nbformat.write(converted, output)
     print(f"wrote {output}")
 

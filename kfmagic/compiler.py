@@ -17,10 +17,10 @@ import os
 import sys
 import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import component, runtime, serde, step_options
 from .analysis import analyze
-from .backends.local import needed_by
 from .errors import KfmagicError
 from .packages import requirements
 from .portability import shell_lines
@@ -138,16 +138,46 @@ def _value_makers(plan, step):
     return found.values()
 
 
-def _packages(plan, step):
-    """(pinned requirements, modules no distribution provides) for one step."""
-    modules = []
-    for part in (*plan.prelude, *(part for maker in _value_makers(plan, step) for part in maker.parts)):
-        modules += analyze(part.code).imports
-    has_shell = any(shell_lines(part.code) for part in (*plan.prelude, *step.parts))
-    return requirements(dict.fromkeys(modules), step.options.get("packages") or (), shell=has_shell)
+class Packages(NamedTuple):
+    """What the steps' pods need installed, found once per compile."""
+
+    requirements: dict  # step -> pinned requirements
+    prelude_unknown: list  # modules the prelude imports that no installed distribution provides
+    unknown: dict  # step -> other such modules it or the steps its values come from import
 
 
-def _component_source(function_name, plan, step, readers):
+def plan_packages(plan):
+    """The Packages of every step: what its prelude, its cells and the cells of the steps its
+    values come from import (each cell analysed once), pinned to the versions installed here."""
+    imports = {}
+
+    def modules_of(parts):
+        for part in parts:
+            if part.code not in imports:
+                imports[part.code] = analyze(part.code).imports
+            yield from imports[part.code]
+
+    prelude_modules = list(modules_of(plan.prelude))
+    prelude_unknown = requirements(dict.fromkeys(prelude_modules))[1]
+    prelude_shell = any(shell_lines(part.code) for part in plan.prelude)
+    pinned, unknown = {}, {}
+    for step in plan.steps:
+        made_by = list(modules_of(part for maker in _value_makers(plan, step) for part in maker.parts))
+        has_shell = prelude_shell or any(shell_lines(part.code) for part in step.parts)
+        pinned[step.name], missing = requirements(
+            dict.fromkeys(prelude_modules + made_by), step.options.get("packages") or (), shell=has_shell
+        )
+        missing = [module for module in missing if module not in prelude_unknown]
+        if missing:
+            unknown[step.name] = missing
+    return Packages(pinned, prelude_unknown, unknown)
+
+
+def _installs(target, step):
+    return target.install and step.options.get("install") is not False
+
+
+def _component_source(function_name, plan, step):
     """The component function's text: its KFP signature, the step's code and the embedded runtime."""
     names = arguments(step)
     signature = [f"{names[var]}: Input[Artifact]" for var in step.inputs]
@@ -166,7 +196,7 @@ def _component_source(function_name, plan, step, readers):
         "outputs": list(step.outputs),
         "keep": kept(step),
         "metrics": list(step.metrics),
-        "needed_by": readers.get(step.name, {}),
+        "needed_by": step.needed_by,
     }
     return (
         f"def {function_name}({', '.join(signature)}):\n"
@@ -195,23 +225,22 @@ def _packed_sources():
     return _packed_sources_of(tuple(os.path.getmtime(module.__file__) for module in EMBEDDED.values()))
 
 
-def _make_component(plan, step, target, readers):
+def _make_component(plan, step, target, packages):
     """A kfp component from generated source; linecache lets kfp's inspect.getsource find the text."""
     from kfp import dsl
     from kfp.dsl import HTML, Artifact, Input, Metrics, Output
 
     function_name = _function_name(step.name)
-    source = _component_source(function_name, plan, step, readers)
+    source = _component_source(function_name, plan, step)
     filename = f"<kfmagic step {step.name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "Metrics": Metrics, "HTML": HTML}
     exec(compile(source, filename, "exec"), namespace)
-    install = target.install and step.options.get("install") is not False
-    packages = _packages(plan, step)[0] if install else None
+    install = _installs(target, step)
     return dsl.component(
         namespace[function_name],
         base_image=step.options.get("image") or target.image or default_image(),
-        packages_to_install=packages,
+        packages_to_install=packages.requirements[step.name] if install else None,
         install_kfp_package=install,
     )
 
@@ -248,13 +277,16 @@ def _apply_options(task, options):
             kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=mount_path)
 
 
-def pipeline_function(plan, target):
-    """The kfp pipeline (a GraphComponent): one task per step, wired by variable and --after."""
+def pipeline_function(plan, target, packages=None):
+    """The kfp pipeline (a GraphComponent): one task per step, wired by variable and --after.
+
+    `packages`: the plan's Packages when already found (found here if a step installs any)."""
     from kfp import dsl
 
     _check(plan)
-    readers = needed_by(plan)
-    components = {step.name: _make_component(plan, step, target, readers) for step in plan.steps}
+    if packages is None and any(_installs(target, step) for step in plan.steps):
+        packages = plan_packages(plan)
+    components = {step.name: _make_component(plan, step, target, packages) for step in plan.steps}
     names = list(plan.params)
 
     def body(*values):
@@ -280,23 +312,16 @@ def pipeline_function(plan, target):
     return dsl.pipeline(name=kfp_name(plan.name), description=f"kfmagic pipeline {plan.name}")(body)
 
 
-def compile_plan(plan, path, target=Target()):
-    """Write the plan's IR YAML to `path` with kfp's Compiler; returns the path."""
+def compile_plan(plan, path, target=Target(), packages=None):
+    """Write the plan's IR YAML to `path` with kfp's Compiler; returns the path.
+
+    `packages`: the plan's Packages (plan_packages), if the caller has found them already."""
     from kfp import compiler
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        compiler.Compiler().compile(pipeline_function(plan, target), path)
+        compiler.Compiler().compile(pipeline_function(plan, target, packages), path)
     except (ValueError, TypeError) as error:  # kfp's own checks: say which pipeline, keep its words
         raise KfmagicError(f"Kubeflow Pipelines cannot compile pipeline {plan.name!r}: {error}") from None
     return path
 
-
-def unknown_modules(plan):
-    """{step: [modules it imports that no installed distribution provides]} (local modules, typos)."""
-    found = {}
-    for step in plan.steps:
-        unknown = _packages(plan, step)[1]
-        if unknown:
-            found[step.name] = unknown
-    return found

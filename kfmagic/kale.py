@@ -133,38 +133,25 @@ def _default_options(settings):
     return _parse_tags([d for d in defaults if isinstance(d, str)], f"{METADATA_KEY}.steps_defaults").options
 
 
-def _step_option_flags():
-    """The long options `%%step` accepts in this version of kfmagic."""
-    return {flag for flag in syntax.step.parser._option_string_actions if flag.startswith("--")}
-
-
-def _options_to_flags(options, step, flags, found):
+def _options_to_flags(options, step, found):
     """Kale limit/image/cache -> `%%step` options; what kfmagic cannot honour is a warning."""
     words = []
-
-    def use(flag, *values, kale_tag):
-        if flag in flags:
-            words.extend([flag, *values])
-        else:
-            found.append(f"step {step!r}: Kale tag {kale_tag} is not applied: this kfmagic has no {flag} option.")
-
     for resource, amount in (options.get("limit") or {}).items():
-        tag = f"limit:{resource}:{amount}"
         if resource == "cpu":
-            use("--cpu", amount, kale_tag=tag)
+            words += ["--cpu", amount]
         elif resource == "memory":
-            use("--memory", amount, kale_tag=tag)
+            words += ["--memory", amount]
         elif _GPU_KEY_RE.search(resource):
-            use("--gpu", amount, kale_tag=tag)
-            if resource != "gpu":
-                use("--gpu-type", resource, kale_tag=tag)
+            words += ["--gpu", amount] + (["--gpu-type", resource] if resource != "gpu" else [])
         else:
-            found.append(f"step {step!r}: Kale tag {tag} is not applied: kfmagic sets cpu, memory and GPUs only.")
+            found.append(
+                f"step {step!r}: Kale tag limit:{resource}:{amount} is not applied: kfmagic sets cpu, memory and GPUs only."
+            )
     if "image" in options:
-        use("--image", options["image"], kale_tag=f"image:{options['image']}")
+        words += ["--image", options["image"]]
     cache = options.get("cache", "").lower()
     if cache in ("enabled", "disabled"):
-        use("--cache" if cache == "enabled" else "--no-cache", kale_tag=f"cache:{cache}")
+        words.append("--cache" if cache == "enabled" else "--no-cache")
     elif cache:
         found.append(f"step {step!r}: Kale tag cache:{options['cache']} is not applied: use cache:enabled or cache:disabled.")
     for kind in ("annotation", "label"):
@@ -175,12 +162,13 @@ def _options_to_flags(options, step, flags, found):
 
 def _metric_names(text, where, found):
     """The variables a pipeline-metrics cell prints (`print(accuracy)`), as Kale reads them."""
+    code = syntax.to_python(text)
     try:
-        tree = ast.parse(syntax.to_python(text))
+        tree = ast.parse(code)
     except SyntaxError as error:
         found.append(f"{where} (pipeline-metrics): cannot be read ({error.msg}); its metrics are not reported.")
         return []
-    names, lines = [], syntax.to_python(text).splitlines()
+    names, lines = [], code.splitlines()
     for node in tree.body:
         call = getattr(node, "value", None)
         args = getattr(call, "args", None)
@@ -203,8 +191,6 @@ def translate(nb, default_name="pipeline"):
     found, renamed = [], set()
     settings = _settings(nb)
     defaults = _default_options(settings)
-    if _image(settings) and not _init_accepts("--image"):
-        defaults.setdefault("image", _image(settings))
     if settings.get("enable_caching") is False:  # Kale's pipeline-wide switch
         defaults.setdefault("cache", "disabled")
     for kind in ("annotation", "label"):  # said once, not once per step
@@ -223,7 +209,7 @@ def translate(nb, default_name="pipeline"):
     for index, cell in enumerate(nb.cells):
         if cell.get("cell_type") != "code":
             continue
-        where, source = f"cell {index + 1}", _source(cell)
+        where, source = f"cell {index + 1}", syntax.cell_text(cell)
         tags = _parse_tags(_cell_tags(cell), where)
         if tags.role == "skip":
             continue
@@ -247,13 +233,12 @@ def translate(nb, default_name="pipeline"):
             texts[index] = f"%%{'params' if role == _PARAMS else 'prelude'}\n{source}"
 
     _assign_metrics(steps, metrics, nb, texts, found)
-    flags = _step_option_flags()
     for cell in steps:
         words = [cell.step, *(["--after", *cell.after] if cell.after else [])]
         words += ["--metrics", *cell.metrics] if cell.metrics else []
-        words += _options_to_flags(cell.options, cell.step, flags, found)
+        words += _options_to_flags(cell.options, cell.step, found)
         line = " ".join(_word(word) for word in words)
-        texts[cell.index] = f"%%step {line}\n{_source(nb.cells[cell.index])}"
+        texts[cell.index] = f"%%step {line}\n{syntax.cell_text(nb.cells[cell.index])}"
     return Translation(_header(settings, default_name, found), texts, list(dict.fromkeys(found)))
 
 
@@ -269,19 +254,6 @@ class _StepCell:
 def _image(settings):
     """The steps' image: `docker_image` in Kale up to 0.7, `base_image` after."""
     return str(settings.get("docker_image") or settings.get("base_image") or "").strip()
-
-
-def _init_accepts(flag):
-    try:
-        syntax.parse_pipeline_line(f"init x {flag} value")
-    except Exception:  # argparse's UsageError: no such option
-        return False
-    return True
-
-
-def _source(cell):
-    source = cell.get("source") or ""
-    return "".join(source) if isinstance(source, list) else source
 
 
 def _word(value):
@@ -301,7 +273,7 @@ def _assign_metrics(steps, metrics, nb, texts, found):
     for name, where in metrics:
         for cell in reversed(steps):
             try:
-                assigns = analyze(syntax.to_python(_source(nb.cells[cell.index]))).assigns
+                assigns = analyze(syntax.to_python(syntax.cell_text(nb.cells[cell.index]))).assigns
             except (AnalysisError, SyntaxError):
                 continue  # the plan reports it
             if name in assigns:
@@ -317,7 +289,7 @@ def _header(settings, default_name, found):
     experiment = settings.get("experiment") or {}
     experiment = settings.get("experiment_name") or (experiment.get("name") if isinstance(experiment, dict) else experiment)
     line = f"%pipeline init {name}" + (f" --experiment {_word(experiment)}" if experiment else "")
-    if _image(settings) and _init_accepts("--image"):
+    if _image(settings):
         line += f" --image {_word(_image(settings))}"
     if settings.get("volumes"):
         found.append(

@@ -12,7 +12,6 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 import os
 
 from . import display, drift, notebook, syntax
-from .analysis import AnalysisError, analyze
 from .errors import KfmagicError
 from .registry import current_pipeline, parse_param_overrides
 
@@ -43,19 +42,12 @@ def explain_missing(name):
     shell = get_ipython()
     if shell is None or name not in shell.user_ns:
         return None
-    history = shell.history_manager.input_hist_raw
-    for number in range(len(history) - 1, 0, -1):
-        raw = history[number]
-        if syntax.split_magic_line(raw) is not None:
-            continue
-        try:
-            if name in analyze(syntax.to_python(raw)).assigns:
-                return (
-                    f"The kernel has it from In [{number}], a cell that is not part of the pipeline: "
-                    "mark that cell with %%step (or move it to the %%prelude or %%params)."
-                )
-        except AnalysisError:
-            continue
+    number = syntax.last_assigner(name, list(enumerate(shell.history_manager.input_hist_raw))[1:])
+    if number is not None:
+        return (
+            f"The kernel has it from In [{number}], a cell that is not part of the pipeline: "
+            "mark that cell with %%step (or move it to the %%prelude or %%params)."
+        )
     return "The kernel has it, but no cell of the pipeline defines it: define it in a step, the %%prelude or %%params."
 
 

@@ -14,9 +14,9 @@ import warnings
 import nbformat
 
 from . import kale, syntax
-from .analysis import AnalysisError, analyze
 from .errors import KfmagicError
 from .registry import Pipeline
+from .syntax import cell_text
 
 _INIT_LINE_RE = re.compile(r"^%pipeline\s+init(\s|$)")
 
@@ -36,19 +36,14 @@ def read(path):
         raise KfmagicError(f"{path} is not a Jupyter notebook nbformat can read: {first}") from None
 
 
-def cell_text(cell):
-    """A cell's source as the kernel receives it: one string (a list is joined)."""
-    source = cell.get("source") or ""
-    return "".join(source) if isinstance(source, list) else source
-
-
 def label(number):
     return f"cell {number}"
 
 
-def load(path):
-    """(Pipeline, warnings) declared by the notebook file at `path`; nothing is executed."""
-    nb = read(path)
+def load(path, nb=None):
+    """(Pipeline, warnings) declared by the notebook file at `path` (`nb`: its content, when
+    already read); nothing is executed."""
+    nb = read(path) if nb is None else nb
     default_name = kale.step_name(os.path.splitext(os.path.basename(path))[0])
     pipeline, found = from_notebook(nb, default_name)
     pipeline.notebook_path = os.path.abspath(path)
@@ -59,7 +54,7 @@ def from_notebook(nb, default_name="pipeline"):
     """(Pipeline, warnings) for an in-memory notebook: kfmagic magics, else Kale tags."""
     texts = [cell_text(cell) if cell.get("cell_type") == "code" else None for cell in nb.cells]
     found = []
-    tagged = not uses_magics(nb) and kale.is_tagged(nb)
+    tagged = is_kale(nb)
     if tagged:
         translation = kale.translate(nb, default_name)
         texts, found = [translation.header, *translation.texts], list(translation.warnings)
@@ -70,9 +65,14 @@ def from_notebook(nb, default_name="pipeline"):
     for number, text in zip(numbers, texts):
         if text:
             _add_cell(pipeline, text, number, nb.cells[number - 1] if number else {}, tagged)
-    unmarked = {number: text for number, text in zip(numbers, texts) if number and not _is_marked(text)}
+    unmarked = [number for number, text in zip(numbers, texts) if number and not _is_marked(text)]
     pipeline.explain_missing = _explainer(nb, unmarked, tagged)
     return pipeline, found
+
+
+def is_kale(nb):
+    """Whether the notebook declares its pipeline with Kale tags (and none of kfmagic's magics)."""
+    return not uses_magics(nb) and kale.is_tagged(nb)
 
 
 def uses_magics(nb):
@@ -115,20 +115,19 @@ def _explainer(nb, unmarked, tagged=False):
     `tagged`: the pipeline comes from Kale tags, so the fix is said with tags.
     """
 
+    code = [(number, cell_text(nb.cells[number - 1])) for number in sorted(unmarked)
+            if nb.cells[number - 1].get("cell_type") == "code"]
+
     def explain(name):
-        for number in sorted(unmarked, reverse=True):
-            text = cell_text(nb.cells[number - 1]) if nb.cells[number - 1].get("cell_type") == "code" else ""
-            try:
-                if text and name in analyze(syntax.to_python(text)).assigns:
-                    if not tagged:
-                        fix = "mark it with %%step (or move it to the %%prelude or %%params)."
-                    elif kale.is_skipped(nb.cells[number - 1]):
-                        fix = "it is tagged skip. Tag it step:NAME, imports or functions instead."
-                    else:
-                        fix = "no Kale tag puts it in a step. Tag it step:NAME, imports or functions."
-                    return f"The notebook's {label(number)} assigns it, but that cell is not part of the pipeline: {fix}"
-            except (AnalysisError, SyntaxError):
-                continue
-        return None
+        number = syntax.last_assigner(name, code)
+        if number is None:
+            return None
+        if not tagged:
+            fix = "mark it with %%step (or move it to the %%prelude or %%params)."
+        elif kale.is_skipped(nb.cells[number - 1]):
+            fix = "it is tagged skip. Tag it step:NAME, imports or functions instead."
+        else:
+            fix = "no Kale tag puts it in a step. Tag it step:NAME, imports or functions."
+        return f"The notebook's {label(number)} assigns it, but that cell is not part of the pipeline: {fix}"
 
     return explain

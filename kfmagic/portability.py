@@ -10,8 +10,8 @@ import glob
 import json
 import os
 
-from .backends.local import RUNS_DIR, needed_by
 from .runtime import RESULT_FILE
+from .workspace import RUNS_DIR
 
 # A value this big travels through object storage on each run: worth a word at compile time.
 LARGE_VALUE_BYTES = 64 * 2**20
@@ -92,7 +92,6 @@ def _size_text(size):
 def warnings_for(plan, workdir, large=LARGE_VALUE_BYTES):
     """Every portability warning of the plan's steps, each naming the step and what to do."""
     found = []
-    readers = needed_by(plan)
     for step in plan.steps:
         code = "\n".join(part.code for part in step.parts)
         for path in relative_paths(code):
@@ -119,7 +118,7 @@ def warnings_for(plan, workdir, large=LARGE_VALUE_BYTES):
                     "have it, and files it makes stay in the pod."
                 )
         for var, size in latest_sizes(workdir, step.name).items():
-            who = readers.get(step.name, {}).get(var)
+            who = step.needed_by.get(var)
             if who and size > large:
                 found.append(
                     f"Step {step.name!r} passes {var!r} ({_size_text(size)} in the last local run) to "

@@ -133,7 +133,7 @@ class Pipeline:
                 f"Step {step!r} imports {', '.join(modules)}, which no installed package provides (a local "
                 "module?): its pod will not have it. Move the code into the %%prelude, or build it into --image."
             )
-        _warn(problems)
+        warn(problems)
         return path
 
     def configure(self, host=None, namespace=None, experiment=None, token=None, token_path=None, cookies=None):
@@ -167,7 +167,7 @@ class Pipeline:
         backend = get_backend(runner)
         plan = self.plan()
         values = plan.resolve_params(params or {})
-        _warn(plan.warnings)
+        warn(plan.warnings)
         try:
             run = backend.run(
                 plan,
@@ -201,7 +201,7 @@ class Pipeline:
         return get_backend("kfp").fetch(self._connection(), run_id)
 
 
-def _warn(warnings):
+def warn(warnings):
     """What may not work as the user expects, on stderr (in a kernel it shows in the cell)."""
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)

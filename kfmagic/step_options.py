@@ -15,8 +15,6 @@ _MEMORY_RE = re.compile(r"^\d+(\.\d+)?(E|P|T|G|M|K|k|Ei|Pi|Ti|Gi|Mi|Ki)?$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 DEFAULT_GPU_TYPE = "nvidia.com/gpu"
-# Options that only a cluster can honour; kfmagic needs kfp-kubernetes to express the last two.
-KUBERNETES_OPTIONS = ("secret", "volume")
 
 
 def check_step_options(step, options):

@@ -14,10 +14,10 @@ from IPython.core.inputtransformer2 import TransformerManager
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from IPython.utils.process import arg_split
 
+from .analysis import AnalysisError, analyze
 from .errors import CellSyntaxError
 from .step_options import check_step_options
 
-CELL_KINDS = ("step", "prelude", "params")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _CELL_MAGIC_RE = re.compile(r"^%%(step|prelude|params)(?=\s|$)(.*)$")
 _TRANSFORMER = TransformerManager()
@@ -198,6 +198,26 @@ def split_magic_line(text):
 def to_python(body):
     """The Python IPython runs for `body` (its `%` and `!` lines become get_ipython() calls)."""
     return _TRANSFORMER.transform_cell(body)
+
+
+def cell_text(cell):
+    """A notebook cell's source as the kernel receives it: one string (a list is joined)."""
+    source = cell.get("source") or ""
+    return "".join(source) if isinstance(source, list) else source
+
+
+def last_assigner(name, cells):
+    """The key of the last of `cells` ((key, text) pairs, in notebook order) whose code assigns
+    `name`: where an unmarked cell defined it. Marked cells and code that cannot be read are passed over."""
+    for key, text in reversed(list(cells)):
+        if not text or split_magic_line(text) is not None:
+            continue
+        try:
+            if name in analyze(to_python(text)).assigns:
+                return key
+        except (AnalysisError, SyntaxError):
+            continue
+    return None
 
 
 def parse_cell(text):

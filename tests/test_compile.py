@@ -126,7 +126,7 @@ def test_compile_warns_about_what_a_pod_cannot_do(tmp_path, monkeypatch, capsys)
         "%%step local_lib\nimport my_private_helpers\ny = 2",
     )
     path = pipeline.compile(str(tmp_path / "p.yaml"))
-    said = capsys.readouterr().out
+    said = capsys.readouterr().err
     assert "Step 'load' opens 'data/train.csv'" in said and "--volume" in said
     assert "Step 'load' passes 'frame' (300 MiB" in said and "use" in said
     assert "Step 'load' runs the shell command `!ls`" in said
@@ -137,6 +137,21 @@ def test_compile_warns_about_what_a_pod_cannot_do(tmp_path, monkeypatch, capsys)
     ipython = f"'ipython=={importlib.metadata.version('ipython')}'"
     assert ipython in install_line(executor(spec, "use")) and ipython in install_line(executor(spec, "load"))
     assert ipython not in install_line(executor(spec, "local-lib"))
+
+
+def test_a_module_the_prelude_imports_that_nothing_provides_is_reported_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_of(
+        "%%prelude\nimport my_private_helpers",
+        "%%step a\nx = 1",
+        "%%step b\nimport other_private_module\ny = x + 1",
+    )
+    pipeline.compile(str(tmp_path / "p.yaml"))
+    captured = capsys.readouterr()
+    assert captured.out == ""  # warnings go to stderr
+    assert captured.err.count("my_private_helpers") == 1
+    assert "The %%prelude imports my_private_helpers, which no installed package provides" in captured.err
+    assert "Step 'b' imports other_private_module," in captured.err and "Step 'a'" not in captured.err
 
 
 @pytest.mark.parametrize("line, words", [

@@ -149,7 +149,7 @@ def test_bad_workers_and_params(run):
 def test_a_run_prints_the_plan_warnings_first(run, capsys):
     result = run("%%step left\nside = 'l'", "%%step right\nside = 'r'", "%%step merge --after left\nchosen = side")
     assert result.load("chosen") == "r"
-    assert "warning: Steps 'left' and 'right' both change 'side'" in capsys.readouterr().out
+    assert "warning: Steps 'left' and 'right' both change 'side'" in capsys.readouterr().err
 
 
 def test_prelude_classes_and_functions_stay_the_same_in_every_step(run):
