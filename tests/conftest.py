@@ -6,7 +6,7 @@ import sys
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from nbformat.v4 import new_code_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +18,16 @@ def make_notebook(sources):
         cells=[new_code_cell(source) for source in sources],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     )
+
+
+def tagged_notebook(*cells, metadata=None):
+    """A notebook of (source, tag, ...) code cells, Kale's way of marking; a str alone is markdown."""
+    made = [
+        new_markdown_cell(cell) if isinstance(cell, str)
+        else new_code_cell(cell[0], metadata={"tags": list(cell[1:])} if len(cell) > 1 else {})
+        for cell in cells
+    ]
+    return new_notebook(cells=made, metadata=metadata or {})
 
 
 def execute(nb, cwd, allow_errors=False, timeout=300):

@@ -8,8 +8,8 @@ import subprocess
 
 import nbformat
 import pytest
-from conftest import REPO, cell_text, execute
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from conftest import REPO, cell_text, execute, tagged_notebook
+from nbformat.v4 import new_code_cell
 from test_notebook import without_labels
 
 from kfmagic import kale, notebook
@@ -33,14 +33,7 @@ def as_cells(plan):
 
 
 def tagged(*cells, metadata=None):
-    """A notebook of (source, tags...) code cells; a str alone is a markdown cell."""
-    made = []
-    for cell in cells:
-        if isinstance(cell, str):
-            made.append(new_markdown_cell(cell))
-        else:
-            made.append(new_code_cell(cell[0], metadata={"tags": list(cell[1:])} if len(cell) > 1 else {}))
-    return new_notebook(cells=made, metadata={"kubeflow_notebook": metadata or {}})
+    return tagged_notebook(*cells, metadata={"kubeflow_notebook": metadata or {}})
 
 
 def test_tags_give_prelude_params_steps_and_continuations_as_kale_reads_them():

@@ -2,25 +2,21 @@
 kfmagic's tests, each reproducing a pattern found in public notebooks (Kubeflow Kale's examples,
 ordinary data-science notebooks). Cell ids are stable, so regenerating changes nothing."""
 import os
+import sys
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 OUT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(OUT))
+from conftest import tagged_notebook  # noqa: E402  (tests/ is not a package)
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 
 def write(name, cells, kale=None, minor=5):
-    made = []
-    for cell in cells:
-        if isinstance(cell, str):
-            made.append(new_markdown_cell(cell))
-        else:
-            made.append(new_code_cell(cell[0], metadata={"tags": list(cell[1:])} if len(cell) > 1 else {}))
     metadata = {"kernelspec": KERNEL}
     if kale is not None:
         metadata["kubeflow_notebook"] = kale
-    nb = new_notebook(cells=made, metadata=metadata)
+    nb = tagged_notebook(*cells, metadata=metadata)
     nb.nbformat_minor = minor
     for number, cell in enumerate(nb.cells, 1):  # stable ids: regenerating changes nothing
         if minor < 5:
