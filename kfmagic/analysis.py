@@ -115,16 +115,21 @@ _NAMESPACE_LINE_MAGICS = frozenset({"time", "prun"})
 _PRUN_VALUE_OPTIONS = frozenset("DlsT")
 
 
-def _line_magic(node: ast.Call):
-    """(magic, line) for `get_ipython().run_line_magic(...)` with literal arguments, else None."""
+def _magic_call(node: ast.Call, method: str, arity: int):
+    """The literal arguments of `get_ipython().<method>(...)` (IPython's rewrite of a magic), else None."""
     func = node.func
-    if not (isinstance(func, ast.Attribute) and func.attr == "run_line_magic" and isinstance(func.value, ast.Call)):
+    if not (isinstance(func, ast.Attribute) and func.attr == method and isinstance(func.value, ast.Call)):
         return None
-    if getattr(func.value.func, "id", None) != "get_ipython" or len(node.args) != 2 or node.keywords:
+    if getattr(func.value.func, "id", None) != "get_ipython" or len(node.args) != arity or node.keywords:
         return None
     if not all(isinstance(arg, ast.Constant) and isinstance(arg.value, str) for arg in node.args):
         return None
     return tuple(arg.value for arg in node.args)
+
+
+def _line_magic(node: ast.Call):
+    """(magic, line) for `get_ipython().run_line_magic(...)`, else None."""
+    return _magic_call(node, "run_line_magic", 2)
 
 
 def _prun_code(line: str) -> str:
@@ -146,15 +151,8 @@ def _prun_code(line: str) -> str:
 
 
 def _cell_magic(node: ast.Call):
-    """(magic, line, body) for `get_ipython().run_cell_magic(...)` with literal arguments, else None."""
-    func = node.func
-    if not (isinstance(func, ast.Attribute) and func.attr == "run_cell_magic" and isinstance(func.value, ast.Call)):
-        return None
-    if getattr(func.value.func, "id", None) != "get_ipython" or len(node.args) != 3 or node.keywords:
-        return None
-    if not all(isinstance(arg, ast.Constant) and isinstance(arg.value, str) for arg in node.args):
-        return None
-    return tuple(arg.value for arg in node.args)
+    """(magic, line, body) for `get_ipython().run_cell_magic(...)`, else None."""
+    return _magic_call(node, "run_cell_magic", 3)
 
 
 def _magic_body(body: str) -> list[ast.stmt]:
