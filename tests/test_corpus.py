@@ -74,7 +74,6 @@ def test_a_prelude_helper_that_changes_its_argument_makes_its_step_the_provider(
 
 
 def test_matplotlib_inline_in_the_prelude_runs_in_step_processes(corpus):
-    pytest.importorskip("matplotlib")
     assert "[plot] <Figure size" in run(corpus, "magics_matplotlib_inline.ipynb")
 
 

@@ -19,7 +19,8 @@ NOTEBOOK = [
     "%%params\nn = 4\nfactor = 1.5\nbins = [1, 2]",
     "%%step make\nframe = pd.DataFrame({'x': range(n)})\nprint('rows', len(frame))\nframe.head(2)",
     "%%step stats --metrics mean_x total\nmean_x = float(frame.x.mean() * factor)\ntotal = float(frame.x.sum())",
-    "%%step shown\nclass Rich:\n    def _repr_html_(self):\n        return '<b>rich!</b>'\ndisplay(Rich())\nlabel = f'{n} rows {bins}'",
+    "%%step shown\nclass Rich:\n    def _repr_html_(self):\n        return '<b>rich!</b>'\ndisplay(Rich())\nlabel = f'{n} rows {bins}'\n"
+    "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3])",
 ]
 SUMMARY = (
     "import json\n"
@@ -51,7 +52,7 @@ def test_kfp_local_and_local_runs_of_one_notebook_agree(run_cells):
     shown = {path.split(os.sep)[-2]: open(path).read() for path in outputs}
     assert set(shown) == {"make", "stats", "shown"}
     assert "rows 6" in shown["make"] and "<table" in shown["make"]  # print, then the DataFrame's last value
-    assert "<b>rich!</b>" in shown["shown"]
+    assert "<b>rich!</b>" in shown["shown"] and "<img src='data:image/png;base64," in shown["shown"]  # the figure
     # the loaded values come from the artifacts kfp.local wrote, not from a local run's files
     load_ir(os.path.join(kfp_local["run_dir"], "pipeline.yaml"))  # what ran is a valid PipelineSpec
 
