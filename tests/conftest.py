@@ -3,13 +3,14 @@
 import os
 import sys
 
-import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from kfp_server import kfp_server  # noqa: E402,F401  (the loopback KFP server fixture, for every test module)
 
 
 def make_notebook(sources):

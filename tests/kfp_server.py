@@ -93,16 +93,11 @@ Auth and error-injection hooks
   answers the next matching request(s) with that status (checked before
   auth and routing).
 
-Importing this module from tests
---------------------------------
-pytest's default ``importmode=prepend`` with no ``tests/__init__.py`` puts
-``tests/`` on ``sys.path``, so ``from kfp_server import KfpServer`` works;
-``python -m pytest`` from the repository root also has the root on
-``sys.path``, so ``from tests.kfp_server import KfpServer`` works too (and
-keeps working if ``tests/__init__.py`` is added).  ``test_kfp_server.py``
-tries ``tests.kfp_server`` first and falls back to ``kfp_server``.  The
-``kfp_server`` pytest fixture below must be imported into the test module
-(or re-exported from a conftest.py) to be found by pytest.  It points
+Using it in tests
+-----------------
+``tests/conftest.py`` puts ``tests/`` on ``sys.path`` and re-exports the
+``kfp_server`` fixture below, so every test module can take ``kfp_server``
+as an argument and ``from kfp_server import KfpServer``.  The fixture points
 ``HOME`` and ``kfp.Client._LOCAL_KFP_CONTEXT`` at a temporary directory:
 patching ``HOME`` alone is not enough, because kfp computes
 ``Client._LOCAL_KFP_CONTEXT = os.path.expanduser('~/.config/kfp/context.json')``

@@ -4,8 +4,6 @@ Every run below is really executed by ``kfp.local`` behind the loopback server
 (see ``kfp_server.py``), so the assertions read artifacts from disk.
 """
 
-import os
-import sys
 import time
 
 import kfp
@@ -13,11 +11,7 @@ import kfp_server_api
 import pytest
 from kfp import compiler, dsl
 
-try:  # `python -m pytest` from the repo root, or a tests/__init__.py
-    from tests.kfp_server import KfpServer, kfp_server  # noqa: F401
-except ImportError:  # pytest's rootdir/prepend import puts tests/ on sys.path
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from kfp_server import KfpServer, kfp_server  # noqa: F401
+from kfp_server import KfpServer  # tests/ is on sys.path (conftest)
 
 pytestmark = pytest.mark.filterwarnings(
     'ignore:This client only works with Kubeflow Pipeline:FutureWarning')

@@ -14,11 +14,6 @@ from kfmagic.display import TextProgress
 from kfmagic.registry import Pipeline
 from kfmagic.syntax import parse_cell
 
-try:
-    from tests.kfp_server import kfp_server  # noqa: F401  (the fixture)
-except ImportError:
-    from kfp_server import kfp_server  # noqa: F401
-
 TOKEN = "s3cr3t-token-7f1d"
 
 
