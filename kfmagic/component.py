@@ -127,21 +127,23 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def _out_dir(step):
+def _result_dir(step):
+    """Where the step's result.json goes: beside a local run's (kfp-local), else a scratch folder."""
     root = os.environ.get(RESULT_DIR_ENV)
     if not root:
         return tempfile.mkdtemp(prefix="kfmagic-")
-    out_dir = os.path.join(root, step)
-    os.makedirs(out_dir, exist_ok=True)
-    return out_dir
+    result_dir = os.path.join(root, step)
+    os.makedirs(result_dir, exist_ok=True)
+    return result_dir
 
 
 def main(args, step, sources):
     """Run one step inside its KFP component. `args` are the component's arguments by name."""
     runtime = load_runtime(sources)
-    out_dir = _out_dir(step["step"])
+    result_dir = _result_dir(step["step"])
+    out_dir = tempfile.mkdtemp(prefix="kfmagic-")  # the runtime's own files; the result lands once, whole
     started = time.time()
-    with open(os.path.join(out_dir, STARTED_FILE), "w") as file:
+    with open(os.path.join(result_dir, STARTED_FILE), "w") as file:
         file.write(str(started))
     spec = dict(
         step,
@@ -179,7 +181,9 @@ def main(args, step, sources):
     with open(args[DISPLAY_OUTPUT].path, "w") as file:
         file.write(shown.html(step["step"]))
     result.update(started=started, finished=time.time())
-    with open(result_path, "w") as file:
+    final_path = os.path.join(result_dir, runtime.RESULT_FILE)
+    with open(f"{final_path}.partial", "w") as file:
         json.dump(result, file)
+    os.replace(f"{final_path}.partial", final_path)  # a watcher never reads a result without artifact paths
     if result["state"] != "SUCCEEDED":
         raise SystemExit(1)  # the runtime has printed why; KFP marks the task failed
