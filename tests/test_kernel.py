@@ -41,27 +41,24 @@ def test_errors_in_a_step_cell_show_only_the_users_frames(kernel):
     assert "kfmagic" not in plain and "Traceback" in plain
 
 
+def _refused(kernel, line, message):
+    status, shown = kernel.run(line)
+    assert status == "error" and message in shown and "Traceback" not in shown, shown
+
+
 def test_a_bad_magic_line_is_one_message_and_changes_nothing(kernel):
     kernel.run(PRELUDE)
     kernel.run("%%step a\nx = 1")
-    for line, message in [
-        ("%%step Bad\nz = 1", "'Bad' is not a valid name"),
-        ("%%step b --after\nz = 1", "argument --after: expected at least one argument"),
-        ("%%step b --frobnicate\nz = 1", "unrecognized arguments: --frobnicate"),
-        ("%%params\nz = 1\nrate = compute()", "%%params line 3: `rate = compute()`"),
-    ]:
-        status, shown = kernel.run(line)
-        assert status == "error" and message in shown and "Traceback" not in shown, shown
+    _refused(kernel, "%%step Bad\nz = 1", "'Bad' is not a valid name")
+    _refused(kernel, "%%step b --after\nz = 1", "argument --after: expected at least one argument")
+    _refused(kernel, "%%step b --frobnicate\nz = 1", "unrecognized arguments: --frobnicate")
+    _refused(kernel, "%%params\nz = 1\nrate = compute()", "%%params line 3: `rate = compute()`")
     status, shown = kernel.run("print('z' in globals(), [c.spec.name for c in __import__('kfmagic').pipeline().cells])")
     assert shown.strip() == "False ['a']"
-    for line, message in [
-        ("%pipeline frobnicate", "invalid choice: 'frobnicate'"),
-        ("%pipeline run --workers many", "invalid int value: 'many'"),
-        ("%pipeline run --param nope=1", "--param nope: no such parameter"),
-        ("%pipeline remove ghost", "no step named 'ghost'"),
-    ]:
-        status, shown = kernel.run(line)
-        assert status == "error" and message in shown and "Traceback" not in shown, shown
+    _refused(kernel, "%pipeline frobnicate", "invalid choice: 'frobnicate'")
+    _refused(kernel, "%pipeline run --workers many", "invalid int value: 'many'")
+    _refused(kernel, "%pipeline run --param nope=1", "--param nope: no such parameter")
+    _refused(kernel, "%pipeline remove ghost", "no step named 'ghost'")
 
 
 def test_help_is_the_reference(kernel):
