@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 
 from .. import runtime
 from .base import interrupted, read_result, start_run
@@ -87,7 +88,7 @@ def _read_result(step_run, process, out_dir, stderr_tail):
         return
     result = read_result(out_dir)
     if result is None:
-        tail = "\n".join(stderr_tail[-10:])
+        tail = "\n".join(stderr_tail)
         step_run.state = "FAILED"
         step_run.error = f"Step {step_run.name!r} exited with code {process.returncode} before reporting a result.\n{tail}"
         return
@@ -104,7 +105,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     specs = write_specs(plan, params, run_dir)
     events = queue.Queue()
     pending = list(plan.steps)
-    running = {}  # name -> (process, open streams, stderr tail)
+    running = {}  # name -> (process, open streams, last lines of stderr)
     env = step_env()
     progress.start(record)
     try:
@@ -123,7 +124,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
                     )
                     for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
                         threading.Thread(target=pump_lines, args=(step.name, stream_name, pipe, events), daemon=True).start()
-                    running[step.name] = (process, {"stdout", "stderr"}, [])
+                    running[step.name] = (process, {"stdout", "stderr"}, deque(maxlen=10))
                     steps[step.name].state, steps[step.name].started = "RUNNING", time.time()
                     pending.remove(step)
                     progress.update(record)
