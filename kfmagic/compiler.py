@@ -193,6 +193,7 @@ def _component_source(function_name, plan, step):
         "params": {name: names[name] for name in step.params},
         "json_params": [name for name in step.params if isinstance(plan.params[name], (list, dict))],
         "inputs": {var: names[var] for var in step.inputs},
+        "producers": dict(step.inputs),
         "outputs": list(step.outputs),
         "keep": kept(step),
         "metrics": list(step.metrics),

@@ -101,7 +101,7 @@ def _describe_type(value):
 def _save(spec, namespace, result, prelude):
     """Save the outputs (each required) and what the step keeps (if it pickles)."""
     step, out_dir = spec["step"], spec["out_dir"]
-    os.makedirs(os.path.join(out_dir, OUTPUTS_DIR), exist_ok=True)
+    _private_dir(os.path.join(out_dir, OUTPUTS_DIR))
     for var in spec["outputs"]:
         if var not in namespace:
             who = spec.get("needed_by", {}).get(var)
@@ -116,6 +116,17 @@ def _save(spec, namespace, result, prelude):
         kind = _describe_type(namespace[var])
         try:
             size = serde.dump(namespace[var], output_path(out_dir, var), by_name=prelude)
+        except serde.LiveResource as error:
+            what = f"it is {error.kind}" if error.type_name.endswith(kind) else f"it holds {error.kind} ({error.type_name})"
+            if var not in spec["outputs"]:
+                result["skipped"][var] = f"a {kind} that cannot be kept: {what}"
+                continue
+            raise StepFailed(
+                f"Step {step!r} cannot pass on {var!r} (a {kind}): {what}, a live resource of the step's own "
+                "process that a copy in another step would not be. Pass what it stands for instead (a path, "
+                "a URL, settings, the data read from it; for a generator, a list of what it yields) and open "
+                "or create it again in the step that uses it."
+            ) from None
         except serde.SerializationError as error:
             if var not in spec["outputs"]:
                 result["skipped"][var] = f"a {kind} that cannot be pickled ({error})"
@@ -125,7 +136,46 @@ def _save(spec, namespace, result, prelude):
                 f"it ({error}). Recreate it in the step that uses it, or pass something that pickles "
                 "instead (a path, a config, the data it holds)."
             ) from None
+        except OSError as error:
+            raise StepFailed(
+                f"Step {step!r} could not save {var!r} (a {kind}) in {out_dir}: {error.strerror or error}. "
+                "Free space there (or move the notebook's .kfmagic/ to a larger disk) and run again; "
+                "outputs of steps that finished are kept."
+            ) from None
         result["saved"][var] = {"type": kind, "bytes": size}
+
+
+def _private_dir(path):
+    """Make `path` (and its parents) readable by their owner only: values may be private data."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def _write_result(out_dir, result):
+    """RESULT_FILE appears whole (written aside, renamed), readable by its owner only."""
+    _private_dir(out_dir)
+    path = os.path.join(out_dir, RESULT_FILE)
+    with os.fdopen(os.open(f"{path}.partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        json.dump(result, file)
+    os.replace(f"{path}.partial", path)
+
+
+def _load_inputs(spec, namespace):
+    """Each input into the namespace; functions and classes among them run against it."""
+    for var, path in spec["inputs"].items():
+        producer = spec.get("producers", {}).get(var)
+        source = f"{var!r} (saved by step {producer!r})" if producer else repr(var)
+        try:
+            namespace[var] = serde.load(path, namespace)
+        except serde.DamagedValue as error:
+            raise StepFailed(
+                f"Step {spec['step']!r} cannot load its input {source}: {error} ({path}). "
+                "Run the pipeline again to remake it."
+            ) from None
+        except Exception as error:
+            raise StepFailed(
+                f"Step {spec['step']!r} cannot load its input {source}: {type(error).__name__}: {error}. "
+                "Its producer saved it with a library this step's environment lacks, or a different version."
+            ) from None
 
 
 def _defined_by_prelude(namespace):
@@ -167,14 +217,7 @@ def run_step(spec, display=None):
         for part in spec["prelude"]:
             _run_code(part, namespace, "prelude")
         prelude = _defined_by_prelude(namespace)
-        for var, path in spec["inputs"].items():
-            try:
-                namespace[var] = serde.load(path)
-            except Exception as error:
-                raise StepFailed(
-                    f"Step {spec['step']!r} cannot load its input {var!r}: {type(error).__name__}: {error}. "
-                    "Its producer saved it with a library this step's environment lacks, or a different version."
-                ) from None
+        _load_inputs(spec, namespace)
         for part in spec["parts"]:
             _run_code(part, namespace, f"step {spec['step']}", show=display)
         result["metrics"] = _metrics(spec, namespace)
@@ -188,9 +231,7 @@ def run_step(spec, display=None):
         print(result["error"], file=sys.stderr, end="")
     finally:
         sys.modules["__main__"] = kernel_main
-    os.makedirs(spec["out_dir"], exist_ok=True)
-    with open(os.path.join(spec["out_dir"], RESULT_FILE), "w") as file:
-        json.dump(result, file)
+    _write_result(spec["out_dir"], result)
     return 0 if result["state"] == "SUCCEEDED" else 1
 
 

@@ -35,21 +35,30 @@ def test_dataframes_and_plain_objects(tmp_path):
 
 
 def test_what_cloudpickle_cannot_dill_can(tmp_path):
-    import threading
+    import weakref
 
     import cloudpickle
 
-    lock = threading.Lock()
+    class Node:
+        pass
+
+    node = Node()
+    value = {"node": node, "ref": weakref.ref(node)}
     with pytest.raises(TypeError):
-        cloudpickle.dumps(lock)
-    loaded, _ = roundtrip({"lock": lock}, tmp_path)
-    assert loaded["lock"].acquire(blocking=False)
+        cloudpickle.dumps(value)
+    loaded, _ = roundtrip(value, tmp_path)
+    assert loaded["ref"]() is loaded["node"]
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("cannot pickle 'Unpicklable' object")
 
 
 def test_unpicklable_value_raises_and_leaves_no_file(tmp_path):
     path = tmp_path / "gen.pkl"
-    with pytest.raises(serde.SerializationError, match="cloudpickle: TypeError: cannot pickle 'generator' object"):
-        serde.dump((n for n in range(3)), path)
+    with pytest.raises(serde.SerializationError, match="cloudpickle: TypeError: cannot pickle 'Unpicklable' object"):
+        serde.dump(Unpicklable(), path)
     assert not path.exists()
 
 
@@ -60,3 +69,102 @@ def test_rewriting_a_file_keeps_what_a_reader_mapped(tmp_path):
     serde.dump(np.full(100_000, 9.0), path)
     assert first.sum() == 700_000.0 and serde.load(path)[0] == 9.0
     assert not (tmp_path / "a.pkl.partial").exists()
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda tmp: open(tmp / "data.txt", "a"), "an open file"),
+    (lambda tmp: open(tmp / "data.txt", "rb"), "an open file"),
+    (lambda tmp: __import__("socket").socket(), "a network socket"),
+    (lambda tmp: __import__("threading").Lock(), "a lock"),
+    (lambda tmp: __import__("threading").RLock(), "a lock"),
+    (lambda tmp: __import__("threading").Thread(target=print), "a thread"),
+    (lambda tmp: (n for n in range(3)), "a generator"),
+    (lambda tmp: __import__("sqlite3").connect(":memory:"), "a database connection"),
+    (lambda tmp: {"deep": [1, {"inside": __import__("threading").Event()}]}, "a lock"),
+])
+def test_live_resources_are_refused_by_every_pickler_and_nothing_is_touched(tmp_path, make, kind):
+    (tmp_path / "data.txt").write_text("precious")
+    value = make(tmp_path)
+    with pytest.raises(serde.LiveResource, match=kind):
+        serde.dump(value, tmp_path / "value.pkl")
+    with pytest.raises(serde.LiveResource, match=kind):  # dill, tried directly, refuses it too
+        serde._dump_with_dill(value, tmp_path / "dill.pkl", [])
+    assert (tmp_path / "data.txt").read_text() == "precious" and not (tmp_path / "value.pkl").exists()
+
+
+def test_in_memory_files_and_the_standard_streams_are_values(tmp_path, capsys):
+    import io
+    import sys
+
+    with capsys.disabled():  # the process's own stdout, as in a step
+        loaded, _ = roundtrip({"buffer": io.BytesIO(b"abc"), "text": io.StringIO("t"), "out": sys.stdout}, tmp_path)
+        assert loaded["out"] is sys.stdout
+    assert loaded["buffer"].read() == b"abc" and loaded["text"].read() == "t"
+
+
+def test_value_files_are_private(tmp_path):
+    serde.dump(np.arange(10), tmp_path / "a.pkl")
+    serde.dump({"k": 1}, tmp_path / "b.pkl")
+    assert {oct((tmp_path / name).stat().st_mode & 0o777) for name in ("a.pkl", "b.pkl")} == {"0o600"}
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "random":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif how == "table":  # keep the marker, break the table of buffers
+        path.write_bytes(data[:-40] + b"[[999999999, 5]]" + data[-24:])
+    elif how == "missing":
+        path.unlink()
+
+
+_DAMAGES = ["truncated", "empty", "random", "missing"]
+
+
+@pytest.mark.parametrize("value, how", [
+    *(({"plain": [1, 2, 3]}, how) for how in _DAMAGES),  # a plain pickle file has no table of buffers
+    *((np.arange(100_000), how) for how in [*_DAMAGES, "table"]),
+])
+def test_a_damaged_file_is_one_error_that_says_how(tmp_path, value, how):
+    path = tmp_path / "value.pkl"
+    serde.dump(value, path)
+    _damage(path, how)
+    with pytest.raises(serde.DamagedValue) as caught:
+        serde.load(path)
+    expected = {"truncated": "truncated", "empty": "empty", "random": "does not start as a pickle",
+                "table": "table of buffers", "missing": "missing"}[how]
+    assert expected in str(caught.value)
+
+
+def test_a_missing_library_is_not_called_damage(tmp_path):
+    path = tmp_path / "value.pkl"
+    path.write_bytes(pickle.dumps(np.arange(3)).replace(b"numpy", b"nompy"))
+    with pytest.raises(ImportError):
+        serde.load(path)
+
+
+def test_functions_and_classes_of_the_notebook_bind_to_the_namespace_they_load_into(tmp_path):
+    """A function defined in __main__ reads its globals where it runs; a class is found there by name."""
+    import subprocess
+    import sys
+
+    maker = (
+        "import sys; from kfmagic import serde\n"
+        "x = 5\n"
+        "def show():\n    return x\n"
+        "class Foo:\n    def get(self):\n        return x\n"
+        "serde.dump({'show': show, 'obj': Foo(), 'fn': lambda: x}, sys.argv[1])\n"
+    )
+    path = tmp_path / "value.pkl"
+    subprocess.run([sys.executable, "-c", maker, str(path)], check=True)
+    namespace = {"__name__": "__main__", "x": 6}
+    value = serde.load(path, namespace)
+    assert (value["show"](), value["obj"].get(), value["fn"]()) == (6, 6, 6)
+    assert namespace["Foo"] is type(value["obj"])
+    del namespace["x"]
+    assert serde.load(path, {"__name__": "__main__"})["show"]() == 5  # what it was pickled with fills the gap
+    assert serde.load(path)["show"]() == 5  # no namespace: as pickled

@@ -34,6 +34,7 @@ def write_specs(plan, params, run_dir):
                 var: runtime.output_path(os.path.join(run_dir, producer), var)
                 for var, producer in step.inputs.items()
             },
+            "producers": dict(step.inputs),
             "outputs": list(step.outputs),
             "keep": list(step.keep),
             "metrics": list(step.metrics),
