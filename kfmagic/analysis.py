@@ -65,7 +65,7 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
         raise AnalysisError(prefix + str(error.msg), error.lineno) from error
     except ValueError as error:  # null bytes in the source (Python < 3.12)
         raise AnalysisError(str(error)) from error
-    except RecursionError:  # parsing and the walk recurse per nesting level (a sum of 500 terms)
+    except (RecursionError, MemoryError):  # parsing and the walk recurse per nesting level (a sum of 500 terms)
         message = "the code is nested too deeply to analyse; split the longest expression"
         raise AnalysisError(message) from None
     return CodeInfo(

@@ -319,10 +319,21 @@ def compile_plan(plan, path, target=Target(), packages=None):
     `packages`: the plan's Packages (plan_packages), if the caller has found them already."""
     from kfp import compiler
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         compiler.Compiler().compile(pipeline_function(plan, target, packages), path)
     except (ValueError, TypeError) as error:  # kfp's own checks: say which pipeline, keep its words
         raise KfmagicError(f"Kubeflow Pipelines cannot compile pipeline {plan.name!r}: {error}") from None
+    except OSError as error:
+        raise KfmagicError(f"Cannot write the compiled pipeline to {path}: {_why_unwritable(path, error)}.") from None
     return path
+
+
+def _why_unwritable(path, error):
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder; give -o a path in a folder"
+    return f"{error.strerror or error}; give -o a path in a folder you can write"
 
