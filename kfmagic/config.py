@@ -75,7 +75,8 @@ class Connection:
 
         class _Client(kfp.Client):
             def get_kfp_healthz(self, sleep_duration=5):
-                return self._healthz_api.healthz_service_get_healthz(_request_timeout=REQUEST_TIMEOUT)
+                _bound_requests(self)  # kfp.Client.__init__ asks for health before it returns the client
+                return self._healthz_api.healthz_service_get_healthz()
 
         credentials = None
         token_path = self.token_path or (None if self.token or self.cookies else os.environ.get(TOKEN_PATH_ENV))
@@ -87,24 +88,31 @@ class Connection:
         with calling(self, "connecting"), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2": kfmagic needs v2 too
             client = _Client(host=self.endpoint, **kwargs)
-            _bound_requests(client)
+            _bound_requests(client)  # kfp skipped its health check (a namespace given or remembered)
             if self.namespace:  # kfp skips its health check when given a namespace; reachability matters
                 client.get_kfp_healthz()
         return client
 
 
 def _bound_requests(client):
-    """Give every API request a timeout (kfp's generated client sends none and can wait forever)."""
+    """Give every API request a timeout, once (kfp's generated client sends none and can wait forever).
+
+    A request that timed out is not retried: urllib3 would retry a GET three times, so an unanswered
+    read would take four times REQUEST_TIMEOUT. Redirects (a login page) are still followed.
+    """
     import urllib3
 
-    pool = client._run_api.api_client.rest_client.pool_manager
+    pool = client._healthz_api.api_client.rest_client.pool_manager
+    if getattr(pool, "kfmagic_bounded", False):
+        return
     request = pool.request
 
     def request_with_timeout(method, url, *args, timeout=None, **kwargs):
         connect, read = REQUEST_TIMEOUT
+        kwargs.setdefault("retries", urllib3.Retry(total=3, connect=0, read=0))
         return request(method, url, *args, timeout=timeout or urllib3.Timeout(connect=connect, read=read), **kwargs)
 
-    pool.request = request_with_timeout
+    pool.request, pool.kfmagic_bounded = request_with_timeout, True
 
 
 def _server_message(body):

@@ -92,6 +92,12 @@ Auth and error-injection hooks
 * ``server.fail_next(path_regex, status, body=None, method=None, times=1)``
   answers the next matching request(s) with that status (checked before
   auth and routing).
+* ``server.stall_next(path_regex, seconds=None, method=None, times=1)``
+  holds the next matching request(s) unanswered for ``seconds`` (``None``:
+  until the server stops), as a wedged or overloaded API server does, then
+  handles them as usual (the client has usually given up by then); other
+  requests, healthz included, are answered meanwhile.  ``server.stalled``
+  counts the requests held so far.
 
 Using it in tests
 -----------------
@@ -307,6 +313,9 @@ class KfpServer:
         self._lock = threading.RLock()
         self._slots = threading.BoundedSemaphore(max(1, max_concurrent_runs))
         self._failures: List[dict] = []
+        self._stalls: List[dict] = []
+        self.stalled = 0
+        self._stopped = threading.Event()  # wakes stalled requests on stop()
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
@@ -324,6 +333,7 @@ class KfpServer:
             return self
         self.root.mkdir(parents=True, exist_ok=True)
         self._stopping = False
+        self._stopped.clear()
         self._httpd = _HTTPServer((self.host, self.port), _make_handler(self))
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
@@ -339,6 +349,7 @@ class KfpServer:
         if self._httpd is None:
             return
         self._stopping = True
+        self._stopped.set()
         with self._lock:
             runs = list(self.runs.values())
             for run in runs:
@@ -376,17 +387,29 @@ class KfpServer:
         ``clear_failures()``.
         """
         with self._lock:
-            self._failures.append({
-                'regex': re.compile(path_regex),
-                'status': int(status),
-                'body': body,
-                'method': method.upper() if method else None,
-                'times': times,
-            })
+            self._failures.append(_rule(path_regex, method, times,
+                                        status=int(status), body=body))
+
+    def stall_next(self,
+                   path_regex: str,
+                   seconds: Optional[float] = None,
+                   *,
+                   method: Optional[str] = None,
+                   times: Optional[int] = 1) -> None:
+        """Holds the next ``times`` requests whose path matches ``path_regex``
+        (``re.search``; optionally only for ``method``) unanswered for
+        ``seconds`` (``None``: until the server stops), then handles them as
+        usual.  ``times=None`` means until ``clear_failures()``.
+        """
+        with self._lock:
+            self._stalls.append(_rule(path_regex, method, times,
+                                      seconds=seconds))
 
     def clear_failures(self) -> None:
+        """Forgets every pending ``fail_next`` and ``stall_next``."""
         with self._lock:
             self._failures.clear()
+            self._stalls.clear()
 
     def run_outputs(self, run_id: str) -> Path:
         """kfp.local's pipeline_root of the run: ``<root>/<run_id>/``."""
@@ -479,17 +502,29 @@ class KfpServer:
         return detail
 
     def _take_failure(self, method: str, path: str) -> Optional[dict]:
+        return self._take_rule(self._failures, method, path)
+
+    def _stall(self, method: str, path: str) -> None:
+        """Blocks the handler of a request ``stall_next`` matches."""
+        stall = self._take_rule(self._stalls, method, path)
+        if stall is not None:
+            with self._lock:
+                self.stalled += 1
+            self._stopped.wait(stall['seconds'])
+
+    def _take_rule(self, rules: List[dict], method: str,
+                   path: str) -> Optional[dict]:
         with self._lock:
-            for failure in self._failures:
-                if failure['method'] and failure['method'] != method:
+            for rule in rules:
+                if rule['method'] and rule['method'] != method:
                     continue
-                if not failure['regex'].search(path):
+                if not rule['regex'].search(path):
                     continue
-                if failure['times'] is not None:
-                    failure['times'] -= 1
-                    if failure['times'] <= 0:
-                        self._failures.remove(failure)
-                return failure
+                if rule['times'] is not None:
+                    rule['times'] -= 1
+                    if rule['times'] <= 0:
+                        rules.remove(rule)
+                return rule
         return None
 
     def _authorized(self, path: str, headers: _Headers) -> bool:
@@ -1211,6 +1246,14 @@ class KfpServer:
                 }
 
 
+def _rule(path_regex: str, method: Optional[str], times: Optional[int],
+          **what: Any) -> dict:
+    """A one-shot (or ``times``-shot) rule for requests matching a path."""
+    return dict(regex=re.compile(path_regex),
+                method=method.upper() if method else None, times=times,
+                **what)
+
+
 def _set_task_state(task: dict, state: str, t: float) -> None:
     task['state'] = state
     task['state_history'].append((t, state))
@@ -1463,14 +1506,17 @@ def _make_handler(server: KfpServer) -> type:
                 data, ctype = payload.encode(), 'text/plain; charset=utf-8'
             else:
                 data, ctype = json.dumps(payload).encode(), 'application/json'
-            self.send_response(status)
-            self.send_header('Content-Type', ctype)
-            self.send_header('Content-Length', str(len(data)))
-            for k, v in (extra_headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            if self.command != 'HEAD':
-                self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header('Content-Type', ctype)
+                self.send_header('Content-Length', str(len(data)))
+                for k, v in (extra_headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if self.command != 'HEAD':
+                    self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped waiting (a stalled request)
 
         def _error(self, status: int, message: str) -> dict:
             return {
@@ -1492,6 +1538,7 @@ def _make_handler(server: KfpServer) -> type:
             body = self.rfile.read(length) if length > 0 else b''
             headers = _Headers(self.headers.items())
             req = server._record(method, path, headers, query, body)
+            server._stall(method, path)
             failure = server._take_failure(method, path)
             if failure is not None:
                 payload = failure['body']

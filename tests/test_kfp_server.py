@@ -4,6 +4,7 @@ Every run below is really executed by ``kfp.local`` behind the loopback server
 (see ``kfp_server.py``), so the assertions read artifacts from disk.
 """
 
+import threading
 import time
 
 import kfp
@@ -225,6 +226,30 @@ def test_injected_and_real_errors(kfp_server, client):
     with pytest.raises(kfp_server_api.ApiException) as err:
         client.get_run('does-not-exist')
     assert err.value.status == 404
+
+
+def test_stalled_requests_are_held_while_others_are_answered(kfp_server, client):
+    import urllib3
+
+    kfp_server.stall_next(r'/experiments$', 1.0, method='GET')
+    answered = {}
+    lister = threading.Thread(target=lambda: answered.update(
+        experiments=client.list_experiments()))
+    started = time.time()
+    lister.start()
+    _wait_until(lambda: kfp_server.stalled == 1)
+    assert client.get_kfp_healthz().multi_user is False
+    assert 'experiments' not in answered and time.time() - started < 1.0
+    lister.join(10)
+    assert time.time() - started >= 1.0  # then answered as usual
+    assert answered['experiments'].experiments is None
+
+    # until the server stops; the plain client retries an unanswered GET 3 times
+    kfp_server.stall_next(r'/experiments$', times=None)
+    with pytest.raises(urllib3.exceptions.MaxRetryError, match='timed out'):
+        client._experiment_api.experiment_service_list_experiments(
+            _request_timeout=(1, 0.25))
+    assert kfp_server.stalled == 1 + 4
 
 
 def test_terminate_cancels_the_run(kfp_server, client, packages, tmp_path):

@@ -1,7 +1,9 @@
 """Submitting to Kubeflow Pipelines: the real kfp.Client against tests/kfp_server.py, which runs what it gets."""
 
+import io
 import os
 import pickle
+import re
 import socket
 import threading
 import time
@@ -11,6 +13,7 @@ import pytest
 from kfmagic import config
 from kfmagic.config import KfpConnectionError
 from kfmagic.display import TextProgress
+from kfmagic.errors import KfmagicError, RunFailed
 from kfmagic.registry import Pipeline
 from kfmagic.syntax import parse_cell
 
@@ -81,7 +84,7 @@ def test_runner_defaults_to_kubeflow_when_the_endpoint_is_in_the_environment(kfp
     assert pipeline_of("%%step only\nx = 1").run(runner="local").runner == "local"  # --local still runs here
 
 
-def test_wait_ends_on_cancel_and_status_reads_any_run(kfp_server, tmp_path, monkeypatch):
+def test_wait_gives_up_in_time_then_ends_on_cancel_and_status_reads_any_run(kfp_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pipeline = pipeline_of("%%step sleepy --no-install\nimport time\ntime.sleep(120)")
     pipeline.configure(host=kfp_server.url)
@@ -89,15 +92,58 @@ def test_wait_ends_on_cancel_and_status_reads_any_run(kfp_server, tmp_path, monk
     deadline = time.time() + 30
     while run.refresh().steps["sleepy"].state != "RUNNING" and time.time() < deadline:
         time.sleep(0.2)
+    guard = threading.Timer(15, lambda: run.client.terminate_run(run.id))  # a wait that ignores its timeout ends
+    guard.start()
+    started = time.time()
+    with pytest.raises(KfmagicError, match=f"^Run {run.id} is still RUNNING after 1s: {re.escape(run.url)}$"):
+        run.wait(timeout=1, progress=TextProgress(io.StringIO()), interval=0.2)
+    assert time.time() - started < 5
+    guard.cancel()
+    assert run.state == "RUNNING" and kfp_server.get_run(run.id)["state"] == "RUNNING"  # giving up stops nothing
     threading.Timer(0.5, lambda: run.client.terminate_run(run.id)).start()
     started = time.time()
-    run.wait(progress=TextProgress(), interval=0.2)
+    run.wait(progress=TextProgress(io.StringIO()), interval=0.2)
     assert run.state == "CANCELED" and time.time() - started < 20
     assert run.steps["sleepy"].state == "CANCELED"
     other = Pipeline()
     other.configure(host=kfp_server.url)
     fetched = other.status(run.id)
     assert fetched.state == "CANCELED" and fetched.url.endswith(run.id)
+
+
+def test_a_failing_step_fails_the_submitted_run_and_its_descendants_never_start(kfp_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_of(
+        "%%step first --no-install\nx = 1",
+        "%%step boom --no-install\nvalue = x + 41\nraise ValueError(f'bad value {value}')",
+        "%%step after --no-install --after boom\ny = 2",
+        "%%step later --no-install\nz = y + 1",
+        "%%step branch --no-install\nw = x * 10",
+    )
+    pipeline.configure(host=kfp_server.url)
+    printed = io.StringIO()
+    with pytest.raises(RunFailed) as failure:
+        pipeline.run(wait=True, progress=TextProgress(printed))
+    run = failure.value.run
+    assert run is pipeline.last_run and run.runner == "kfp" and run.state == "FAILED"
+    assert {name: step.state for name, step in run.steps.items()} == {
+        "first": "SUCCEEDED", "boom": "FAILED", "after": "SKIPPED", "later": "SKIPPED", "branch": "SUCCEEDED",
+    }
+    assert run.steps["boom"].error == "task boom failed; see server.run_log()"  # the API's task error, as sent
+    url = f"{kfp_server.url}/#/runs/details/{run.id}"
+    assert str(failure.value).splitlines() == [
+        f"Run {run.id} FAILED.",
+        "Step 'boom' failed: task boom failed; see server.run_log()",
+        "Not run: after, later.",
+        f"Outputs of finished steps are kept in {run.run_dir}.",
+        "In the kernel, the run is kfmagic.pipeline().last_run.",
+        f"On Kubeflow: {url}",
+    ]
+    # the cluster never started them: no task of theirs exists there; the kernel calls them skipped
+    reported = {task["display_name"]: task["state"] for task in kfp_server.get_run(run.id)["run_details"]["task_details"]}
+    assert reported == {"first": "SUCCEEDED", "boom": "FAILED", "branch": "SUCCEEDED"}
+    assert "[after] skipped" in printed.getvalue() and "[later] skipped" in printed.getvalue()
+    assert "ValueError: bad value 42" in kfp_server.run_log(run.id)  # the step really ran and raised
 
 
 def _refusing_port():
@@ -137,21 +183,122 @@ def test_errors_say_what_to_do(kfp_server, tmp_path, monkeypatch):
 
 def test_a_server_that_never_answers_times_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(config, "REQUEST_TIMEOUT", (1, 1))
+    monkeypatch.setattr(config, "REQUEST_TIMEOUT", (1, 2))
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         pipeline = pipeline_of("%%step only\nx = 1")
         pipeline.configure(host=f"http://127.0.0.1:{silent.getsockname()[1]}")
         started = time.time()
-        with pytest.raises(KfpConnectionError, match="did not answer in time"):
+        with pytest.raises(KfpConnectionError, match="did not answer in time while connecting"):
             pipeline.run()
-        assert time.time() - started < 15
+        assert time.time() - started < 5  # one unanswered health request, not retried
 
 
-def test_credentials_never_show(tmp_path):
+def test_a_request_that_stalls_after_the_health_check_times_out(kfp_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "REQUEST_TIMEOUT", (1, 2))
+    pipeline = pipeline_of("%%step only --no-install\nx = 1")
+    pipeline.configure(host=kfp_server.url)
+    kfp_server.stall_next(r"/pipelines/upload$", method="POST")
+    started = time.time()
+    with pytest.raises(KfpConnectionError) as error:
+        pipeline.run()
+    assert time.time() - started < 5
+    assert str(error.value) == (
+        f"Kubeflow Pipelines at {kfp_server.url} did not answer in time while uploading pipeline 'sub'. Check that "
+        "the cluster is up and the address is right (a port-forward that died looks like this), then try again."
+    )
+    answered = [(method, path.rsplit("/", 1)[-1]) for method, path, _ in kfp_server.requests]
+    assert answered[0] == ("GET", "healthz") and kfp_server.request_details[0]["status"] == 200
+    assert kfp_server.stalled == 1
+
+    run = pipeline.run()  # the server answers again
+    kfp_server.stall_next(rf"/runs/{run.id}$", method="GET", times=None)
+    started = time.time()
+    with pytest.raises(KfpConnectionError, match=f"did not answer in time while reading run {run.id}\\."):
+        run.refresh()
+    assert time.time() - started < 5  # a GET that timed out is not retried (it would take 4 x 2 s)
+    with pytest.raises(KfpConnectionError, match=f"did not answer in time while reading run {run.id}\\."):
+        pipeline.status()
+    kfp_server.clear_failures()
+    assert kfp_server.wait_for_run(run.id)["state"] == "SUCCEEDED" and run.refresh().state == "SUCCEEDED"
+
+
+def test_namespace_reaches_the_experiment_and_the_run(kfp_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_of("%%step only --no-install\nx = 1")
+    pipeline.configure(host=kfp_server.url, namespace="team-ns", experiment="ns-exp")
+    run = pipeline.run()
+    assert [(e["display_name"], e["namespace"]) for e in kfp_server.experiments.values()] == [("ns-exp", "team-ns")]
+    assert kfp_server.runs[run.id].namespace == "team-ns"
+    assert ("GET", "/apis/v2beta1/healthz") in [(method, path) for method, path, _ in kfp_server.requests]
+
+
+def test_the_experiment_is_configs_else_inits_else_default(run_cells, kfp_server):
+    submitted = "run = %pipeline run\nprint(run.id)"
+    out = run_cells([
+        "%load_ext kfmagic\n%pipeline init order --experiment from-init",
+        "%%step only --no-install\nx = 1",
+        f"%pipeline config --host {kfp_server.url}",
+        submitted,
+        f"%pipeline config --host {kfp_server.url} --experiment from-config",
+        submitted,
+        "%pipeline init order --experiment other-init",  # init again: config's experiment still wins
+        submitted,
+        f"%pipeline init order\n%pipeline config --host {kfp_server.url}",
+        submitted,
+    ])
+    run_ids = [out[i].strip().splitlines()[-1] for i in (3, 5, 7, 9)]
+    experiment_of = {e["experiment_id"]: e["display_name"] for e in kfp_server.experiments.values()}
+    assert [experiment_of[kfp_server.runs[run_id].experiment_id] for run_id in run_ids] == [
+        "from-init", "from-config", "from-config", "Default",
+    ]
+    assert f"Submitted run {run_ids[0]} of pipeline 'order' (experiment 'from-init')" in out[3]
+
+
+def _headers_sent(kfp_server, connection):
+    """The headers of one API request made with the kfp.Client `connection` builds."""
+    connection.client().list_experiments()
+    method, path, headers = kfp_server.requests[-1]
+    assert (method, path) == ("GET", "/apis/v2beta1/experiments")
+    return headers
+
+
+def test_each_kind_of_credentials_reaches_the_server_and_never_shows(kfp_server, tmp_path, monkeypatch):
     pipeline = Pipeline()
-    connection = pipeline.configure(host="http://kfp.example", cookies="authservice_session=abc123")
-    assert "abc123" not in repr(connection) and "abc123" not in repr(pipeline) and "cookies" in connection.describe()
-    with pytest.raises(Exception, match="give one of --token, --token-path, --cookies"):
-        pipeline.configure(host="http://kfp.example", token="t", cookies="c")
+    kfp_server.require_token = TOKEN
+    headers = _headers_sent(kfp_server, pipeline.configure(host=kfp_server.url, token=TOKEN))
+    assert headers["Authorization"] == f"Bearer {TOKEN}" and "Cookie" not in headers
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    connection = pipeline.configure(host=kfp_server.url, token_path=str(token_file))
+    client = connection.client()
+    client.list_experiments()
+    assert kfp_server.requests[-1][2]["Authorization"] == f"Bearer {TOKEN}"
+    token_file.write_text("rotated-token")  # a service account's token is re-read on every request
+    kfp_server.require_token = "rotated-token"
+    client.list_experiments()
+    assert kfp_server.requests[-1][2]["Authorization"] == "Bearer rotated-token"
+
+    kfp_server.require_token = None
+    monkeypatch.setenv(config.TOKEN_PATH_ENV, str(token_file))  # given cookies, the environment's token is not sent
+    headers = _headers_sent(kfp_server, pipeline.configure(host=kfp_server.url, cookies="authservice_session=abc123"))
+    assert headers["Cookie"] == "authservice_session=abc123" and "Authorization" not in headers
+
+    for connection in (pipeline.configure(host="http://kfp.example", token=TOKEN),
+                       pipeline.configure(host="http://kfp.example", cookies="authservice_session=abc123")):
+        shown = repr(connection) + repr(pipeline) + connection.describe()
+        assert TOKEN not in shown and "abc123" not in shown
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"token": "t", "cookies": "c"}, "%pipeline config: give one of --token, --token-path, --cookies (got token, cookies)."),
+    ({"token": "t", "token_path": "/etc/hostname"}, "%pipeline config: give one of --token, --token-path, --cookies (got token, token_path)."),
+    ({"token_path": "/no/such/token"}, "%pipeline config --token-path /no/such/token: no such file."),
+])
+def test_conflicting_or_missing_credentials_are_one_message(given, message):
+    with pytest.raises(KfmagicError) as error:
+        Pipeline().configure(host="http://kfp.example", **given)
+    assert type(error.value) is KfmagicError and str(error.value) == message

@@ -109,7 +109,8 @@ def run(plan, params, *, workdir, workers, progress, settings):
     Of `settings` (base.Settings), the image, the connection and `wait` apply; `workers` does not.
     """
     connection, stamp = settings.connection, time.strftime("%Y%m%d-%H%M%S")
-    _, submit_dir = new_run_dir(workdir, plan.name, suffix="kfp")  # the compiled package and run.json
+    # the compiled package and run.json; the folder's name is unique, so it names the pipeline version too
+    submission, submit_dir = new_run_dir(workdir, plan.name, suffix="kfp")
     package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), Target(image=settings.image))
     client = connection.client()
     name = kfp_name(plan.name)
@@ -120,7 +121,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
             versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
             version_id = versions.pipeline_versions[0].pipeline_version_id
         else:
-            version = client.upload_pipeline_version(package, pipeline_version_name=f"{name}-{stamp}", pipeline_id=pipeline_id)
+            version = client.upload_pipeline_version(package, pipeline_version_name=submission, pipeline_id=pipeline_id)
             version_id = version.pipeline_version_id
     experiment = connection.experiment or plan.experiment or DEFAULT_EXPERIMENT
     with calling(connection, f"creating experiment {experiment!r}"), _quiet_kfp():
