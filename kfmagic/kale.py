@@ -21,7 +21,7 @@ from nbformat.v4 import new_code_cell
 
 from . import syntax
 from .analysis import AnalysisError, analyze
-from .errors import CellSyntaxError
+from .errors import CellSyntaxError, KfmagicError
 
 _SPECIAL = {"skip", "imports", "functions", "pipeline-parameters", "pipeline-metrics"}
 _KALE_KEYS = {"step", "block", "prev", "limit", "image", "cache", "annotation", "label"}
@@ -114,23 +114,61 @@ def is_tagged(nb):
     )
 
 
+# The type each of Kale's settings must have, and how to say it: a wrong one is an error, not a guess.
+_SETTING_TYPES = {
+    "pipeline_name": (str, "text"), "experiment_name": (str, "text"), "docker_image": (str, "text"),
+    "base_image": (str, "text"), "experiment": ((dict, str), "an object with a name, or text"),
+    "steps_defaults": ((list, dict, str), 'a list of tags like ["limit:cpu:2"]'),
+    "enable_caching": (bool, "true or false"), "volumes": (list, "a list"),
+}
+
+
 def _settings(nb):
-    settings = nb.get("metadata", {}).get(METADATA_KEY) or {}
-    return settings if isinstance(settings, dict) else {}
+    """Kale's settings in the notebook metadata, checked: KfmagicError naming a setting of the wrong type."""
+    metadata = nb.get("metadata") or {}
+    settings = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise KfmagicError(
+            f"The notebook metadata {METADATA_KEY} is {_short(settings)}, not an object of Kale's settings "
+            '(e.g. {"pipeline_name": "iris", "steps_defaults": []}). Fix it in the notebook\'s metadata.'
+        )
+    for key, (types, said) in _SETTING_TYPES.items():
+        value = settings.get(key)
+        if value is not None and not isinstance(value, types):
+            raise KfmagicError(_bad_setting(key, value, said))
+    defaults = settings.get("steps_defaults")
+    if isinstance(defaults, list) and not all(isinstance(tag, str) for tag in defaults):
+        raise KfmagicError(_bad_setting("steps_defaults", defaults, 'a list of tags (text) like ["limit:cpu:2"]'))
+    if isinstance(defaults, dict) and not all(isinstance(value, dict) for value in defaults.values()):
+        raise KfmagicError(_bad_setting("steps_defaults", defaults, 'Kale\'s form {"limits": {"cpu": "2"}, "labels": {...}}'))
+    return settings
+
+
+def _bad_setting(key, value, said):
+    return (
+        f"The notebook metadata {METADATA_KEY}.{key} is {_short(value)}; Kale writes it as "
+        f"{said}. Fix it in the notebook's metadata (or set it again in Kale's panel)."
+    )
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _default_options(settings):
     """Kale's `steps_defaults` ("limit:cpu:2", ...) apply to every step, under the step's own tags."""
     defaults = settings.get("steps_defaults") or []
     if isinstance(defaults, dict):  # Kale's parsed form: {"limits": {...}, "annotations": {...}}
-        parsed = {key: value if isinstance(value, dict) else {} for key, value in defaults.items()}
         return {
-            "limit": dict(parsed.get("limits") or {}),
-            **{kind: [f"{k}:{v}" for k, v in (parsed.get(f"{kind}s") or {}).items()] for kind in ("annotation", "label")},
+            "limit": dict(defaults.get("limits") or {}),
+            **{kind: [f"{k}:{v}" for k, v in (defaults.get(f"{kind}s") or {}).items()] for kind in ("annotation", "label")},
         }
     if isinstance(defaults, str):
         defaults = [defaults]
-    return _parse_tags([d for d in defaults if isinstance(d, str)], f"{METADATA_KEY}.steps_defaults").options
+    return _parse_tags(defaults, f"{METADATA_KEY}.steps_defaults").options
 
 
 def _options_to_flags(options, step, found):
@@ -167,6 +205,9 @@ def _metric_names(text, where, found):
         tree = ast.parse(code)
     except SyntaxError as error:
         found.append(f"{where} (pipeline-metrics): cannot be read ({error.msg}); its metrics are not reported.")
+        return []
+    except (MemoryError, RecursionError):  # Python's parser on very deep nesting
+        found.append(f"{where} (pipeline-metrics): nested too deeply for Python's parser; its metrics are not reported.")
         return []
     names, lines = [], code.splitlines()
     for node in tree.body:
@@ -285,7 +326,7 @@ def _assign_metrics(steps, metrics, nb, texts, found):
 
 
 def _header(settings, default_name, found):
-    name = step_name(str(settings.get("pipeline_name") or default_name))
+    name = step_name(settings.get("pipeline_name") or default_name)
     experiment = settings.get("experiment") or {}
     experiment = settings.get("experiment_name") or (experiment.get("name") if isinstance(experiment, dict) else experiment)
     line = f"%pipeline init {name}" + (f" --experiment {_word(experiment)}" if experiment else "")

@@ -7,6 +7,7 @@ Kubeflow Kale is first translated to the same magics (`kfmagic.kale`), cell by c
 """
 
 import dataclasses
+import json
 import os
 import re
 import warnings
@@ -30,10 +31,49 @@ def read(path):
     try:
         with warnings.catch_warnings():  # missing cell ids and the like: not the user's problem here
             warnings.simplefilter("ignore")
-            return nbformat.read(path, as_version=4)
+            nb = nbformat.read(path, as_version=4)
+    except OSError as error:
+        raise KfmagicError(f"{path}: cannot be read ({error.strerror or error}).") from None
     except Exception as error:  # nbformat raises JSON, schema and conversion errors of many types
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise KfmagicError(f"{path} is not a Jupyter notebook nbformat can read: {first}") from None
+        problem = _structure_problem(_json(path)) or f" is not a Jupyter notebook nbformat can read: {first}"
+        raise KfmagicError(f"{path}{problem}") from None
+    problem = _structure_problem(nb)
+    if problem:
+        raise KfmagicError(f"{path}{problem}")
+    return nb
+
+
+def _json(path):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deeply: nbformat's words say it
+        return None
+
+
+def _structure_problem(data):
+    """What makes `data` (a notebook's JSON) unusable as cells of text, said after its path; None if
+    nothing (or nothing more precise than nbformat's words)."""
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        return None
+    for number, cell in enumerate(data["cells"], 1):
+        if not isinstance(cell, dict):
+            return f": {label(number)} is {_kind(cell)}, not a cell (an object with cell_type, metadata and source)."
+        source = cell.get("source")
+        if not (isinstance(source, str) or isinstance(source, list) and all(isinstance(line, str) for line in source)):
+            shown = _kind(source) if not isinstance(source, list) else f"a list holding {_kind(next(x for x in source if not isinstance(x, str)))}"
+            return (
+                f": {label(number)}'s source is {shown}, not text. A cell's source is a string or a list of "
+                "strings; fix that cell in a text editor or remove it."
+            )
+    return None
+
+
+def _kind(value):
+    """A JSON value's kind, in JSON's words."""
+    kinds = ((dict, "an object"), (list, "a list"), (str, "text"), (bool, "a boolean"), (type(None), "null"))
+    return next((said for kind, said in kinds if isinstance(value, kind)), "a number")
 
 
 def label(number):
@@ -104,8 +144,6 @@ def _add_cell(pipeline, text, number, cell, tagged=False):
         if tagged:  # the pipeline-parameters cell's own line numbers, one less than under `%%params`
             message = re.sub(r"^%%params line (\d+)", lambda m: f"pipeline-parameters line {int(m[1]) - 1}", message)
         raise type(error)(f"{where}: {message}") from None
-    except Exception as error:  # argparse's UsageError from parse_pipeline_line
-        raise KfmagicError(f"{where}: {error}") from None
     pipeline.add(spec, cell_id=cell.get("id"), label=where)
 
 

@@ -3,16 +3,23 @@
 One parser for the kernel and for notebook files read from disk, so both give the same
 pipeline. The decorated functions below carry no behaviour: they are the reference text
 (`%%step?` shows it) and the argument parsers, built with IPython's `magic_arguments`.
+
+A magic line is split like a shell's, and ends at a `# comment` as Python code does. Every bad
+line is one CellSyntaxError naming the magic, the option and what to write instead: a quote left
+open, an unknown option, a bad value, a single-valued option given twice (`Once`). No message
+shows the value of --token or --cookies (`redact`).
 """
 
+import argparse
 import ast
 import keyword
 import re
+import shlex
 from dataclasses import dataclass
 
-from IPython.core.inputtransformer2 import TransformerManager
+from IPython.core.error import UsageError
+from IPython.core.inputtransformer2 import TransformerManager, leading_empty_lines, leading_indent
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
-from IPython.utils.process import arg_split
 
 from .analysis import AnalysisError, analyze
 from .errors import CellSyntaxError
@@ -21,6 +28,28 @@ from .step_options import check_step_options
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _CELL_MAGIC_RE = re.compile(r"^%%(step|prelude|params)(?=\s|$)(.*)$")
 _TRANSFORMER = TransformerManager()
+_SHELL_SPACE = " \t\r\n"  # what shlex splits words on
+
+
+class Once(argparse.Action):
+    """An option that takes one value (or, given `const`, none, as a flag): giving it twice in one
+    line is an error naming it, instead of argparse's silent "the last one wins".
+
+    `same` names the other options that set the same thing (`--cache`/`--no-cache`). An option
+    counts as given once its value differs from its default (every default here is None or False).
+    """
+
+    def __init__(self, option_strings, dest, const=None, same=(), **kwargs):
+        if const is not None:
+            kwargs["nargs"] = 0
+        super().__init__(option_strings, dest, const=const, **kwargs)
+        self.same = tuple(same)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, self.default) is not self.default:
+            same = f" ({' and '.join((*self.option_strings[-1:], *self.same))} set the same thing)" if self.same else ""
+            raise argparse.ArgumentError(self, f"given twice in this line{same}; give {'one of them' if same else 'it'} once.")
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 @magic_arguments()
@@ -37,30 +66,30 @@ _TRANSFORMER = TransformerManager()
     "--metrics", nargs="+", action="extend", default=[], metavar="VAR",
     help="Numeric variables reported as metrics of this step (run.metrics).",
 )
-@argument("--image", help="Container image of this step on Kubeflow (default: the pipeline's, python:<kernel version>).")
+@argument("--image", action=Once, help="Container image of this step on Kubeflow (default: the pipeline's, python:<kernel version>).")
 @argument(
     "--packages", nargs="+", action="extend", default=None, metavar="REQ",
     help="Packages to pip-install in the step's container, added to (or overriding) the pinned ones found from its imports.",
 )
 @argument(
-    "--no-install", dest="install", action="store_const", const=False, default=None,
+    "--no-install", dest="install", action=Once, const=False, default=None,
     help="Install nothing at step start: the image already has every package the step needs.",
 )
-@argument("--cpu", help="CPU limit on Kubeflow: 2, 0.5 or 500m.")
-@argument("--memory", help="Memory limit on Kubeflow, a Kubernetes quantity: 512Mi, 4Gi.")
-@argument("--gpu", type=int, metavar="N", help="Number of GPUs on Kubeflow.")
-@argument("--gpu-type", metavar="TYPE", help="GPU resource type (default nvidia.com/gpu); needs --gpu.")
-@argument("--retries", type=int, metavar="N", help="Times Kubeflow retries the step when it fails.")
+@argument("--cpu", action=Once, help="CPU limit on Kubeflow: 2, 0.5 or 500m.")
+@argument("--memory", action=Once, help="Memory limit on Kubeflow, a Kubernetes quantity: 512Mi, 4Gi.")
+@argument("--gpu", action=Once, type=int, metavar="N", help="Number of GPUs on Kubeflow.")
+@argument("--gpu-type", action=Once, metavar="TYPE", help="GPU resource type (default nvidia.com/gpu); needs --gpu.")
+@argument("--retries", action=Once, type=int, metavar="N", help="Times Kubeflow retries the step when it fails.")
 @argument(
-    "--cache", dest="cache", action="store_const", const=True, default=None,
+    "--cache", dest="cache", action=Once, const=True, default=None, same=("--no-cache",),
     help="Let Kubeflow reuse this step's outputs from an earlier run with the same inputs (its default).",
 )
-@argument("--no-cache", dest="cache", action="store_const", const=False, help="Always run this step on Kubeflow.")
+@argument("--no-cache", dest="cache", action=Once, const=False, same=("--cache",), help="Always run this step on Kubeflow.")
 @argument(
     "--env", nargs="+", action="extend", default=None, metavar="NAME=VALUE",
     help="Environment variables of the step's container on Kubeflow.",
 )
-@argument("--display-name", metavar="TEXT", help="Name of the step shown in the Kubeflow Pipelines UI.")
+@argument("--display-name", action=Once, metavar="TEXT", help="Name of the step shown in the Kubeflow Pipelines UI.")
 @argument(
     "--secret", nargs="+", action="extend", default=None, metavar="SECRET:KEY:ENV",
     help="Expose key KEY of Kubernetes secret SECRET as environment variable ENV (needs kfp-kubernetes).",
@@ -104,26 +133,26 @@ def add_run_arguments(run):
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="Override a parameter's default (repeatable).",
     )
-    run.add_argument("--workers", type=int, help="How many steps run at once (default: CPU count).")
+    run.add_argument("--workers", action=Once, type=int, help="How many steps run at once (default: CPU count).")
     run.add_argument(
-        "--runner", choices=("local", "kfp-local", "kfp"),
+        "--runner", action=Once, same=("--local",), choices=("local", "kfp-local", "kfp"),
         help="local: each step a process here; kfp-local: the compiled pipeline run by kfp.local here; "
         "kfp: submitted to Kubeflow Pipelines (the default once a host is configured).",
     )
-    run.add_argument("--local", dest="runner", action="store_const", const="local", help="Run here even if a host is configured.")
-    run.add_argument("--wait", action="store_true", help="On Kubeflow: follow the run, live, until it ends.")
+    run.add_argument("--local", dest="runner", action=Once, const="local", same=("--runner",), help="Run here even if a host is configured.")
+    run.add_argument("--wait", action=Once, const=True, default=False, help="On Kubeflow: follow the run, live, until it ends.")
     return run
 
 
 def add_connection_arguments(parser):
     """Where Kubeflow Pipelines is: `%pipeline config` and `kfmagic run|compile` take the same."""
-    parser.add_argument("--host", help="The Pipelines API/UI URL, e.g. http://localhost:8080 (default: $KF_PIPELINES_ENDPOINT).")
-    parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters).")
-    parser.add_argument("--experiment", help="Experiment runs are filed under (default: init's, else 'Default').")
+    parser.add_argument("--host", action=Once, help="The Pipelines API/UI URL, e.g. http://localhost:8080 (default: $KF_PIPELINES_ENDPOINT).")
+    parser.add_argument("--namespace", action=Once, help="Kubeflow profile namespace (multi-user clusters).")
+    parser.add_argument("--experiment", action=Once, help="Experiment runs are filed under (default: init's, else 'Default').")
     auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="Bearer token (default: $KF_PIPELINES_SA_TOKEN_PATH's file, if set).")
-    auth.add_argument("--token-path", metavar="FILE", help="File holding a service-account token, re-read on each request.")
-    auth.add_argument("--cookies", help="Cookie header of a signed-in browser session, e.g. 'authservice_session=...'.")
+    auth.add_argument("--token", action=Once, help="Bearer token (default: $KF_PIPELINES_SA_TOKEN_PATH's file, if set).")
+    auth.add_argument("--token-path", action=Once, metavar="FILE", help="File holding a service-account token, re-read on each request.")
+    auth.add_argument("--cookies", action=Once, help="Cookie header of a signed-in browser session, e.g. 'authservice_session=...'.")
     return parser
 
 
@@ -132,18 +161,18 @@ def _pipeline_parser():
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     init = commands.add_parser("init", help="Name the pipeline and set its defaults.")
     init.add_argument("name", help="Pipeline name (lowercase letters, digits, '-', '_').")
-    init.add_argument("--experiment", help="Experiment the runs are filed under.")
+    init.add_argument("--experiment", action=Once, help="Experiment the runs are filed under.")
     init.add_argument(
-        "--notebook", metavar="PATH",
+        "--notebook", action=Once, metavar="PATH",
         help="The saved .ipynb of this notebook, for `%%pipeline check` to compare with (found by "
         "itself under Jupyter Server and VS Code).",
     )
-    init.add_argument("--image", help="Default container image of the steps on Kubeflow (default python:<kernel version>).")
+    init.add_argument("--image", action=Once, help="Default container image of the steps on Kubeflow (default python:<kernel version>).")
     commands.add_parser("show", help="Table of steps, inputs, outputs and params, and the DAG.")
     commands.add_parser("check", help="Report every problem of the pipeline without running anything.")
     add_run_arguments(commands.add_parser("run", help="Run the pipeline; returns a Run."))
     compile_ = commands.add_parser("compile", help="Write the pipeline as Kubeflow Pipelines YAML.")
-    compile_.add_argument("-o", "--output", metavar="PATH", help="Where to write it (default: <pipeline name>.yaml).")
+    compile_.add_argument("-o", "--output", action=Once, metavar="PATH", help="Where to write it (default: <pipeline name>.yaml).")
     add_connection_arguments(
         commands.add_parser("config", help="Where Kubeflow Pipelines is, and how to sign in (kept in memory only).")
     )
@@ -155,20 +184,103 @@ def _pipeline_parser():
     reference = parser.format_help() + "".join(
         f"\n{sub.format_help()}" for sub in commands.choices.values()
     )
-    return parser, reference
+    return parser, reference, tuple(commands.choices)
 
 
-PIPELINE_PARSER, PIPELINE_HELP = _pipeline_parser()
+PIPELINE_PARSER, PIPELINE_HELP, PIPELINE_SUBCOMMANDS = _pipeline_parser()
 
 
 def split_line(line):
-    """A magic line's arguments, split as a shell would: quotes group words and are removed."""
-    return arg_split(line, posix=True)
+    """A magic line's words, split as a shell would: quotes group words and are removed, and a `#`
+    that begins a word outside quotes starts a comment, as in Python (`--env COLOR=#fff` and
+    `'a # b'` are words). A quote left open is a CellSyntaxError naming the option before it,
+    never the value (it may be a token)."""
+    end, left_open, opened = _scan(line)
+    if left_open:
+        raise CellSyntaxError(_unbalanced(line, left_open, opened))
+    return shlex.split(line[:end], posix=True)
+
+
+def _scan(line):
+    """Read `line` as shlex does: (where a comment starts, the quote left open or a dangling backslash,
+    where that opened)."""
+    quote, escaped, starts_word, opened = None, False, True, 0
+    for index, char in enumerate(line):
+        plain = not escaped and quote is None
+        if escaped:
+            escaped = False
+        elif quote:
+            if char == quote:
+                quote = None
+            elif char == "\\" and quote == '"':
+                escaped = True
+        elif char == "#" and starts_word:
+            return index, None, None
+        elif char == "\\":
+            escaped, opened = True, index
+        elif char in "'\"":
+            quote, opened = char, index
+        starts_word = plain and char in _SHELL_SPACE
+    return len(line), quote or ("\\" if escaped else None), opened
+
+
+def _unbalanced(line, left_open, opened):
+    """What is wrong with a line shlex cannot split, said without any of its values."""
+    before = shlex.split(line[:opened], posix=True)
+    options = [word.partition("=")[0] for word in before if word.startswith("-")]
+    where = f"after {options[-1]}" if options else f"in word {len(before) + (line[opened - 1:opened] in _SHELL_SPACE)}"
+    if left_open == "\\":
+        return f"the line ends with a \\ {where} that escapes nothing; remove it (or write \\\\ for a backslash)."
+    return f"unbalanced quote: the {left_open} opened {where} is never closed; close it (or write \\{left_open} for the character itself)."
+
+
+def secret_values(words):
+    """The words of a command line that hold a credential: the value of --token or --cookies
+    (also abbreviated or misspelt: `--tok=X`, `--cookie X`), and any stray words after it."""
+    found, taking, value_next = [], False, False
+    for word in words:
+        option, has_value, value = word.partition("=")
+        is_value, value_next = value_next or (taking and not word.startswith("-")), False
+        if is_value:
+            found.append(word)
+        elif word.startswith("-"):
+            taking = _is_secret_option(option)
+            if taking and has_value:
+                found.append(value)
+            value_next = taking and not has_value
+    return [value for value in found if value]
+
+
+def _is_secret_option(option):
+    """--token, --cookies, their abbreviations and misspellings (`--tokn`, `--cookie`), but not
+    --token-path (its value is a file name)."""
+    name = option.lstrip("-").lower()
+    if len(name) > len("token") and "token-path".startswith(name):
+        return False
+    return name in ("t", "c") or name[:2] in ("to", "co") or "tok" in name or "cook" in name
+
+
+def redact(message, words):
+    """`message` with every credential among `words` (a command line) replaced by ***."""
+    for secret in sorted(set(secret_values(words)), key=len, reverse=True):
+        for form in {secret, repr(secret)[1:-1]}:
+            message = re.sub(rf"(?<![\w]){re.escape(form)}(?![\w])", "***", message)
+    return message
 
 
 def parse_pipeline_line(line):
-    """Parse a `%pipeline` line into an argparse namespace (UsageError on bad input)."""
-    return PIPELINE_PARSER.parse_args(split_line(line))
+    """A `%pipeline` line as an argparse namespace; CellSyntaxError naming the subcommand and what
+    is wrong, never showing a credential."""
+    first = (line.split(None, 1) or [""])[0]
+    where = f"%pipeline {first}" if first in PIPELINE_SUBCOMMANDS else "%pipeline"
+    try:
+        words = split_line(line)
+    except CellSyntaxError as error:
+        raise CellSyntaxError(f"{where}: {error}") from None
+    try:
+        return PIPELINE_PARSER.parse_args(words)
+    except UsageError as error:
+        raise CellSyntaxError(f"{where}: {redact(str(error), words)}\nSee %pipeline? for the options.") from None
 
 
 @dataclass(frozen=True)
@@ -188,11 +300,18 @@ def split_magic_line(text):
 
     `%%step?` (help) is not a marked cell.
     """
-    first = text.lstrip("\n").split("\n", 1)[0].rstrip()
+    first = as_ipython_reads(text).split("\n", 1)[0].rstrip()
     match = _CELL_MAGIC_RE.match(first)
-    if not match or first.endswith("?"):
-        return None
-    return match.group(1), match.group(2).strip()
+    return (match.group(1), match.group(2).strip()) if match else None
+
+
+def as_ipython_reads(text):
+    """The cell as IPython reads it before finding its magic: leading blank lines dropped and, when
+    the first line is indented, the common indentation removed."""
+    lines = leading_empty_lines(text.splitlines(keepends=True))
+    if lines and lines[0][:1].isspace():
+        lines = leading_indent(lines)
+    return "".join(lines)
 
 
 def to_python(body):
@@ -226,11 +345,11 @@ def parse_cell(text):
     if found is None:
         return None
     kind, line = found
-    source = text.lstrip("\n")
+    source = as_ipython_reads(text)
     body = source.split("\n", 1)[1] if "\n" in source else ""
     try:
         args = vars(CELL_MAGICS[kind].parser.parse_args(split_line(line)))
-    except Exception as error:  # argparse reports through UsageError; keep its words
+    except (CellSyntaxError, UsageError) as error:
         raise CellSyntaxError(f"%%{kind} {line}: {error}\nSee %%{kind}? for the options.") from None
     name = args.pop("name", None)
     if name is not None:
@@ -270,6 +389,10 @@ def parse_params(code, label="%%params"):
         tree = ast.parse(code)
     except SyntaxError as error:
         raise CellSyntaxError(f"{label} line {error.lineno}: {error.msg}") from None
+    except (MemoryError, RecursionError):  # what Python's parser raises for very deep nesting
+        raise CellSyntaxError(
+            f"{label}: the code is nested too deeply for Python's parser; a parameter's default is a plain literal."
+        ) from None
     lines = code.split("\n")
     defaults = {}
     for node in tree.body:
