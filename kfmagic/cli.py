@@ -2,16 +2,22 @@
 
 The pipeline is built from the file (`kfmagic.notebook`) without a kernel and without running a
 cell, then handed to the same Pipeline methods the magics call. Exit status 0 on success, 1 with
-the message on stderr when kfmagic reports a problem, 2 for a malformed command line.
+the message on stderr when kfmagic reports a problem, 2 for a malformed command line. Stopped by a
+signal (Ctrl-C, `timeout`, a CI cancel, a closed terminal), a run first stops every step process,
+then the status is 128 + the signal's number (130 SIGINT, 143 SIGTERM, 129 SIGHUP); output closed
+by its reader (`kfmagic show NB | head`) ends the command quietly with 141, as SIGPIPE ends Unix tools.
 """
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 import nbformat
 
 from . import display, kale, notebook, syntax
+from .config import TOKEN_PATH_ENV
 from .errors import CellSyntaxError, KfmagicError, PlanError
 from .registry import parse_param_overrides, warn
 
@@ -20,6 +26,11 @@ KALE_TERMS = (
     "the %%prelude the imports/functions cells, %%params the pipeline-parameters cell.)"
 )
 CONFIG_OPTIONS = ("host", "namespace", "experiment", "token", "token_path", "cookies")
+TOKEN_WARNING = (
+    "--token puts the token on the command line, where every user of this machine can read it (ps, "
+    f"/proc); give it in a file instead: --token-path FILE, or the file named by ${TOKEN_PATH_ENV}."
+)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _load(args):
@@ -28,8 +39,6 @@ def _load(args):
     pipeline, warnings = notebook.load(args.notebook, nb)
     warn(warnings)
     return pipeline
-
-
 
 def show(args):
     print(repr(_load(args).show()))
@@ -79,8 +88,21 @@ def _configure(pipeline, args):
         pipeline.configure(**given)
 
 
+class _CommandLineError(Exception):
+    def __init__(self, parser, message):
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """Leaves a malformed command line to main(), which says it without credentials."""
+
+    def error(self, message):
+        raise _CommandLineError(self, message)
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kfmagic",
         description="Build, check, run and compile the pipeline a saved notebook declares (kfmagic "
         "magics or Kubeflow Kale tags), without a kernel and without running its cells.",
@@ -96,10 +118,10 @@ def _parser():
     command("show", show, "Print the steps, their inputs, outputs and params, and the DAG.")
     command("check", check, "Report every problem of the pipeline without running anything.")
     run_parser = syntax.add_run_arguments(
-        command("run", run, "Run the pipeline (in the notebook's directory, as the kernel does).")
+        command("run", run, "Run the pipeline, in the notebook's directory so that relative paths mean what they mean there.")
     )
     compile_parser = command("compile", compile_, "Compile the pipeline to Kubeflow Pipelines IR YAML.")
-    compile_parser.add_argument("-o", "--output", metavar="PATH", help="Where to write it (default: PIPELINE_NAME.yaml here).")
+    compile_parser.add_argument("-o", "--output", action=syntax.Once, metavar="PATH", help="Where to write it (default: PIPELINE_NAME.yaml here).")
     for sub in (run_parser, compile_parser):
         syntax.add_connection_arguments(
             sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)")
@@ -107,23 +129,123 @@ def _parser():
     convert_parser = command(
         "convert", convert, "Rewrite a Kubeflow Kale-tagged notebook with kfmagic magics (the same pipeline)."
     )
-    convert_parser.add_argument("-o", "--output", metavar="OUT.ipynb", help="Default: NOTEBOOK_kfmagic.ipynb.")
+    convert_parser.add_argument("-o", "--output", action=syntax.Once, metavar="OUT.ipynb", help="Default: NOTEBOOK_kfmagic.ipynb.")
     return parser
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args.handler(args)
-    except KfmagicError as error:
-        print(f"kfmagic {args.command}: {error}", file=sys.stderr)
-        if isinstance(error, (PlanError, CellSyntaxError)) and getattr(args, "kale_tags", False):
-            print(KALE_TERMS, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"kfmagic {args.command}: interrupted.", file=sys.stderr)
-        return 130
+        args = _parser().parse_args(argv)
+    except _CommandLineError as error:
+        error.parser.print_usage(sys.stderr)
+        print(f"{error.parser.prog}: error: {syntax.redact(str(error), argv)}", file=sys.stderr)
+        return 2
+    if getattr(args, "token", None) is not None:
+        warn([TOKEN_WARNING])
+    stop, cwd = _Stop(), os.getcwd()
+    try:
+        with stop:
+            args.handler(args)
+            sys.stdout.flush()
+    except (KeyboardInterrupt, KfmagicError) as error:
+        return _report(args, error, stop.signum)
+    finally:
+        os.chdir(cwd)  # run and compile work in the notebook's directory
     return 0
+
+
+def _report(args, error, signum):
+    """Say how the command ended (one message on stderr) and return its exit status."""
+    if signum == signal.SIGPIPE:  # the reader of the output went away: nothing to say, nowhere to say it
+        return 128 + signum
+    if signum is not None or isinstance(error, KeyboardInterrupt):
+        print(f"kfmagic {args.command}: {_stopped(error, signum or signal.SIGINT)}", file=sys.stderr)
+        return 128 + (signum or signal.SIGINT)
+    print(f"kfmagic {args.command}: {error}", file=sys.stderr)
+    if isinstance(error, (PlanError, CellSyntaxError)) and getattr(args, "kale_tags", False):
+        print(KALE_TERMS, file=sys.stderr)
+    return 1
+
+
+def _stopped(error, signum):
+    said = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    run = getattr(error, "run", None)
+    if run is not None and run.state == "CANCELED":
+        kept = f"; outputs of finished steps are kept in {run.run_dir}" if run.run_dir else ""
+        return f"{said}: every step process was stopped{kept}."
+    if isinstance(error, KfmagicError):
+        return f"{said}: {error}"
+    return f"{said}."
+
+
+class _Stop:
+    """While the command runs: SIGINT, SIGTERM and SIGHUP, or a closed stdout/stderr, raise Stopped
+    in the main thread, once (a run stops every step process on it, as on Ctrl-C); what comes after
+    is not interrupted, so that stopping finishes. `signum` says what stopped the command."""
+
+    def __init__(self):
+        self.signum = None
+        self._handlers, self._streams = {}, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._handlers = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
+        self._streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Output(sys.stdout, self), _Output(sys.stderr, self)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        sys.stdout, sys.stderr = self._streams
+        return False
+
+    def _on_signal(self, signum, frame):
+        self.stop(signum)
+
+    def stop(self, signum):
+        if self.signum is None:
+            self.signum = signum
+            raise Stopped(signum)
+
+
+class Stopped(KeyboardInterrupt):
+    """The command was told to stop (a signal, or its output closed): handled as Ctrl-C is."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Output:
+    """A standard stream whose reader went away (`| head`) stops the command, as SIGPIPE stops Unix
+    tools; what is written after goes to /dev/null (also at exit, so Python has nothing to complain of)."""
+
+    def __init__(self, stream, stop):
+        self._stream, self._stop = stream, stop
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed()
+
+    def _closed(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+        self._stop.stop(signal.SIGPIPE)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":
