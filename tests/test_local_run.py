@@ -2,6 +2,7 @@
 
 import io
 import os
+import threading
 
 import pytest
 
@@ -62,9 +63,75 @@ def test_independent_steps_overlap_and_workers_limit_them(run):
     assert not _overlap(run(*cells, workers=1), "a", "b")
 
 
-def test_output_streams_prefixed_by_step(run):
+def test_output_streams_prefixed_by_step(run, capsys):
     result = run("%%step talk\nimport sys\nprint('to out')\nprint('to err', file=sys.stderr)")
     assert "[talk] to out" in result.printed and "[talk] done" in result.printed
+    assert "to err" not in result.printed
+    assert capsys.readouterr().err.splitlines() == ["[talk] to err"]  # the step's stderr, on stderr
+
+
+def run_within(run, seconds, *sources, **kwargs):
+    """run(*sources) in a thread: a run that never ends fails the test after `seconds`, not the suite."""
+    ended = {}
+
+    def target():
+        try:
+            ended["run"] = run(*sources, **kwargs)
+        except BaseException as error:  # noqa: BLE001 (raised again in the test's thread)
+            ended["error"] = error
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        pytest.fail(f"the run had not ended after {seconds}s")
+    if "error" in ended:
+        raise ended["error"]
+    return ended["run"]
+
+
+def _states(result):
+    return {name: step.state for name, step in result.steps.items()}
+
+
+def _never_started(result, name):
+    step = result.steps[name]
+    return step.started is None and not os.path.exists(os.path.join(result.run_dir, name, "result.json"))
+
+
+def test_a_failure_skips_the_whole_chain_below_it_and_the_run_ends(run):
+    result = run_within(
+        run, 30,
+        "%%step a\nraise RuntimeError('a broke')",
+        "%%step b --after a\nx = 1",
+        "%%step c\ny = x + 1",
+        "%%step d --after c\nz = 3",
+        "%%step e\nw = y * z",
+    )
+    assert result.state == "FAILED" and result.finished is not None
+    assert _states(result) == {"a": "FAILED", "b": "SKIPPED", "c": "SKIPPED", "d": "SKIPPED", "e": "SKIPPED"}
+    assert all(_never_started(result, name) for name in "bcde")
+    assert "Step 'a' failed: RuntimeError: a broke" in result.message and "Not run: b, c, d, e." in result.message
+
+
+def test_a_failure_in_a_diamond_skips_only_what_depends_on_it(run):
+    result = run_within(
+        run, 30,
+        "%%step top\nbase = 2",
+        "%%step left\nleft_value = base / 0",
+        "%%step right\nright_value = base * 3",
+        "%%step join\ntotal = left_value + right_value",
+        "%%step tail\nfinal = total * 2",
+        "%%step aside --after right\nnote = right_value - 1",
+        workers=2,
+    )
+    assert result.state == "FAILED"
+    assert _states(result) == {
+        "top": "SUCCEEDED", "left": "FAILED", "right": "SUCCEEDED", "join": "SKIPPED", "tail": "SKIPPED",
+        "aside": "SUCCEEDED",
+    }
+    assert _never_started(result, "join") and _never_started(result, "tail")
+    assert "Not run: join, tail." in result.message and result.load("note") == 5
 
 
 def test_failure_shows_user_lines_stops_descendants_and_keeps_finished_outputs(run):
@@ -124,9 +191,29 @@ def test_metric_must_be_a_number(run):
     assert "metric 'score' must be a number, got a str ('high')" in result.steps["a"].error
 
 
-def test_killed_step_process(run):
-    result = run("%%step doomed\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
-    assert result.steps["doomed"].error == "Step 'doomed' was killed by SIGKILL (the system may have run out of memory)."
+@pytest.mark.parametrize("signal_name, said", [
+    ("SIGKILL", "Step 'doomed' was killed by SIGKILL (the system may have run out of memory)."),
+    ("SIGTERM", "Step 'doomed' was killed by SIGTERM."),
+])
+def test_killed_step_process(run, signal_name, said):
+    result = run(
+        f"%%step doomed\nimport os, signal\nvalue = 1\nos.kill(os.getpid(), signal.{signal_name})",
+        "%%step after\nprint(value)",
+    )
+    assert result.steps["doomed"].error == said
+    assert _states(result) == {"doomed": "FAILED", "after": "SKIPPED"} and result.state == "FAILED"
+    assert f"Step 'doomed' failed: {said}" in result.message
+
+
+def test_a_step_process_that_exits_without_a_result(run):
+    result = run(
+        "%%step quits\nimport os, sys\nvalue = 1\nprint('leaving early', file=sys.stderr, flush=True)\nos._exit(3)",
+        "%%step after\nprint(value)",
+    )
+    error = result.steps["quits"].error
+    assert error.splitlines() == ["Step 'quits' exited with code 3 before reporting a result.", "leaving early"]
+    assert _states(result) == {"quits": "FAILED", "after": "SKIPPED"} and result.state == "FAILED"
+    assert "Step 'quits' failed: leaving early" in result.message  # the last line it said
 
 
 def test_magic_and_shell_lines_run_inside_the_step(run):
@@ -153,6 +240,12 @@ def test_bad_workers_and_params(run):
         run("%%params\nrate = 1", "%%step a\nx = rate", params={"rte": "2"})
     result = run("%%params\nrate = 1", "%%step a\nx = rate * 2", params={"rate": "21"})
     assert result.load("x") == 42
+
+
+def test_the_prelude_reads_the_runs_parameter_values(run):
+    cells = ("%%params\nSEED = 1", "%%prelude\nseed_copy = SEED", "%%step draw\ngot = seed_copy")
+    assert run(*cells, params={"SEED": "7"}).load("got") == 7  # the override, before the prelude runs
+    assert run(*cells).load("got") == 1
 
 
 def test_a_run_prints_the_plan_warnings_first(run, capsys):
