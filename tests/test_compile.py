@@ -211,3 +211,113 @@ def test_a_step_installs_the_libraries_of_the_values_it_receives(tmp_path, monke
     for step in ("make", "relay", "use"):  # `use` never imports numpy, but unpickles an array
         assert numpy_pin in install_line(executor(spec, step)), step
     assert "numpy" not in install_line(executor(spec, "alone"))
+
+
+def compiled(tmp_path, *cells):
+    """The PipelineSpec of the cells' pipeline, parsed strictly; none of these needs kfp-kubernetes."""
+    docs = load_ir(pipeline_of(*cells).compile(str(tmp_path / "p.yaml")))
+    assert len(docs) == 1  # no platform spec document
+    return docs[0]
+
+
+def test_resource_limits_reach_each_container(tmp_path):
+    spec = compiled(
+        tmp_path,
+        "%%step small --cpu 500m --memory 1Gi\nx = 1",
+        "%%step wide --cpu 2 --memory 4G\ny = 2",
+        "%%step gpu --gpu 2 --gpu-type nvidia.com/a100\nz = 3",
+        "%%step gpu_default --gpu 1\nw = 4",
+        "%%step plain\nv = 5",
+    )
+    assert executor(spec, "small")["resources"] == {
+        "cpuLimit": 0.5, "resourceCpuLimit": "500m", "memoryLimit": 1.073741824, "resourceMemoryLimit": "1Gi",
+    }
+    assert executor(spec, "wide")["resources"] == {
+        "cpuLimit": 2.0, "resourceCpuLimit": "2", "memoryLimit": 4.0, "resourceMemoryLimit": "4G",
+    }
+    assert executor(spec, "gpu")["resources"] == {
+        "accelerator": {"count": "2", "resourceCount": "2", "type": "nvidia.com/a100", "resourceType": "nvidia.com/a100"},
+    }
+    assert executor(spec, "gpu-default")["resources"] == {
+        "accelerator": {"count": "1", "resourceCount": "1", "type": "nvidia.com/gpu", "resourceType": "nvidia.com/gpu"},
+    }
+    assert "resources" not in executor(spec, "plain")
+
+
+def test_retries_become_the_tasks_retry_policy(tmp_path):
+    tasks = compiled(tmp_path, "%%step flaky --retries 3\nx = 1", "%%step once --retries 0\ny = 2", "%%step plain\nz = 3")[
+        "root"]["dag"]["tasks"]
+    assert tasks["flaky"]["retryPolicy"] == {
+        "maxRetryCount": 3, "backoffDuration": "0s", "backoffFactor": 2.0, "backoffMaxDuration": "3600s",
+    }
+    assert "retryPolicy" not in tasks["once"] and "retryPolicy" not in tasks["plain"]
+
+
+def test_cache_on_off_and_default(tmp_path):
+    tasks = compiled(tmp_path, "%%step on --cache\nx = 1", "%%step off --no-cache\ny = 2", "%%step default\nz = 3")[
+        "root"]["dag"]["tasks"]
+    assert tasks["on"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["off"]["cachingOptions"] == {}  # enableCache false (protobuf leaves a false field out)
+    assert tasks["default"]["cachingOptions"] == {"enableCache": True}  # KFP's default: cached
+
+
+def test_after_edges_without_data_are_dependent_tasks(tmp_path):
+    tasks = compiled(
+        tmp_path,
+        "%%step a\nx = 1",
+        "%%step b --after a\nprint('reads nothing')",
+        "%%step c --after b\ny = x + 1",
+        "%%step d\nz = y * 2",
+        "%%step e --after a d\nprint('end')",
+    )["root"]["dag"]["tasks"]
+    assert "dependentTasks" not in tasks["a"] and "inputs" not in tasks["b"]
+    assert {name: tasks[name]["dependentTasks"] for name in "bcde"} == {
+        "b": ["a"], "c": ["a", "b"], "d": ["c"], "e": ["a", "d"],
+    }
+
+
+def test_parameters_are_typed_and_wired_only_into_the_steps_that_read_them(tmp_path):
+    spec = compiled(
+        tmp_path,
+        "%%params\nscale = 2\nrate = 0.5\nlabel = 'x'\nloud = True\nsizes = [1, 2]\nopts = {'a': 1}\nunused = 3",
+        "%%step a\nx = scale * rate",
+        "%%step b\ny = label if loud else ''",
+        "%%step c\nz = sizes + [opts]",
+        "%%step d\nw = x + 1",
+    )
+    assert spec["root"]["inputDefinitions"]["parameters"] == {
+        "scale": {"parameterType": "NUMBER_INTEGER", "defaultValue": 2, "isOptional": True},
+        "rate": {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.5, "isOptional": True},
+        "label": {"parameterType": "STRING", "defaultValue": "x", "isOptional": True},
+        "loud": {"parameterType": "BOOLEAN", "defaultValue": True, "isOptional": True},
+        "sizes": {"parameterType": "STRING", "defaultValue": "[1, 2]", "isOptional": True},
+        "opts": {"parameterType": "STRING", "defaultValue": '{"a": 1}', "isOptional": True},
+        "unused": {"parameterType": "NUMBER_INTEGER", "defaultValue": 3, "isOptional": True},
+    }
+    tasks = spec["root"]["dag"]["tasks"]
+    wired = {name: tasks[name]["inputs"].get("parameters") for name in "abcd"}
+    assert wired == {
+        "a": {"scale": {"componentInputParameter": "scale"}, "rate": {"componentInputParameter": "rate"}},
+        "b": {"label": {"componentInputParameter": "label"}, "loud": {"componentInputParameter": "loud"}},
+        "c": {"sizes": {"componentInputParameter": "sizes"}, "opts": {"componentInputParameter": "opts"}},
+        "d": None,
+    }
+    typed = {name: spec["components"][f"comp-{name}"].get("inputDefinitions", {}).get("parameters") for name in "abc"}
+    assert typed == {
+        "a": {"scale": {"parameterType": "NUMBER_INTEGER"}, "rate": {"parameterType": "NUMBER_DOUBLE"}},
+        "b": {"label": {"parameterType": "STRING"}, "loud": {"parameterType": "BOOLEAN"}},
+        "c": {"sizes": {"parameterType": "STRING"}, "opts": {"parameterType": "STRING"}},
+    }
+
+
+def test_a_value_a_step_changes_is_its_input_var_in_and_its_output(tmp_path):
+    spec = compiled(tmp_path, "%%step make\nitems = [1]", "%%step grow\nitems.append(2)", "%%step use\ntotal = sum(items)")
+    tasks, components = spec["root"]["dag"]["tasks"], spec["components"]
+    assert tasks["grow"]["inputs"]["artifacts"] == {
+        "items_in": {"taskOutputArtifact": {"producerTask": "make", "outputArtifactKey": "items"}},
+    }
+    assert tasks["use"]["inputs"]["artifacts"] == {
+        "items": {"taskOutputArtifact": {"producerTask": "grow", "outputArtifactKey": "items"}},
+    }
+    assert set(components["comp-grow"]["inputDefinitions"]["artifacts"]) == {"items_in"}
+    assert set(components["comp-grow"]["outputDefinitions"]["artifacts"]) == {"items", "kfmagic_output"}
