@@ -128,23 +128,41 @@ class _Tee:
 
 
 def _result_dir(step):
-    """Where the step's result.json goes: beside a local run's (kfp-local), else a scratch folder."""
+    """Where the step's result.json goes beside a local run's (kfp-local, 0700), else None (a pod)."""
     root = os.environ.get(RESULT_DIR_ENV)
     if not root:
-        return tempfile.mkdtemp(prefix="kfmagic-")
+        return None
     result_dir = os.path.join(root, step)
-    os.makedirs(result_dir, exist_ok=True)
+    os.makedirs(result_dir, mode=0o700, exist_ok=True)
     return result_dir
 
 
+def _write_private(path, text):
+    """Write `path` readable by its owner only: what a step saved or showed may be private data."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(text)
+
+
 def main(args, step, sources):
-    """Run one step inside its KFP component. `args` are the component's arguments by name."""
+    """Run one step inside its KFP component. `args` are the component's arguments by name.
+
+    The runtime works in a scratch folder (in the run's folder on kfp-local, so its values move to
+    the artifacts without a copy), removed whatever happens: a step leaves nothing in the temp dir.
+    """
     runtime = load_runtime(sources)
     result_dir = _result_dir(step["step"])
-    out_dir = tempfile.mkdtemp(prefix="kfmagic-")  # the runtime's own files; the result lands once, whole
+    out_dir = tempfile.mkdtemp(prefix="kfmagic-", dir=result_dir)
+    try:
+        _run(args, step, runtime, result_dir, out_dir)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _run(args, step, runtime, result_dir, out_dir):
+    """The step run by the runtime in `out_dir`, then what it made handed to KFP (and to `result_dir`)."""
     started = time.time()
-    with open(os.path.join(result_dir, STARTED_FILE), "w") as file:
-        file.write(str(started))
+    if result_dir:
+        _write_private(os.path.join(result_dir, STARTED_FILE), str(started))
     spec = dict(
         step,
         params={
@@ -162,28 +180,41 @@ def main(args, step, sources):
         shown.add_open_figures()
     finally:
         sys.stdout = stdout
-    result_path = os.path.join(out_dir, runtime.RESULT_FILE)
-    with open(result_path) as file:
+    with open(os.path.join(out_dir, runtime.RESULT_FILE)) as file:
         result = json.load(file)
-    for var in (*step["outputs"], *step["keep"]):
-        artifact = args[var]
-        os.makedirs(os.path.dirname(artifact.path) or ".", exist_ok=True)
-        if var in result["saved"]:
-            shutil.move(runtime.output_path(out_dir, var), artifact.path)
-            artifact.metadata.update(result["saved"][var])
-            result["saved"][var]["path"] = artifact.path
-        else:  # a kept value that could not be pickled: KFP still expects the file
-            open(artifact.path, "wb").close()
-            artifact.metadata["skipped"] = result["skipped"].get(var, "not assigned")
+    _hand_over(args, step, runtime, out_dir, result)
     for name, value in result["metrics"].items():
         args[METRICS_OUTPUT].log_metric(name, value)
     os.makedirs(os.path.dirname(args[DISPLAY_OUTPUT].path) or ".", exist_ok=True)
-    with open(args[DISPLAY_OUTPUT].path, "w") as file:
-        file.write(shown.html(step["step"]))
+    _write_private(args[DISPLAY_OUTPUT].path, shown.html(step["step"]))
     result.update(started=started, finished=time.time())
-    final_path = os.path.join(result_dir, runtime.RESULT_FILE)
-    with open(f"{final_path}.partial", "w") as file:
-        json.dump(result, file)
-    os.replace(f"{final_path}.partial", final_path)  # a watcher never reads a result without artifact paths
+    if result_dir:
+        final_path = os.path.join(result_dir, runtime.RESULT_FILE)
+        _write_private(f"{final_path}.partial", json.dumps(result))
+        os.replace(f"{final_path}.partial", final_path)  # a watcher never reads a result without artifact paths
     if result["state"] != "SUCCEEDED":
-        raise SystemExit(1)  # the runtime has printed why; KFP marks the task failed
+        raise SystemExit(1)  # the runtime or _hand_over has printed why; KFP marks the task failed
+
+
+def _hand_over(args, step, runtime, out_dir, result):
+    """Each saved value becomes its artifact (the result records where); one that cannot (a full
+    disk) fails the step with one message naming the variable, and is not recorded as saved."""
+    for var in (*step["outputs"], *step["keep"]):
+        artifact = args[var]
+        try:
+            os.makedirs(os.path.dirname(artifact.path) or ".", exist_ok=True)
+            if var in result["saved"]:
+                shutil.move(runtime.output_path(out_dir, var), artifact.path)
+                artifact.metadata.update(result["saved"][var])
+                result["saved"][var]["path"] = artifact.path
+            else:  # a kept value that could not be pickled: KFP still expects the file
+                _write_private(artifact.path, "")
+                artifact.metadata["skipped"] = result["skipped"].get(var, "not assigned")
+        except OSError as error:
+            message = (
+                f"Step {step['step']!r} could not save {var!r} as its artifact ({artifact.path}): "
+                f"{error.strerror or error}. Free space there and run again."
+            )
+            print(message, file=sys.stderr)
+            result["saved"].pop(var, None)
+            result.update(state="FAILED", error=message)

@@ -7,11 +7,10 @@ that need the kernel or a front-end. Each check returns warning texts that say w
 
 import ast
 import glob
-import json
 import os
 
 from .runtime import RESULT_FILE
-from .workspace import RUNS_DIR
+from .workspace import RUNS_DIR, UnreadableResult, step_result
 
 # A value this big travels through object storage on each run: worth a word at compile time.
 LARGE_VALUE_BYTES = 64 * 2**20
@@ -73,16 +72,26 @@ def shell_lines(code):
 
 
 def latest_sizes(workdir, step):
-    """{var: bytes} the step saved in the newest local run that ran it, or {}."""
-    results = glob.glob(os.path.join(workdir, RUNS_DIR, "*", step, RESULT_FILE))
-    for path in sorted(results, key=os.path.getmtime, reverse=True):
+    """{var: bytes} the step saved in the newest local run with a readable result for it, or {}.
+
+    A result that is not what the runtime writes is skipped: a damaged past run never stops a compile.
+    """
+    for out_dir in sorted(glob.glob(os.path.join(workdir, RUNS_DIR, "*", step)), key=_modified, reverse=True):
         try:
-            with open(path) as file:
-                saved = json.load(file).get("saved", {})
-        except (OSError, ValueError):
+            result = step_result(out_dir)
+        except UnreadableResult:
             continue
-        return {var: info["bytes"] for var, info in saved.items() if "bytes" in info}
+        if result is not None:
+            return {var: info["bytes"] for var, info in result["saved"].items()}
     return {}
+
+
+def _modified(out_dir):
+    """When the step's result was written (0 if it has none, or it vanished meanwhile)."""
+    try:
+        return os.path.getmtime(os.path.join(out_dir, RESULT_FILE))
+    except OSError:
+        return 0
 
 
 def _size_text(size):

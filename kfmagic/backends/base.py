@@ -1,15 +1,13 @@
 """What every backend shares: its settings, the Run it returns (states with KFP's names,
 durations, metrics, loadable values), and how a run starts, reads step results and is cancelled."""
 
-import json
 import os
 import secrets
 import time
 from dataclasses import dataclass, field
 
-from .. import runtime, serde
+from .. import runtime, serde, workspace
 from ..errors import KfmagicError, RunFailed
-from ..workspace import RUNS_DIR
 
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 RUN_FILE = "run.json"
@@ -44,21 +42,36 @@ class StepRun:
         return (self.finished or time.time()) - self.started
 
     def apply_result(self, result, out_dir):
-        """Take state, error, metrics and saved values from the result its runtime wrote in `out_dir`."""
+        """Take state, error, metrics and saved values from a result `read_result` read in `out_dir`.
+
+        A value's file is the runtime's output path in `out_dir`, or the artifact path a kfp-local
+        result names: only a claim, which `Run.load` follows only into the run's own folder.
+        """
         self.state, self.error = result["state"], result["error"]
         self.metrics, self.skipped = result["metrics"], result["skipped"]
-        self.saved = {var: {"path": runtime.output_path(out_dir, var), **info} for var, info in result["saved"].items()}
+        self.saved = {
+            var: {"type": info["type"], "bytes": info["bytes"], "path": info.get("path") or runtime.output_path(out_dir, var)}
+            for var, info in result["saved"].items()
+        }
         self.started = result.get("started", self.started)
         self.finished = result.get("finished", self.finished or time.time())
 
 
 def read_result(out_dir):
-    """The result a step's runtime wrote in `out_dir`, or None while there is none."""
-    path = os.path.join(out_dir, runtime.RESULT_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as file:
-        return json.load(file)
+    """The result a step's runtime wrote in `out_dir`, or None while there is none.
+
+    A file that is not what the runtime writes is read as a FAILED result saying so: nothing in
+    it is trusted (no value, no metric), and the runs, checks and compiles after it go on.
+    """
+    try:
+        return workspace.step_result(out_dir)
+    except workspace.UnreadableResult as error:
+        path = os.path.join(out_dir, runtime.RESULT_FILE)
+        message = (
+            f"Step {os.path.basename(out_dir)!r}: its result file is unreadable ({error}): {path}. "
+            "Nothing was taken from it; run the pipeline again."
+        )
+        return {"state": "FAILED", "error": message, "saved": {}, "skipped": {}, "metrics": {}}
 
 
 @dataclass
@@ -99,7 +112,7 @@ class Run:
             step = writers[-1] if writers else None
         found = self.steps.get(step)
         if found is not None and name in found.saved:
-            return serde.load(found.saved[name]["path"])
+            return self._load_saved(name, found)
         if found is None:
             saved = sorted({var for s in self.steps.values() for var in s.saved})
             raise KfmagicError(f"run.load({name!r}): no step of this run assigns {name!r}. Saved values: {', '.join(saved) or 'none'}.")
@@ -110,6 +123,31 @@ class Run:
         else:
             why = f"no later step reads it; add `--outputs {name}` to step {step!r} to keep it"
         raise KfmagicError(f"run.load({name!r}): step {step!r} has the value, but did not save it: {why}.")
+
+    def _load_saved(self, name, step):
+        """The value of `name` that `step` saved, read only from inside this run's folder; else one
+        message naming the run, the step and the variable, and what to do."""
+        path = step.saved[name]["path"]
+        where = f"run.load({name!r}): the value of {name!r} saved by step {step.name!r} of run {self.id}"
+        if not (self.run_dir and workspace.inside(path, self.run_dir)):
+            raise KfmagicError(
+                f"{where} is not loaded: its file {path} lies outside the run's folder {self.run_dir} (a path "
+                "taken from a file, or a link). Loading a pickle runs code, so kfmagic loads values only from "
+                "the run's own folder. Run the pipeline again to make the value there."
+            )
+        real = os.path.realpath(path)
+        if os.path.exists(real) and not os.path.isfile(real):
+            raise KfmagicError(f"{where} is not loaded: {path} is not a regular file. Run the pipeline again to remake it.")
+        try:
+            return serde.load(real)
+        except serde.DamagedValue as error:
+            raise KfmagicError(f"{where} is damaged: {error} ({path}). Run the pipeline again to remake it.") from None
+        except Exception as error:  # what the value's classes raise, or damage that reads as a pickle
+            raise KfmagicError(
+                f"{where} cannot be loaded here: {type(error).__name__}: {error}. It needs what step {step.name!r} "
+                "had when it saved it (its libraries and their versions, the %%prelude's classes and functions); "
+                f"if this kernel has them, the file is damaged ({path}): run the pipeline again to remake it."
+            ) from None
 
     def failure_message(self):
         failed = [s for s in self.steps.values() if s.state == "FAILED"]
@@ -127,8 +165,11 @@ class Run:
 
     def write_info(self, **extra):
         """Write run.json in the run's directory: what ran, with which parameters, and where."""
-        with open(os.path.join(self.run_dir, RUN_FILE), "w") as file:
-            json.dump({"id": self.id, "pipeline": self.pipeline, "params": self.params, "runner": self.runner, **extra}, file)
+        workspace.write_private_json(
+            os.path.join(self.run_dir, RUN_FILE),
+            {"id": self.id, "pipeline": self.pipeline, "params": self.params, "runner": self.runner, **extra},
+            f"the record of run {self.id} ({RUN_FILE})",
+        )
 
     def _repr_html_(self):
         from ..display import run_html
@@ -142,13 +183,24 @@ class Run:
 
 
 def new_run_dir(workdir, pipeline_name, suffix=None):
-    """(run id, its directory under RUNS_DIR, created): `<pipeline>-<date>-<time>-<random>[-suffix]`."""
-    run_id = f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    if suffix:
-        run_id += f"-{suffix}"
-    run_dir = os.path.join(workdir, RUNS_DIR, run_id)
-    os.makedirs(run_dir, exist_ok=True)
-    return run_id, run_dir
+    """(run id, its directory under RUNS_DIR): `<pipeline>-<date>-<time>-<random>[-suffix]`, 0700.
+
+    The directory is made by this call alone (never an existing one, so two runs started in the
+    same second never share one): on the rare clash the random part is drawn again.
+    """
+    runs = workspace.runs_dir(workdir)
+    while True:
+        run_id = f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+        if suffix:
+            run_id += f"-{suffix}"
+        run_dir = os.path.join(runs, run_id)
+        with workspace.writing(f"the folder of run {run_id}", run_dir):
+            try:
+                os.mkdir(run_dir, workspace.PRIVATE_DIR_MODE)
+            except FileExistsError:
+                continue
+            os.chmod(run_dir, workspace.PRIVATE_DIR_MODE)  # whatever the umask
+        return run_id, run_dir
 
 
 def step_runs(plan):
