@@ -57,6 +57,28 @@ def test_kfp_local_and_local_runs_of_one_notebook_agree(run_cells):
     load_ir(os.path.join(kfp_local["run_dir"], "pipeline.yaml"))  # what ran is a valid PipelineSpec
 
 
+def test_a_value_a_step_changes_reaches_later_steps_as_top_to_bottom_gives_it(run_cells):
+    out = run_cells([
+        "%load_ext kfmagic\n%pipeline init grows",
+        "%%params\nextra = 2",
+        "%%step make\nitems = [1]",
+        "%%step grow\nitems.append(extra)",
+        "%%step use\ntotal = sum(items)\ncount = len(items)",
+        "import json\nprint(json.dumps({'items': items, 'total': total, 'count': count}))",  # the kernel's values
+        "local = %pipeline run --runner local",
+        "kfp_local = %pipeline run --runner kfp-local",
+        "print(json.dumps([{'runner': r.runner, 'items': r.load('items'), 'total': r.load('total'),\n"
+        "                   'count': r.load('count'), 'made': r.load('items', step='make')} for r in (local, kfp_local)]))",
+    ])
+    kernel = json.loads(out[5].strip().splitlines()[-1])
+    assert kernel == {"items": [1, 2], "total": 3, "count": 2}  # top to bottom, with the default
+    local, kfp_local = json.loads(out[-1].strip().splitlines()[-1])
+    for run in (local, kfp_local):
+        assert {key: run[key] for key in kernel} == kernel, run
+        assert run["made"] == [1]  # the producer's own value is not changed by the step that changed its copy
+    assert (local["runner"], kfp_local["runner"]) == ("local", "kfp-local")
+
+
 def test_a_failing_step_fails_both_runs_alike(run_cells):
     out = run_cells([
         "%load_ext kfmagic",
