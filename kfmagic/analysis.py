@@ -27,15 +27,25 @@ class AnalysisError(ValueError):
 
 @dataclass(frozen=True)
 class CodeInfo:
-    reads: tuple[str, ...]  # free names the code may read before binding them itself
+    # free names the code may read before binding them itself; the body of a function (or class,
+    # or lambda stored in a variable) counts where the code calls or refers to it, as it runs then
+    reads: tuple[str, ...]
     assigns: tuple[str, ...]  # names (re)bound at module level, including via `global`
     mutates: tuple[str, ...]  # module-level names whose object may be changed in place
     imports: tuple[str, ...]  # top-level module names imported anywhere (absolute imports)
     star_imports: tuple[str, ...]  # modules of module-level `from m import *`
     # Module-level functions that change an argument in place: (name, positional params, changed params)
     mutating_functions: tuple = ()
-    # Module-level functions and the module-level names their bodies read when called: (name, names)
+    # Module-level functions, classes (their methods), and names assigned lambdas or values holding
+    # this code's functions, with the module-level names their bodies read when called: (name, names)
     function_reads: tuple = ()
+    # ... and the module-level names their bodies change when called: (name, ((var, "assign"|"mutate"), ...))
+    function_changes: tuple = ()
+    # Module-level classes the code defines
+    classes: tuple = ()
+    # Module-level assignments whose value refers to names this code does not bind (a function or
+    # class defined elsewhere, maybe): (target, names stored in the value, names called in it)
+    carries: tuple = ()
     # Arguments of module-level `%run` lines: code that may bind any name, as a star import
     runs: tuple = ()
     # The reads made by the code's own statements, not inside a def or lambda (which run when called)
@@ -78,6 +88,9 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
             (name, fn.positional, tuple(sorted(fn.changed))) for name, fn in walker.functions.items() if fn.changed
         ),
         function_reads=tuple((name, tuple(names)) for name, names in walker.function_reads.items()),
+        function_changes=tuple((name, tuple(changes.items())) for name, changes in walker.function_changes.items()),
+        classes=tuple(walker.classes),
+        carries=tuple((target, stored, called) for target, (stored, called) in walker.carries.items()),
         runs=tuple(walker.runs),
         statement_reads=tuple(walker.statement_reads),
         imported=tuple(walker.imported),
@@ -96,7 +109,9 @@ class _Scope:
     # `d` in place changes `a` and `b`.
     aliases: dict[str, set[str]] = field(default_factory=dict)
     params: tuple[str, ...] = ()  # a function's parameters
-    owner: str | None = None  # the module-level function whose body this is (or is nested in)
+    # the module-level names whose bodies this is (or is nested in): a function, the class of a
+    # method, the variables a lambda is assigned to; their reads and changes happen when called
+    owners: tuple[str, ...] = ()
     rebound: set[str] = field(default_factory=set)  # ... bound to another object by now
     changed_params: set[str] = field(default_factory=set)  # ... that its body changes in place
 
@@ -279,7 +294,12 @@ class _Walker(ast.NodeVisitor):
         self.discarded = set()  # calls whose value is thrown away: the whole of an expression statement
         self.known = {name: _Function(tuple(positional), set(changed)) for name, positional, changed in functions}
         self.functions = {}  # module-level functions defined here: name -> _Function
-        self.function_reads = {}  # module-level function -> module-level names its body reads
+        self.function_reads = {}  # owner (see _Scope.owners) -> module-level names its body reads
+        self.function_changes = {}  # owner -> {module-level name its body changes: "assign" | "mutate"}
+        self.classes = {}  # module-level classes defined here (ordered set)
+        self.carries = {}  # target -> (stored names, called names) of its value, bound elsewhere
+        self.assigning = ()  # the targets of the module-level assignment whose value is being walked
+        self.class_names = []  # the module-level class whose body is being walked (its methods' owner)
         self.runs = []  # `%run` arguments
         self.statement_reads = {}  # reads outside any function body
 
@@ -302,23 +322,61 @@ class _Walker(ast.NodeVisitor):
             return None
         return name in self.scopes[0].local or any(name in s.assigned_globals for s in self.scopes)
 
+    def _owners(self) -> tuple:
+        return next((scope.owners for scope in reversed(self.scopes) if scope.owners), ())
+
     def _load(self, name: str):
         bound = self._lookup(name)
-        owner = next((scope.owner for scope in reversed(self.scopes) if scope.owner), None)
-        if owner is not None and bound is not None and name != owner:
-            self.function_reads.setdefault(owner, {}).setdefault(name)
+        if bound is None:
+            return
+        owners = self._owners()
+        if owners:  # read when the owner is called, not now (unless the body bound it: `global g; g = 1`)
+            if any(name in scope.assigned_globals for scope in self.scopes[1:]):
+                return
+            for owner in owners:
+                if name != owner:
+                    self.function_reads.setdefault(owner, {}).setdefault(name)
+            return
         if bound is False and not (name.startswith("__") and name.endswith("__")):
             self.reads.setdefault(name)
             if all(scope.kind != "function" for scope in self.scopes):
                 self.statement_reads.setdefault(name)
+        self._run_owner(name)
+
+    def _run_owner(self, name: str):
+        """The code refers to a function (class, ...) defined here: what its body reads and changes
+        happens now, and so does what the functions it refers to read and change."""
+        todo, seen = [name], set()
+        while todo:
+            owner = todo.pop()
+            if owner in seen or (owner not in self.function_reads and owner not in self.function_changes):
+                continue
+            seen.add(owner)
+            for read in self.function_reads.get(owner, ()):
+                todo.append(read)
+                if read not in self.scopes[0].local and not (read.startswith("__") and read.endswith("__")):
+                    self.reads.setdefault(read)
+            for changed, how in self.function_changes.get(owner, {}).items():
+                if how == "assign":
+                    self.scopes[0].local.add(changed)
+                    self.assigns.setdefault(changed)
+                else:
+                    self.mutates.setdefault(changed)
 
     def _bind(self, name: str, scope: _Scope | None = None) -> bool:
         """Bind `name` in `scope` (default: the innermost); True if that binds a module name."""
         scope = scope or self.scopes[-1]
         if scope.kind == "module":
             scope.local.add(name)
+            for records in (self.function_reads, self.function_changes, self.carries):
+                records.pop(name, None)  # rebound: no longer the function it was
         elif name in scope.declared_global:
             scope.assigned_globals.add(name)
+            owners = self._owners()
+            for owner in owners:
+                self.function_changes.setdefault(owner, {})[name] = "assign"
+            if owners:
+                return True
         else:
             if scope.kind == "class":
                 scope.local.add(name)
@@ -349,7 +407,11 @@ class _Walker(ast.NodeVisitor):
             seen.add(name)
             scope = self._scope_of(name)
             if scope is self.scopes[0]:
-                self.mutates.setdefault(name)
+                owners = self._owners()
+                for owner in owners:  # changed when the owner is called
+                    self.function_changes.setdefault(owner, {}).setdefault(name, "mutate")
+                if not owners:
+                    self.mutates.setdefault(name)
             elif name in scope.params and name not in scope.rebound:
                 scope.changed_params.add(name)
             todo.extend(scope.aliases.get(name, ()))
@@ -412,6 +474,11 @@ class _Walker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Call(self, node):
+        assigning, self.assigning = self.assigning, ()  # a lambda passed to a call may run now
+        self._call(node)
+        self.assigning = assigning
+
+    def _call(self, node):
         line_magic = _line_magic(node)
         if line_magic and self.scopes[-1].kind == "module":
             magic, line = line_magic
@@ -451,9 +518,15 @@ class _Walker(ast.NodeVisitor):
     # --- statements whose parts run in a different order than ast lists them ----------------
 
     def visit_Assign(self, node):
+        module_level = len(self.scopes) == 1
+        targets = tuple(target.id for target in node.targets if isinstance(target, ast.Name)) if module_level else ()
+        self.assigning = targets  # lambdas in the value belong to the targets: they run when called
         self.visit(node.value)
+        self.assigning = ()
         for target in node.targets:
             self.visit(target)
+        for target in targets:
+            self._carry(target, node.value)
         values = node.value.elts if isinstance(node.value, (ast.Tuple, ast.List)) else None
         for target in node.targets:
             pairs = isinstance(target, (ast.Tuple, ast.List)) and values is not None and len(target.elts) == len(values)
@@ -462,6 +535,32 @@ class _Walker(ast.NodeVisitor):
                     self._alias(item, self._sources(value))
             else:
                 self._alias(target, self._sources(node.value))
+
+    def _carry(self, target: str, value: ast.expr):
+        """`target = value` holds the functions it stores (`ops = {'f': show}`) and the instances of
+        the classes it calls (`model = Model()`): calling them later reads what their bodies read."""
+        stored, called = {}, {}
+        local = {n.id for c in ast.walk(value) if isinstance(c, ast.comprehension)
+                 for n in ast.walk(c.target) if isinstance(n, ast.Name)}
+        todo = [value]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, ast.Lambda):
+                continue  # its body is the target's already
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                called.setdefault(node.func.id)
+                todo += [*node.args, *node.keywords]
+                continue
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in local:
+                stored.setdefault(node.id)
+            todo += list(ast.iter_child_nodes(node))
+        defined_here = {*self.function_reads, *self.function_changes}
+        for name in [*(n for n in stored if n in defined_here), *(n for n in called if n in self.classes)]:
+            if name != target:
+                self.function_reads.setdefault(target, {}).setdefault(name)
+        elsewhere = [n for n in stored if n not in self.scopes[0].local], [n for n in called if n not in self.scopes[0].local]
+        if any(elsewhere):
+            self.carries[target] = tuple(map(tuple, elsewhere))
 
     def visit_AugAssign(self, node):
         if isinstance(node.target, ast.Name):  # a rebinding that reads the old value first
@@ -541,7 +640,8 @@ class _Walker(ast.NodeVisitor):
         for decorator in node.decorator_list:
             self.visit(decorator)
         module_level = self.scopes[-1].kind == "module"
-        scope = self._function(node.args, node.body, node.returns, node.name if module_level else None)
+        owners = (node.name,) if module_level else self._method_owner()
+        scope = self._function(node.args, node.body, node.returns, owners)
         if self._bind(node.name) and not node.decorator_list:
             positional = tuple(arg.arg for arg in [*node.args.posonlyargs, *node.args.args])
             self.functions[node.name] = _Function(positional, scope.changed_params)
@@ -551,9 +651,14 @@ class _Walker(ast.NodeVisitor):
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Lambda(self, node):
-        self._function(node.args, [node.body], None)
+        in_function = any(scope.kind == "function" for scope in self.scopes)
+        self._function(node.args, [node.body], None, () if in_function else self.assigning or self._method_owner())
 
-    def _function(self, args: ast.arguments, body: list[ast.AST], returns: ast.expr | None, owner=None):
+    def _method_owner(self):
+        """A def or lambda directly in a module-level class's body belongs to that class."""
+        return (self.class_names[-1],) if self.class_names and self.scopes[-1].kind == "class" else ()
+
+    def _function(self, args: ast.arguments, body: list[ast.AST], returns: ast.expr | None, owners=()):
         """Defaults and annotations are evaluated now, in this scope; the body is deferred."""
         params = [*args.posonlyargs, *args.args, *args.kwonlyargs]
         params += [arg for arg in (args.vararg, args.kwarg) if arg is not None]
@@ -562,7 +667,7 @@ class _Walker(ast.NodeVisitor):
             if expr is not None:
                 self.visit(expr)
         scope = _function_scope(body, [arg.arg for arg in params])
-        scope.owner = owner
+        scope.owners = owners
         self.pending.append((self.scopes, scope, body))
         return scope
 
@@ -570,11 +675,16 @@ class _Walker(ast.NodeVisitor):
         for expr in [*node.decorator_list, *node.bases, *node.keywords]:
             self.visit(expr)
         declared = _function_scope(node.body, set()).declared_global
+        module_level = len(self.scopes) == 1
+        self.class_names += [node.name] if module_level else []
         self.scopes = [*self.scopes, _Scope("class", set(), declared)]
         for child in node.body:
             self.visit(child)
         self.scopes = self.scopes[:-1]
+        self.class_names = self.class_names[:-1] if module_level else self.class_names
         self._bind(node.name)
+        if module_level:
+            self.classes.setdefault(node.name)
 
     def _comprehension(self, node, results: list[ast.expr]):
         """The first iterable is evaluated outside; loop variables stay inside (Python 3)."""

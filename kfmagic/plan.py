@@ -106,8 +106,57 @@ def _analyze(code, functions=()):
     return analyze(code, functions)
 
 
+@dataclass(kw_only=True)
+class _Definitions:
+    """What code defines that does its work when called later: functions, classes (their
+    methods), variables holding lambdas, functions or instances (analysis.CodeInfo's owners)."""
+
+    body_reads: dict = field(default_factory=dict)  # owner -> names its body reads
+    body_changes: dict = field(default_factory=dict)  # owner -> {name its body changes: "assign" | "mutate"}
+    carries: dict = field(default_factory=dict)  # variable -> (names stored in its value, names called)
+    classes: set = field(default_factory=set)
+
+    def add(self, info):
+        """Take a cell's definitions; a name it binds anew is no longer what it was."""
+        for name in info.assigns:
+            for records in (self.body_reads, self.body_changes, self.carries):
+                records.pop(name, None)
+            self.classes.discard(name)
+        self.body_reads.update((owner, names) for owner, names in info.function_reads)
+        self.body_changes.update((owner, dict(changes)) for owner, changes in info.function_changes)
+        self.carries.update((target, (stored, called)) for target, stored, called in info.carries)
+        self.classes.update(info.classes)
+
+    def owners(self):
+        """The names defined here whose use runs code written here (see `called`)."""
+        return {*self.body_reads, *self.body_changes}
+
+    def called(self, name, owners, classes):
+        """(names read, {name: how} changed) when code calls or uses `name` defined here.
+
+        A variable holding a function or an instance (`ops = {'f': show}`, `m = Model()`) reads what
+        that function or class reads; `owners` and `classes` are every such name of the notebook.
+        """
+        reads = dict.fromkeys(self.body_reads.get(name, ()))
+        stored, called = self.carries.get(name, ((), ()))
+        reads.update(dict.fromkeys(n for n in stored if n in owners))
+        reads.update(dict.fromkeys(n for n in called if n in classes))
+        return reads, self.body_changes.get(name, {})
+
+
 @dataclass
-class _Step:
+class _Prelude(_Definitions):
+    """What the planner learns about the %%prelude."""
+
+    names: set = field(default_factory=set)  # what it binds
+    unknown: bool = False  # a star import or `%run` it cannot read, or code it cannot analyse: may bind anything
+    params_read: dict = field(default_factory=dict)  # names its code reads anywhere (ordered set)
+    statement_reads: list = field(default_factory=list)  # (label, name) read by its statements as they run
+    functions: dict = field(default_factory=dict)  # name -> its analysis.mutating_functions entry
+
+
+@dataclass
+class _Step(_Definitions):
     """What the planner learns about one step while it works."""
 
     name: str
@@ -125,39 +174,27 @@ class _Step:
     read_at: dict = field(default_factory=dict)  # var -> (position in the notebook, label) of its first read
     positions: list = field(default_factory=list)  # of its cells in the notebook
     split_reported: set = field(default_factory=set)  # steps it was reported to be split around
-    via: dict = field(default_factory=dict)  # a name read only by a prelude function it calls -> that function
+    via: dict = field(default_factory=dict)  # a name read only by a function it calls -> (function, where it is defined)
+    bound: set = field(default_factory=set)  # names its code binds (not only changes in place)
     imported: set = field(default_factory=set)  # names its imports bind: modules, not data to keep
 
 
-def build_plan(name, experiment, cells, explain_missing=None):
-    """Plan the pipeline declared by `cells` (registry.RegisteredCell, notebook order)."""
+def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
+    """Plan the pipeline declared by `cells` (registry.RegisteredCell, notebook order).
+
+    `explain_missing(name)`: where a name no step provides came from, if the caller knows.
+    `star_names(module)`: the names `from module import *` binds, or None if unknown (modules.star_names).
+    """
     problems, warnings = [], []
-    prelude = tuple(CodePart(c.spec.code, c.spec.source, c.label) for c in cells if c.spec.kind == "prelude")
+    prelude_parts = tuple(CodePart(c.spec.code, c.spec.source, c.label) for c in cells if c.spec.kind == "prelude")
     params = {}
     for cell in cells:
         if cell.spec.kind == "params":
             params.update(cell.spec.params)
-
-    provided_by_prelude, prelude_star, functions = set(), [], {}
-    prelude_reads, function_reads, top_reads = {}, {}, []
-    for part in prelude:
-        try:
-            info = _analyze(part.code, tuple(functions.values()))
-        except AnalysisError as error:
-            problems.append(f"%%prelude ({part.label}): {error}")
-            prelude_star.append(None)  # unreadable: it may provide any name
-            continue
-        provided_by_prelude.update(info.assigns)
-        prelude_star.extend([*info.star_imports, *info.runs])
-        prelude_reads.update(dict.fromkeys(info.reads))
-        function_reads.update(info.function_reads)
-        top_reads += [(part.label, name) for name in info.statement_reads]
-        functions.update((function[0], function) for function in info.mutating_functions)
-
-    steps = _collect_steps(cells, provided_by_prelude, problems, functions)
-    if not prelude_star:
-        problems += _prelude_needs(top_reads, provided_by_prelude, params, steps)
-    _read_through_prelude_functions(steps, function_reads, provided_by_prelude)
+    prelude = _analyze_prelude(prelude_parts, star_names, problems)
+    steps = _collect_steps(cells, prelude, problems)
+    if not prelude.unknown:
+        problems += _prelude_needs(prelude.statement_reads, prelude.names, params, steps)
     if not steps:
         problems.append("The pipeline has no steps: mark a cell with `%%step NAME` (see %%step?).")
         raise PlanError(problems)
@@ -173,34 +210,13 @@ def build_plan(name, experiment, cells, explain_missing=None):
 
     after_ancestors = _closure({s.name: [u for u in s.after if u in by_name and u != s.name] for s in steps})
 
-    inputs = {step.name: {} for step in steps}
-    # The prelude runs in every step: the parameters it reads are every step's.
-    step_params = {step.name: [v for v in prelude_reads if v in params] for step in steps}
-    for step in steps:
-        candidates = [
-            other
-            for other in steps
-            if (other.index < step.index or other.name in after_ancestors[step.name]) and other is not step
-        ]
-        for var in step.reads:
-            writers = [other for other in candidates if var in other.changes]
-            if writers:
-                inputs[step.name][var] = max(writers, key=lambda other: other.index).name
-            elif var in params:
-                step_params[step.name].append(var)
-            elif var in provided_by_prelude or var in RUNTIME_NAMES or hasattr(builtins, var):
-                continue
-            elif prelude_star or step.star_imports or any(other.unreadable for other in steps):
-                continue  # a star import or unreadable code may provide it; fix that first
-            else:
-                problem = _missing_name(step, var, steps, explain_missing)
-                if problem:
-                    problems.append(problem)
-
+    inputs, step_params = _wire(steps, prelude, params, after_ancestors, explain_missing, problems)
     for step in steps:
         for option, names in (("--outputs", step.outputs), ("--metrics", step.metrics)):
             for var in names:
-                if var not in step.changes:
+                if var in params and option == "--metrics":
+                    step_params[step.name].append(var)  # its run value is the metric
+                elif var not in step.changes:
                     problems.append(
                         f"Step {step.name!r}: {option} {var}: the step's code never assigns {var!r}."
                     )
@@ -226,7 +242,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
     for step_name in order:
         step = by_name[step_name]
         outputs = sorted(consumers.get(step_name, set())) + [
-            v for v in step.outputs + step.metrics if v not in consumers.get(step_name, set())
+            v for v in step.outputs + step.metrics if v not in consumers.get(step_name, set()) and v in step.changes
         ]
         is_leaf = step_name not in {u for names in upstream.values() for u in names}
         keep = [v for v in step.assigns if v not in outputs and v not in step.imported] if is_leaf else []
@@ -247,7 +263,7 @@ def build_plan(name, experiment, cells, explain_missing=None):
                 needed_by=consumers.get(step_name, {}),
             )
         )
-    return Plan(name, experiment, tuple(planned), prelude, params, tuple(dict.fromkeys(warnings)))
+    return Plan(name, experiment, tuple(planned), prelude_parts, params, tuple(dict.fromkeys(warnings)))
 
 
 def _prelude_needs(top_reads, prelude_names, params, steps):
@@ -266,28 +282,104 @@ def _prelude_needs(top_reads, prelude_names, params, steps):
     return found
 
 
-def _read_through_prelude_functions(steps, function_reads, prelude_names):
-    """A step calling a prelude function reads the names the function's body reads (as Kale,
-    which prepends its `functions` cells to each step, finds them): `def scaled(): return data * 2`
-    in the prelude makes a step that calls `scaled()` read `data`."""
-    needs = {}
-    for name in function_reads:
-        seen, todo = set(), [name]
-        while todo:
-            for read in function_reads.get(todo.pop(), ()):
-                if read not in seen:
-                    seen.add(read)
-                    todo.append(read)
-        needs[name] = [v for v in seen if v not in prelude_names and v != name]
+def _analyze_prelude(parts, star_names, problems):
+    """What the %%prelude binds, reads and defines. A star import binds what the module's source
+    exports (`star_names`); one that cannot be read, a `%run`, or unreadable code may bind anything."""
+    prelude = _Prelude()
+    for part in parts:
+        try:
+            info = _analyze(part.code, tuple(prelude.functions.values()))
+        except AnalysisError as error:
+            problems.append(f"%%prelude ({part.label}): {error}")
+            prelude.unknown = True
+            continue
+        prelude.names.update(info.assigns)
+        for module in info.star_imports:
+            exported = star_names(module) if star_names else None
+            prelude.unknown = prelude.unknown or exported is None
+            prelude.names.update(exported or ())
+        prelude.unknown = prelude.unknown or bool(info.runs)
+        prelude.add(info)
+        prelude.params_read.update(dict.fromkeys(info.reads))
+        for names in prelude.body_reads.values():  # a prelude function may read a parameter whichever step calls it
+            prelude.params_read.update(dict.fromkeys(names))
+        prelude.statement_reads += [(part.label, name) for name in info.statement_reads]
+        prelude.functions.update((function[0], function) for function in info.mutating_functions)
+    return prelude
+
+
+def _wire(steps, prelude, params, after_ancestors, explain_missing, problems):
+    """For each step, where each name it reads comes from: ({step: {var: producer}}, {step: [params]}).
+
+    A name comes from the latest step before it (in notebook order, or an --after ancestor) that
+    assigns or changes it; else a parameter, the prelude, Python. Calling a function (or using a
+    class or a variable holding functions) defined in a step or the prelude reads what its body
+    reads, from wherever those names come from at that point, and changes what its body changes:
+    the step that calls `add(v)` (whose body does `items.append(v)`) is the one that changes items.
+    Steps are wired in notebook order, so such changes are known before later steps are wired.
+    """
+    classes = prelude.classes.union(*(s.classes for s in steps))
+    owners = _owners([prelude, *steps], classes)
+    inputs = {step.name: {} for step in steps}
+    # The prelude runs in every step: the parameters it reads are every step's.
+    step_params = {step.name: [v for v in prelude.params_read if v in params] for step in steps}
+    unknown_source = prelude.unknown or any(other.unreadable for other in steps)
     for step in steps:
-        for function in [v for v in step.reads if v in needs and v in prelude_names]:
-            for var in needs[function]:
-                if var not in step.reads and var not in step.changes:
-                    step.reads.append(var)
-                    step.via[var] = function
+        candidates = [
+            other
+            for other in steps
+            if (other.index < step.index or other.name in after_ancestors[step.name]) and other is not step
+        ]
+        for var in step.reads:  # grows as calls are followed
+            writers = [other for other in candidates if var in other.changes]
+            if writers:
+                source = max(writers, key=lambda other: other.index)
+                inputs[step.name][var] = source.name
+            elif var in params:
+                step_params[step.name].append(var)
+                continue
+            elif var in prelude.names:
+                source = prelude
+            elif var in RUNTIME_NAMES or hasattr(builtins, var) or unknown_source or step.star_imports:
+                continue  # Python's, or a star import or unreadable code may provide it: fix that first
+            else:
+                problem = _missing_name(step, var, steps, explain_missing)
+                if problem:
+                    problems.append(problem)
+                continue
+            _call_through(step, var, source, owners, classes, prelude.names)
+    return inputs, step_params
 
 
-def _collect_steps(cells, prelude_names, problems, functions):
+def _owners(definitions, classes):
+    """Every name of the notebook whose use runs notebook code: functions, classes, variables
+    holding lambdas, and variables holding any of these (`ops = {'f': show}`, `m = Model()`)."""
+    owners = set().union(*(defs.owners() for defs in definitions))
+    carries = [item for defs in definitions for item in defs.carries.items()]
+    grown = True
+    while grown:
+        found = {target for target, (stored, called) in carries if owners.intersection(stored) or classes.intersection(called)}
+        grown = not found <= owners
+        owners |= found
+    return owners
+
+
+def _call_through(step, name, source, owners, classes, prelude_names):
+    """`step` uses `name`, defined by `source` (a step or the prelude): what it reads, the step
+    reads (unless the step sets it itself); what it changes, the step changes."""
+    reads, changes = source.called(name, owners, classes)
+    where = "the %%prelude" if isinstance(source, _Prelude) else f"step {source.name!r}"
+    for var in reads:
+        if var not in step.reads and var not in step.changes and var != name:
+            step.reads.append(var)
+            step.via[var] = (name, where)
+    for var, how in changes.items():
+        if how == "assign" or var not in prelude_names:
+            step.changes.add(var)
+            step.assigns += [var] if var not in step.assigns else []
+
+
+def _collect_steps(cells, prelude, problems):
     """Group step cells by name in notebook order and analyse each step's code as one.
 
     Calling a method on a prelude name (`np.zeros(3)`) is not a change worth marshalling: every
@@ -295,6 +387,7 @@ def _collect_steps(cells, prelude_names, problems, functions):
     A call to a function that changes its argument in place (`clean(df)`, defined in the prelude
     or an earlier cell) changes that argument.
     """
+    functions, prelude_names = dict(prelude.functions), prelude.names
     steps, infos = {}, {}
     position = {id(cell): number for number, cell in enumerate(cells)}
     for cell in cells:
@@ -330,12 +423,41 @@ def _collect_steps(cells, prelude_names, problems, functions):
             step.reads += [v for v in info.reads if v not in bound and v not in step.reads]
             for var in info.reads:
                 step.read_at.setdefault(var, (position[id(cell)], cell.label))
-            bound.update(info.assigns)
             step.imported.update(info.imported)
             mutates = [v for v in info.mutates if v not in prelude_names or v in bound]
+            for var in [v for v in info.reads if v in bound]:  # a function an earlier cell of the step defined
+                mutates += _call_within(step, var, bound)
+            bound.update(info.assigns)
+            step.bound.update(info.assigns)
+            step.add(info)
             step.changes.update(info.assigns, mutates)
             step.assigns += [v for v in dict.fromkeys((*info.assigns, *mutates)) if v not in step.assigns]
+    if prelude.unknown:  # what the prelude's star imports bind is unknown: a name that only has methods
+        bound_anywhere = set().union(*(step.bound for step in steps.values()))  # called is one of them
+        for step in steps.values():
+            for var in step.changes - step.bound - bound_anywhere:
+                step.changes.discard(var)
+                step.assigns.remove(var)
     return list(steps.values())
+
+
+def _call_within(step, name, bound):
+    """A cell uses `name`, which an earlier cell of the same step defined: the step reads what its
+    body reads and is not bound yet; returns what its body changes in place."""
+    changed, todo, seen = [], [name], set()
+    while todo:
+        owner = todo.pop()
+        if owner in seen:
+            continue
+        seen.add(owner)
+        reads, changes = step.called(owner, step.owners(), step.classes)
+        todo += list(reads)
+        step.reads += [v for v in reads if v not in bound and v not in step.reads]
+        changed += list(changes)
+        assigned = [v for v, how in changes.items() if how == "assign"]
+        bound.update(assigned)
+        step.bound.update(assigned)
+    return changed
 
 
 _LIST_OPTIONS = ("after", "outputs", "metrics")
@@ -357,7 +479,7 @@ def _merge_options(step, cell, options, problems):
 
 
 def _missing_name(step, var, steps, explain_missing):
-    reads = f"calls {step.via[var]}() of the %%prelude, which reads" if var in step.via else "reads"
+    reads = "calls {}() of {}, which reads".format(*step.via[var]) if var in step.via else "reads"
     later = [other for other in steps if other.index > step.index and var in other.changes]
     at, label = step.read_at.get(var, (None, None))
     before = [other for other in later if at is not None and any(position < at for position in other.positions)]

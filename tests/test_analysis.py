@@ -47,7 +47,11 @@ CASES = [
     ),
     ("walrus-module", "if (n := len(xs)) > 3:\n    print(n)", {"len", "xs", "print"}, {"n"}, set()),
     # --- functions and lambdas ---
-    ("def-reads-later-global", "def f():\n    return x\nx = 1", {"x"}, {"f", "x"}, set()),
+    ("def-not-called-reads-nothing", "def f():\n    return x\nx = 1", set(), {"f", "x"}, set()),
+    ("def-called-before-global-bound", "def f():\n    return x\nf()\nx = 1", {"x"}, {"f", "x"}, set()),
+    ("def-called-after-global-bound", "def f():\n    return x\nx = 1\nf()", set(), {"f", "x"}, set()),
+    ("def-passed-on-reads-then", "def f(r):\n    return r * k\nout = list(map(f, rows))", {"list", "map", "rows", "k"}, {"f", "out"}, set()),
+    ("def-calls-later-def", "def f():\n    return g()\ndef g():\n    return w\nf()", {"w"}, {"f", "g"}, set()),
     ("def-reads-earlier-global", "x = 1\ndef f():\n    return x", set(), {"x", "f"}, set()),
     (
         "def-params-local",
@@ -56,8 +60,8 @@ CASES = [
         {"f"},
         set(),
     ),
-    ("def-comp-var-not-local", "def f():\n    [i for i in r]\n    return i", {"r", "i"}, {"f"}, set()),
-    ("def-local-before-bind", "def f():\n    print(y)\n    y = 1", {"print"}, {"f"}, set()),
+    ("def-comp-var-not-local", "def f():\n    [i for i in r]\n    return i\nf()", {"r", "i"}, {"f"}, set()),
+    ("def-local-before-bind", "def f():\n    print(y)\n    y = 1\nf()", {"print"}, {"f"}, set()),
     ("def-default", "def f(a=b):\n    pass", {"b"}, {"f"}, set()),
     ("def-kwonly-default", "def f(*, k=kd):\n    pass", {"kd"}, {"f"}, set()),
     ("def-default-not-self", "def f(a=f):\n    pass", {"f"}, {"f"}, set()),
@@ -66,17 +70,21 @@ CASES = [
     ("param-annotations", "def f(a: T = 1) -> U:\n    pass", {"T", "U"}, {"f"}, set()),
     ("local-annotation-unevaluated", "def f():\n    x: Local = 1\n    return x", set(), {"f"}, set()),
     ("recursion", "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)", set(), {"fact"}, set()),
-    ("lambda-later-global", "f = lambda: y\ny = 1", {"y"}, {"f", "y"}, set()),
+    ("lambda-not-called", "f = lambda: y\ny = 1", set(), {"f", "y"}, set()),
+    ("lambda-called-before-bind", "f = lambda: y\nf()\ny = 1", {"y"}, {"f", "y"}, set()),
+    ("lambda-in-dict-called", "ops = {'f': lambda: y}\nops['f']()", {"y"}, {"ops"}, set()),
+    ("lambda-passed-runs-now", "out = frame.apply(lambda r: r * k)", {"frame", "k"}, {"out"}, set()),
     ("lambda-earlier-global", "y = 1\nf = lambda: y", set(), {"y", "f"}, set()),
-    ("lambda-param", "f = lambda y: y * z", {"z"}, {"f"}, set()),
+    ("lambda-param", "f = lambda y: y * z\nf(1)", {"z"}, {"f"}, set()),
     ("lambda-default", "f = lambda a=b: a", {"b"}, {"f"}, set()),
     ("lambda-recursive", "f = lambda n: f(n - 1) if n else 0", set(), {"f"}, set()),
-    ("walrus-in-def-local", "def f():\n    if (n := g()) > 1:\n        return n", {"g"}, {"f"}, set()),
-    ("walrus-in-comp-in-def", "def f():\n    return [n := i for i in r], n", {"r"}, {"f"}, set()),
-    ("global-assign", "def f():\n    global g\n    g = 1", set(), {"f", "g"}, set()),
-    ("global-augassign", "def f():\n    global n\n    n += 1", {"n"}, {"f", "n"}, set()),
-    ("global-read-only", "def f():\n    global g\n    return g", {"g"}, {"f"}, set()),
-    ("global-then-read-in-def", "def f():\n    global g\n    g = 1\n    return g", set(), {"f", "g"}, set()),
+    ("walrus-in-def-local", "def f():\n    if (n := g()) > 1:\n        return n\nf()", {"g"}, {"f"}, set()),
+    ("walrus-in-comp-in-def", "def f():\n    return [n := i for i in r], n\nf()", {"r"}, {"f"}, set()),
+    ("global-assign-not-called", "def f():\n    global g\n    g = 1", set(), {"f"}, set()),
+    ("global-assign", "def f():\n    global g\n    g = 1\nf()", set(), {"f", "g"}, set()),
+    ("global-augassign", "def f():\n    global n\n    n += 1\nf()", {"n"}, {"f", "n"}, set()),
+    ("global-read-only", "def f():\n    global g\n    return g\nf()", {"g"}, {"f"}, set()),
+    ("global-then-read-in-def", "def f():\n    global g\n    g = 1\n    return g\nf()", set(), {"f", "g"}, set()),
     (
         "nonlocal",
         "def outer():\n    v = 1\n    def inner():\n        nonlocal v\n        v += 1\n    return inner",
@@ -86,26 +94,28 @@ CASES = [
     ),
     (
         "closure-vs-global",
-        "def outer():\n    v = 1\n    def inner():\n        return v + w\n    return inner",
+        "def outer():\n    v = 1\n    def inner():\n        return v + w\n    return inner\nouter()()",
         {"w"},
         {"outer"},
         set(),
     ),
-    ("def-mutates-global", "def f():\n    cache.clear()", {"cache"}, {"f"}, {"cache"}),
-    ("def-mutates-bound-global", "cache = {}\ndef f():\n    cache['k'] = 1", set(), {"cache", "f"}, {"cache"}),
+    ("def-mutates-global-not-called", "def f():\n    cache.clear()", set(), {"f"}, set()),
+    ("def-mutates-global", "def f():\n    cache.clear()\nf()", {"cache"}, {"f"}, {"cache"}),
+    ("def-mutates-bound-global", "cache = {}\ndef f():\n    cache['k'] = 1\nf()", set(), {"cache", "f"}, {"cache"}),
+    ("method-mutates-global", "class C:\n    def add(self):\n        items.append(1)\nc = C()", {"items"}, {"C", "c"}, {"items"}),
     ("def-mutates-local", "def f():\n    items = []\n    items.append(1)", set(), {"f"}, set()),
     ("def-import-local", "def f():\n    import json\n    return json.dumps(1)", set(), {"f"}, set()),
-    ("async-def", "async def f():\n    async with lock:\n        await g()", {"lock", "g"}, {"f"}, set()),
+    ("async-def", "async def f():\n    async with lock:\n        await g()\nf()", {"lock", "g"}, {"f"}, set()),
     # --- classes ---
     ("class-body-order", "class C:\n    a = 1\n    b = a + 1", set(), {"C"}, set()),
-    ("class-body-not-enclosing", "class C:\n    a = 1\n    def m(self):\n        return a", {"a"}, {"C"}, set()),
+    ("class-body-not-enclosing", "class C:\n    a = 1\n    def m(self):\n        return a\nC().m()", {"a"}, {"C"}, set()),
     ("class-bases", "class C(Base, metaclass=Meta):\n    pass", {"Base", "Meta"}, {"C"}, set()),
     ("method-names-own-class", "class C:\n    def m(self):\n        return C()", set(), {"C"}, set()),
     (
         "nested-class",
-        "class A:\n    class B:\n        def m(self):\n            return A, B",
+        "class A:\n    class B:\n        def m(self):\n            return A, B\nx = A.B().m()",
         {"B"},
-        {"A"},
+        {"A", "x"},
         set(),
     ),
     ("class-comp-element", "class C:\n    a = 1\n    b = [a for _ in range(3)]", {"range", "a"}, {"C"}, set()),
@@ -307,6 +317,21 @@ def test_function_reads_and_statement_reads():
     assert info.function_reads == (("f", ("g", "data", "os")), ("g", ("w",)))
 
 
+def test_what_functions_classes_and_stored_lambdas_read_and_change_when_called():
+    info = analyze(
+        "class M:\n    def fit(self):\n        log.append(rate)\n        global fitted\n        fitted = True\n"
+        "ops = {'f': lambda: scale}\nm = M()\nhandler = show\nmodel = Model(k)"
+    )
+    assert dict(info.function_reads) == {"M": ("log", "rate"), "ops": ("scale",), "m": ("M",)}
+    assert dict(info.function_changes) == {"M": (("log", "mutate"), ("fitted", "assign"))}
+    assert info.classes == ("M",)
+    assert info.carries == (("handler", ("show",), ()), ("model", ("k",), ("Model",)))
+    # `m = M()` ran the class's code here: its reads and changes are the cell's
+    assert (set(info.reads), set(info.assigns), set(info.mutates)) == (
+        {"log", "rate", "show", "Model", "k"}, {"M", "ops", "m", "fitted", "handler", "model"}, {"log"}
+    )
+
+
 def test_run_magic_is_opaque_code():
     info = analyze("get_ipython().run_line_magic('run', 'helpers.py')\nx = f(1)")
     assert info.runs == ("helpers.py",) and info.reads == ("get_ipython", "f")
@@ -371,7 +396,10 @@ def test_imported_names_are_the_module_level_import_bindings():
 
 def test_code_info_is_frozen_tuples():
     info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
-    expected = CodeInfo(("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",), imported=("os",))
+    expected = CodeInfo(
+        ("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",), imported=("os",),
+        carries=(("x", ("y",), ()),),
+    )
     assert info == expected  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.reads = ()
