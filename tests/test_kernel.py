@@ -145,3 +145,52 @@ def test_values_of_prelude_classes_load_as_the_kernels_classes(run_cells):
         "run = %pipeline run\nloaded = run.load('box')\nprint(isinstance(loaded, Box), loaded.v)",
     ])
     assert out[-1].strip().endswith("True 3")
+
+
+def _registered(kernel):
+    """(step or kind, label) of every registered cell, in notebook order."""
+    _, shown = kernel.run("import kfmagic\nprint([(c.spec.name or c.spec.kind, c.label) for c in kfmagic.pipeline().cells])")
+    return shown.strip()
+
+
+def test_remove_and_reset_change_what_a_run_runs(kernel):
+    kernel.run(PRELUDE + "\n%pipeline init edits --experiment exp")
+    kernel.run("%%step a\nx = 1")
+    kernel.run("%%step b\ny = x + 1")
+    kernel.run("%%step b\nprint('second part of b')")
+    kernel.run("%%step c\nz = x * 10")
+    assert _registered(kernel) == "[('a', 'In [2]'), ('b', 'In [3]'), ('b', 'In [4]'), ('c', 'In [5]')]"
+    assert kernel.run("%pipeline remove b") == ("ok", "")
+    assert _registered(kernel) == "[('a', 'In [2]'), ('c', 'In [5]')]"  # every part of b, nothing else
+    _, shown = kernel.run("run = %pipeline run\nprint(list(run.steps), run.state, run.load('z'))")
+    assert shown.strip().endswith("['a', 'c'] SUCCEEDED 10")
+
+    assert kernel.run("%pipeline reset") == ("ok", "")
+    _, shown = kernel.run("p = kfmagic.pipeline()\nprint(p.cells, p.name, p.experiment, p.last_run, x, z)")
+    assert shown.strip() == "[] edits exp None 1 10"  # name, experiment and the kernel's variables stay
+    status, shown = kernel.run("%pipeline run")
+    assert status == "error" and "The pipeline has no steps: mark a cell with `%%step NAME`" in shown
+    kernel.run("%%step fresh\ny = 2")
+    _, shown = kernel.run("run = %pipeline run\nprint(list(run.steps), run.load('y'))")
+    assert shown.strip().endswith("['fresh'] 2")
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("%%step a --frobnicate\nx = 2", "unrecognized arguments: --frobnicate"),
+    ("%%step Bad\nx = 2", "'Bad' is not a valid name"),
+    ("%%step a --after\nx = 2", "argument --after: expected at least one argument"),
+    ("%%params\nx = compute()", "%%params line 2: `x = compute()`"),
+    pytest.param(
+        "%%stepp a\nx = 2", "Cell magic `%%stepp` not found",
+        marks=pytest.mark.xfail(strict=True, reason="magics._before_cell forgets the cell: a mistyped magic is taken "
+                                                    "for a deleted one, though IPython refuses to run the cell"),
+    ),
+])
+def test_a_bad_magic_line_in_a_cell_with_an_id_keeps_its_registration(kernel, bad, message):
+    kernel.run(PRELUDE)
+    kernel.run("%%step a\nx = 1", cell_id="cell-a")
+    kernel.run("%%step b\ny = x + 1", cell_id="cell-b")
+    status, shown = kernel.run(bad, cell_id="cell-a")
+    assert status == "error" and message in shown
+    _, shown = kernel.run("print([(c.spec.source, c.label, c.key) for c in __import__('kfmagic').pipeline().cells], x)")
+    assert shown.strip() == "[('%%step a\\nx = 1', 'In [2]', 'id:cell-a'), ('%%step b\\ny = x + 1', 'In [3]', 'id:cell-b')] 1"
