@@ -1,9 +1,13 @@
 """Marshalling: values round-trip, big buffers go out of band, and failures leave nothing behind."""
 
+import gc
+import hashlib
+import mmap
 import pickle
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from kfmagic import serde
@@ -23,6 +27,50 @@ def test_arrays_travel_out_of_band_and_come_back_writable(tmp_path):
     assert path.read_bytes().endswith(b"KFMOOB01")  # the buffer was written after the stream
     loaded["a"][0, 0] = -1  # a private, writable copy-on-write mapping
     assert serde.load(path)["a"][0, 0] == 0
+
+
+def memory_owner(array):
+    """The object that holds an array's memory: follow .base, and a memoryview's .obj."""
+    owner = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    while isinstance(owner, memoryview):
+        owner = owner.obj
+    return owner
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_loaded_array_is_a_private_mapping_of_its_file(tmp_path):
+    size = 64 * 2**20
+    path = tmp_path / "big.pkl"
+    serde.dump(np.arange(size // 8, dtype=np.float64), path)
+    written = digest(path)
+    gc.collect()
+    process = psutil.Process()
+    resident = process.memory_info().rss
+    loaded = serde.load(path)
+    assert process.memory_info().rss - resident < size // 8  # mapped, not read: a copy would add 64 MiB
+    assert not loaded.flags.owndata and isinstance(memory_owner(loaded), mmap.mmap)
+    assert loaded.flags.writeable
+    loaded[:1000] = -1.0  # copy-on-write: the change stays in this process
+    assert loaded[999] == -1.0 and loaded[1000] == 1000.0
+    del loaded
+    assert digest(path) == written and serde.load(path)[0] == 0.0
+
+
+def test_a_loaded_dataframes_numeric_columns_are_mapped_from_its_file(tmp_path):
+    frame = pd.DataFrame({"x": np.arange(200_000), "y": np.linspace(0, 1, 200_000), "s": ["a", "b"] * 100_000})
+    path = tmp_path / "frame.pkl"
+    serde.dump(frame, path)
+    loaded = serde.load(path)
+    assert isinstance(memory_owner(loaded["x"].to_numpy()), mmap.mmap)
+    assert isinstance(memory_owner(loaded["y"].to_numpy()), mmap.mmap)
+    written = digest(path)
+    loaded.loc[0, "x"] = -5
+    assert loaded.loc[0, "x"] == -5 and digest(path) == written and serde.load(path).loc[0, "x"] == 0
 
 
 def test_dataframes_and_plain_objects(tmp_path):
