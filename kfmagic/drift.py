@@ -19,7 +19,7 @@ def compare(kernel_cells, file_cells):
     """What differs, one sentence each, in file order; [] when kernel and file agree."""
     pairs, kernel_left, file_left = [], list(kernel_cells), list(file_cells)
     for known in kernel_cells:  # 1. by cell id
-        match = next((cell for cell in file_left if known.has_id and cell.has_id and cell.key == known.key), None)
+        match = next((cell for cell in file_left if known.has_id and cell.cell_id == known.cell_id), None)
         if match is not None:
             pairs.append((known, match))
             kernel_left.remove(known)

@@ -3,8 +3,10 @@
 A marked cell must run exactly as it would without the magic (output, display, the value of its
 last line, tracebacks with the user's frames only). So `%%step`, `%%prelude` and `%%params` cells
 are not run as a cell magic's argument: an input transformer turns the magic line into a call of
-the magic with no body, which registers the cell being run, and leaves the body to IPython as
-ordinary cell code, on the same lines.
+the magic with no body, and leaves the body to IPython as ordinary cell code, on the same lines.
+The cell is registered just before IPython compiles it (pre_run_cell), so a re-run cell whose code
+does not parse replaces its earlier version too, and `check`/`run` then name it; a bad magic line
+is reported by the magic call and registers nothing.
 """
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -15,9 +17,6 @@ from . import display, drift, notebook, syntax
 from .errors import KfmagicError
 from .registry import current_pipeline, parse_param_overrides
 
-_running = {"cell_id": None, "text": ""}  # the cell being run, as pre_run_cell saw it
-
-
 def mark_cells(lines):
     """Input transformer: a first line `%%step ARGS` becomes `run_cell_magic('step', ARGS, None)`."""
     found = syntax.split_magic_line(lines[0]) if lines else None
@@ -25,14 +24,6 @@ def mark_cells(lines):
         return lines
     kind, line = found
     return [f"get_ipython().run_cell_magic({kind!r}, {line!r}, None)\n", *lines[1:]]
-
-
-def _before_cell(info):
-    """Remember the cell being run and its id; a cell that lost its magic leaves the pipeline."""
-    cell_id = getattr(info, "cell_id", None)
-    _running.update(cell_id=cell_id, text=info.raw_cell or "")
-    if cell_id and syntax.split_magic_line(_running["text"]) is None:
-        current_pipeline().forget_cell(cell_id)
 
 
 def explain_missing(name):
@@ -87,35 +78,75 @@ def report_drift(pipeline, path):
         print(f"  - {line}")
 
 
-def _cell_label(shell):
-    """"In [N]" of the running cell: its input is already in the history when it runs (whereas
-    IPython 9 increments execution_count before running a cell, and IPython 8 after)."""
-    return f"In [{len(shell.history_manager.input_hist_raw) - 1}]"
-
-
-def _register(shell, kind, line, cell):
-    """Register a marked cell. `cell` is None when the transformer left the body to IPython: the
-    cell is then the one being run; otherwise (a direct run_cell_magic call) run the body too."""
-    text = _running["text"] if cell is None else f"%%{kind} {line}\n{cell}"
-    spec = syntax.parse_cell(text)
-    current_pipeline().add(spec, cell_id=_running["cell_id"], label=_cell_label(shell))
-    if cell is not None:
-        shell.run_cell(cell, store_history=False)
-
-
 @magics_class
 class KfMagics(Magics):
+    def __init__(self, shell):
+        super().__init__(shell)
+        self.running = None  # {"cell_id", "text", "label", "registered"} of the cell being run
+
+    def before_cell(self, info):
+        """pre_run_cell: register a marked cell before IPython compiles it; a cell that lost its
+        magic leaves the pipeline."""
+        cell_id, text = getattr(info, "cell_id", None), info.raw_cell or ""
+        label = f"In [{len(self.shell.history_manager.input_hist_raw)}]"  # stored in the history next
+        self.running = {"cell_id": cell_id, "text": text, "label": label, "registered": False}
+        if syntax.split_magic_line(text) is None:
+            if cell_id and self._runs(text):
+                current_pipeline().forget_cell(cell_id)
+            return
+        try:
+            spec = syntax.parse_cell(text)
+        except KfmagicError:
+            return  # the magic call, the cell's first line, reports it; the registry stays as it was
+        self._add(spec)
+        self.running["registered"] = True
+
+    def _runs(self, text):
+        """Whether IPython will run the cell: not when it starts with an unknown cell magic (a typo
+        of %%step is not a cell that lost its magic)."""
+        first = text.lstrip().split("\n", 1)[0]
+        if not first.startswith("%%"):
+            return True
+        name = first[2:].split(maxsplit=1)[0] if first[2:].split() else ""
+        return self.shell.find_cell_magic(name) is not None
+
+    def _add(self, spec):
+        cell_id, label = self.running["cell_id"], self.running["label"]
+        replaced = current_pipeline().add(spec, cell_id=cell_id, label=label)
+        if replaced is not None and not cell_id and replaced.label != label:
+            what = f"step {spec.name!r}" if spec.name else f"%%{spec.kind}"
+            print(
+                f"note: {label} has the same text as {replaced.label} ({what}) and is registered in its place: "
+                "this front-end sends no cell ids, so kfmagic knows a cell by its text. Two cells of the same "
+                "text in one notebook count as one here; make them differ (a comment will do)."
+            )
+
+    def _register(self, kind, line, cell):
+        """The magic call. `cell` is None when the transformer left the body to IPython: the cell
+        being run was registered by before_cell, or its magic line is bad (raise that here).
+        Otherwise (a direct run_cell_magic call) register `cell` and run it too."""
+        running = self.running if cell is None else None
+        if running is not None and syntax.split_magic_line(running["text"]) == (kind, line.strip()):
+            if not running.get("registered"):
+                syntax.parse_cell(running["text"])  # raises what made before_cell pass over it
+            return
+        label = f"In [{len(self.shell.history_manager.input_hist_raw) - 1}]"
+        self.running = {"cell_id": None, "text": f"%%{kind} {line}\n{cell or ''}", "label": label}
+        self._add(syntax.parse_cell(self.running["text"]))
+        if cell is not None:
+            self.shell.run_cell(cell, store_history=False)
+
     @cell_magic
     def step(self, line, cell):
-        _register(self.shell, "step", line, cell)
+        self._register("step", line, cell)
 
     @cell_magic
     def prelude(self, line, cell):
-        _register(self.shell, "prelude", line, cell)
+        self._register("prelude", line, cell)
 
     @cell_magic
     def params(self, line, cell):
-        _register(self.shell, "params", line, cell)
+        self._register("params", line, cell)
 
     def pipeline(self, line):
         pipeline = current_pipeline()
@@ -155,12 +186,11 @@ for _kind, _reference in syntax.CELL_MAGICS.items():
 
 
 def load(shell):
-    shell.register_magics(KfMagics)
-    transforms = shell.input_transformer_manager.line_transforms
-    if mark_cells not in transforms:
-        transforms.insert(0, mark_cells)
-    if _before_cell not in shell.events.callbacks["pre_run_cell"]:
-        shell.events.register("pre_run_cell", _before_cell)
+    unload(shell)  # a second %load_ext or %reload_ext: one set of hooks
+    magics = KfMagics(shell)
+    shell.register_magics(magics)
+    shell.input_transformer_manager.line_transforms.insert(0, mark_cells)
+    shell.events.register("pre_run_cell", magics.before_cell)
     current_pipeline().explain_missing = explain_missing
 
 
@@ -168,5 +198,6 @@ def unload(shell):
     transforms = shell.input_transformer_manager.line_transforms
     if mark_cells in transforms:
         transforms.remove(mark_cells)
-    if _before_cell in shell.events.callbacks["pre_run_cell"]:
-        shell.events.unregister("pre_run_cell", _before_cell)
+    magics = shell.magics_manager.registry.get(KfMagics.__name__)
+    if magics is not None and magics.before_cell in shell.events.callbacks["pre_run_cell"]:
+        shell.events.unregister("pre_run_cell", magics.before_cell)

@@ -144,7 +144,7 @@ def _add_cell(pipeline, text, number, cell, tagged=False):
         if tagged:  # the pipeline-parameters cell's own line numbers, one less than under `%%params`
             message = re.sub(r"^%%params line (\d+)", lambda m: f"pipeline-parameters line {int(m[1]) - 1}", message)
         raise type(error)(f"{where}: {message}") from None
-    pipeline.add(spec, cell_id=cell.get("id"), label=where)
+    pipeline.add(spec, cell_id=cell.get("id"), label=where, position=number)
 
 
 def _explainer(nb, unmarked, tagged=False):

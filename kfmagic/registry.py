@@ -22,11 +22,11 @@ class RegisteredCell:
     spec: object  # syntax.CellSpec
     key: str
     label: str  # "In [5]" in the kernel, "cell 5" in a file
+    cell_id: str | None = None  # the notebook's id of the cell, when known
 
     @property
     def has_id(self):
-        """Whether the cell is known by its front-end cell id (else by its text)."""
-        return self.key.startswith("id:")
+        return self.cell_id is not None
 
 
 @dataclass
@@ -51,25 +51,33 @@ class Pipeline:
 
     # -- registration -------------------------------------------------------------------------
 
-    def add(self, spec, cell_id=None, label="cell"):
-        """Register a marked cell; a re-run of a known cell replaces it in place.
+    def add(self, spec, cell_id=None, label="cell", position=None):
+        """Register a marked cell; a re-run of a known cell replaces it in place. Returns the cell
+        it replaced, or None.
 
-        A cell is known by its cell id when the front-end sends one (JupyterLab, Notebook 7).
-        Without one (nbclient, papermill, terminal IPython) it is known by its text: re-running
-        the same text replaces it, an edited cell is registered as a new cell.
+        What makes a cell "the same cell": in a notebook file, its position (every cell is its own,
+        duplicates included); in a kernel, the cell id the front-end sends (JupyterLab, Notebook 7,
+        VS Code); without one (nbclient, papermill, terminal IPython), its text — so re-running a
+        cell replaces it, an edited cell is a new cell, and a second cell of identical text is
+        taken for a re-run of the first (the kernel cannot tell them apart).
         """
-        key = f"id:{cell_id}" if cell_id else "text:" + hashlib.sha256(spec.source.encode()).hexdigest()
-        cell = RegisteredCell(spec, key, label)
+        if position is not None:
+            key = f"cell:{position}"
+        elif cell_id:
+            key = f"id:{cell_id}"
+        else:
+            key = "text:" + hashlib.sha256(spec.source.encode()).hexdigest()
+        cell = RegisteredCell(spec, key, label, cell_id or None)
         for index, known in enumerate(self.cells):
             if known.key == key:
                 self.cells[index] = cell
-                return cell
+                return known
         self.cells.append(cell)
-        return cell
+        return None
 
     def forget_cell(self, cell_id):
         """A cell that was marked and now runs without a magic is no longer part of the pipeline."""
-        self.cells = [cell for cell in self.cells if cell.key != f"id:{cell_id}"]
+        self.cells = [cell for cell in self.cells if cell.cell_id != cell_id]
 
     def parts_of(self, name):
         return [cell for cell in self.cells if cell.spec.kind == "step" and cell.spec.name == name]

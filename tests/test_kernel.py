@@ -180,11 +180,7 @@ def test_remove_and_reset_change_what_a_run_runs(kernel):
     ("%%step Bad\nx = 2", "'Bad' is not a valid name"),
     ("%%step a --after\nx = 2", "argument --after: expected at least one argument"),
     ("%%params\nx = compute()", "%%params line 2: `x = compute()`"),
-    pytest.param(
-        "%%stepp a\nx = 2", "Cell magic `%%stepp` not found",
-        marks=pytest.mark.xfail(strict=True, reason="magics._before_cell forgets the cell: a mistyped magic is taken "
-                                                    "for a deleted one, though IPython refuses to run the cell"),
-    ),
+    ("%%stepp a\nx = 2", "Cell magic `%%stepp` not found"),
 ])
 def test_a_bad_magic_line_in_a_cell_with_an_id_keeps_its_registration(kernel, bad, message):
     kernel.run(PRELUDE)
