@@ -10,12 +10,54 @@ import nbformat
 import pytest
 from conftest import REPO, cell_text, execute, tagged_notebook
 from nbformat.v4 import new_code_cell
-from test_notebook import without_labels
+from test_notebook import step_summary, summary, without_labels
 
 from kfmagic import kale, notebook
 from kfmagic.errors import KfmagicError
 
 KALE_IRIS = os.path.join(REPO, "notebooks", "kale_iris.ipynb")
+SPLIT = ("X_train", "X_test", "y_train", "y_test")
+# What kale_iris.ipynb's tags declare, read off its cells by hand: `prev:` edges that carry no
+# data (audit after split_data, report after audit) are kept; the untagged cell 7 joins load_data.
+IRIS_PLAN = {
+    "name": "kale-iris", "experiment": "kale-demos",
+    "params": {"test_size": 0.3, "seed": 42, "n_neighbors": 5, "max_depth": 3},
+    "prelude": ["import time", "def accuracy(model, X, y):"],
+    "order": ["load_data", "split_data", "train_knn", "train_tree", "audit", "report"],
+    "steps": {
+        "load_data": step_summary(["iris = load_iris(as_frame=True)", "print('rows:', len(data))"], outputs=["data"]),
+        "split_data": step_summary(
+            ["features = data.drop(columns='target')"], after=["load_data"], inputs={"data": "load_data"},
+            params=["test_size", "seed"], outputs=SPLIT,
+        ),
+        "train_knn": step_summary(
+            ["knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(X_train, y_train)"], after=["split_data"],
+            inputs=dict.fromkeys(SPLIT, "split_data"), params=["n_neighbors"], outputs=["knn_accuracy"],
+            metrics=["knn_accuracy"], options={"cpu": "1", "memory": "1Gi"},
+        ),
+        "train_tree": step_summary(
+            ["tree = DecisionTreeClassifier(max_depth=max_depth, random_state=seed).fit(X_train, y_train)"],
+            after=["split_data"], inputs=dict.fromkeys(SPLIT, "split_data"), params=["max_depth", "seed"],
+            outputs=["tree_accuracy"], metrics=["tree_accuracy"],
+        ),
+        "audit": step_summary(["%time started = time.time()"], after=["split_data"]),
+        "report": step_summary(
+            ["best_accuracy = max(knn_accuracy, tree_accuracy)"], after=["train_knn", "train_tree", "audit"],
+            inputs={"knn_accuracy": "train_knn", "tree_accuracy": "train_tree"}, outputs=["best_accuracy"],
+            keep=["best"], metrics=["best_accuracy"],
+        ),
+    },
+}
+# The magic line `convert` puts above each code cell of kale_iris.ipynb (None: the cell stays plain).
+IRIS_MAGIC_LINES = [
+    "%%prelude", "%%prelude", "%%params", "%%step load_data", "%%step load_data", None,
+    "%%step split_data --after load_data",
+    "%%step train_knn --after split_data --metrics knn_accuracy --cpu 1 --memory 1Gi",
+    "%%step train_tree --after split_data --metrics tree_accuracy",
+    "%%step audit --after split_data",
+    "%%step report --after train_knn train_tree audit --metrics best_accuracy",
+    None,
+]
 
 
 def as_cells(plan):
@@ -131,7 +173,15 @@ def test_convert_writes_magics_that_declare_the_same_plan(tmp_path, old_format):
     assert result.returncode == 0, result.stderr
     converted = nbformat.read(out, as_version=4)
     assert not kale.is_tagged(converted) and notebook.uses_magics(converted)
-    assert converted.cells[0].source.startswith("%load_ext kfmagic\n%pipeline init kale-iris --experiment kale-demos")
+    assert converted.cells[0].source == "%load_ext kfmagic\n%pipeline init kale-iris --experiment kale-demos"
+    original = nbformat.read(source, as_version=4).cells
+    assert [cell.cell_type for cell in converted.cells[1:]] == [cell.cell_type for cell in original]
+    code_pairs = [(new, old) for new, old in zip(converted.cells[1:], original) if old.cell_type == "code"]
+    assert [new.source for new, _ in code_pairs] == [  # each cell's code untouched below its magic line
+        f"{line}\n{old.source}" if line else old.source for (_, old), line in zip(code_pairs, IRIS_MAGIC_LINES, strict=True)
+    ]
+    assert summary(notebook.load(source)[0].plan()) == IRIS_PLAN
+    assert summary(notebook.load(str(out))[0].plan()) == IRIS_PLAN
     assert as_cells(notebook.load(str(out))[0].plan()) == as_cells(notebook.load(source)[0].plan())
 
 
@@ -162,6 +212,7 @@ def test_the_kale_example_and_its_conversion_run_in_a_kernel(tmp_path):
     ran = execute(converted, tmp_path)
     assert "pipeline kale-iris: 6 steps, no problems found." in cell_text(ran.cells[-2])
     kernel_plan = pickle.loads(dump.read_bytes())
+    assert summary(kernel_plan) == IRIS_PLAN
     assert as_cells(kernel_plan) == as_cells(notebook.load(KALE_IRIS)[0].plan())
 
 

@@ -22,6 +22,73 @@ def without_labels(plan):
     return dataclasses.replace(plan, prelude=unlabel(plan.prelude), steps=steps)
 
 
+def summary(plan):
+    """What a plan declares, as plain values to compare with an expectation written by hand: each
+    cell by the first line of its code (below any magic line), edges, inputs, params, outputs."""
+
+    def first_lines(parts):
+        return [part.source.partition("\n")[2] if part.source.startswith("%%") else part.source for part in parts]
+
+    return {
+        "name": plan.name, "experiment": plan.experiment, "params": plan.params,
+        "prelude": [code.splitlines()[0] for code in first_lines(plan.prelude)],
+        "steps": {
+            step.name: {
+                "cells": [code.splitlines()[0] for code in first_lines(step.parts)],
+                "after": set(step.after), "upstream": set(step.upstream), "inputs": step.inputs,
+                "params": set(step.params), "outputs": set(step.outputs), "keep": set(step.keep),
+                "metrics": set(step.metrics), "options": step.options,
+            }
+            for step in plan.steps
+        },
+        "order": [step.name for step in plan.steps],
+    }
+
+
+def step_summary(cells, after=(), inputs=None, params=(), outputs=(), keep=(), metrics=(), options=None, inferred=()):
+    """One step of an expected summary; its upstream steps are its --after ones plus `inferred`."""
+    return {
+        "cells": cells, "after": set(after), "upstream": set(after) | set(inferred), "inputs": inputs or {},
+        "params": set(params), "outputs": set(outputs), "keep": set(keep), "metrics": set(metrics),
+        "options": options or {},
+    }
+
+
+SPLIT = ("X_train", "X_test", "y_train", "y_test")
+DEMO_PLAN = {
+    "name": "wine-classifiers", "experiment": "demos", "params": {"test_size": 0.25, "seed": 7, "n_trees": 200},
+    "prelude": ["import pandas as pd"],
+    "order": ["load", "prepare", "train_svm", "train_forest", "train_logreg", "compare"],
+    "steps": {
+        "load": step_summary(["wine = load_wine(as_frame=True)"], outputs=["frame"]),
+        "prepare": step_summary(
+            ["features = frame.drop(columns='target')"], inferred=["load"], inputs={"frame": "load"},
+            params=["test_size", "seed"], outputs=SPLIT,
+        ),
+        "train_svm": step_summary(
+            ["from sklearn.svm import SVC"], inferred=["prepare"], inputs=dict.fromkeys(SPLIT, "prepare"),
+            params=["seed"], outputs=["svm", "svm_accuracy"], metrics=["svm_accuracy"],
+        ),
+        "train_forest": step_summary(
+            ["from sklearn.ensemble import RandomForestClassifier"], inferred=["prepare"],
+            inputs=dict.fromkeys(SPLIT, "prepare"), params=["n_trees", "seed"], outputs=["forest", "forest_accuracy"],
+            metrics=["forest_accuracy"],
+        ),
+        "train_logreg": step_summary(
+            ["from sklearn.linear_model import LogisticRegression"], inferred=["prepare"],
+            inputs=dict.fromkeys(SPLIT, "prepare"), outputs=["logreg", "logreg_accuracy"], metrics=["logreg_accuracy"],
+        ),
+        "compare": step_summary(
+            ["scores = {'svm': svm_accuracy, 'forest': forest_accuracy, 'logreg': logreg_accuracy}"],
+            inferred=["train_svm", "train_forest", "train_logreg"],
+            inputs={"svm_accuracy": "train_svm", "forest_accuracy": "train_forest", "logreg_accuracy": "train_logreg",
+                    "svm": "train_svm", "forest": "train_forest", "logreg": "train_logreg"},
+            outputs=["best_accuracy"], keep=["scores", "best_name", "best_model"], metrics=["best_accuracy"],
+        ),
+    },
+}
+
+
 def test_the_demo_file_gives_the_plan_its_kernel_builds(tmp_path):
     nb = nbformat.read(DEMO, as_version=4)
     cut = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and "%pipeline run" in cell.source)
@@ -34,7 +101,8 @@ def test_the_demo_file_gives_the_plan_its_kernel_builds(tmp_path):
     kernel_plan = pickle.loads(dump.read_bytes())
     file_pipeline, warnings = notebook.load(DEMO)
     assert warnings == []
-    assert without_labels(file_pipeline.plan()) == without_labels(kernel_plan)
+    assert summary(kernel_plan) == DEMO_PLAN  # what the notebook declares, written down above
+    assert without_labels(file_pipeline.plan()) == without_labels(kernel_plan)  # and the file gives the very same
     assert (kernel_plan.name, kernel_plan.experiment) == ("wine-classifiers", "demos")
     assert [part.label for step in file_pipeline.plan().steps for part in step.parts][0] == "cell 5"
 
