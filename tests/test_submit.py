@@ -255,6 +255,7 @@ def test_the_experiment_is_configs_else_inits_else_default(run_cells, kfp_server
         "from-init", "from-config", "from-config", "Default",
     ]
     assert f"Submitted run {run_ids[0]} of pipeline 'order' (experiment 'from-init')" in out[3]
+    assert len(kfp_server.pipelines) == 1 and len(kfp_server.versions) == 4  # one version each, within a second too
 
 
 def _headers_sent(kfp_server, connection):
