@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import stat
+import tempfile
 
 from .errors import KfmagicError
 from .runtime import RESULT_FILE
@@ -55,12 +56,12 @@ def private_dir(path, what="a folder of kfmagic's runs"):
 
 
 def write_private(path, text, what):
-    """Write `text` to `path` whole (aside, then renamed: a full disk leaves no half file), 0600."""
-    partial = f"{path}.partial"
+    """Write `text` to `path` whole, 0600: written aside (a file of this call's own, so writers at
+    the same time never mix), then renamed; a full disk leaves no half file."""
     with writing(what, path):
+        fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".partial")
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-            with os.fdopen(os.open(partial, flags, PRIVATE_FILE_MODE), "w", encoding="utf-8") as file:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
                 file.write(text)
             os.replace(partial, path)
         finally:
@@ -109,9 +110,10 @@ def step_result(out_dir):
         return None
     except OSError as error:
         raise UnreadableResult(f"it cannot be opened as a file ({error.strerror or error})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableResult("it is not a regular file")
     with os.fdopen(fd, encoding="utf-8") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnreadableResult("it is not a regular file")
         try:
             result = json.load(file)
         except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, nested too deep
