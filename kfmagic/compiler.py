@@ -21,12 +21,12 @@ from typing import NamedTuple
 
 from . import component, runtime, serde, step_options
 from .analysis import analyze
-from .errors import KfmagicError
+from .errors import KfmagicError, PlanError
+from .plan import arguments, kept, kfp_name
 from .packages import requirements
 from .portability import shell_lines
 
 EMBEDDED = {name: module for name, module in (("runtime.py", runtime), ("serde.py", serde), ("component.py", component))}
-RESERVED = (component.METRICS_OUTPUT, component.DISPLAY_OUTPUT)
 # Every option a step may carry; one the compiler does not know would be silently dropped.
 KNOWN_OPTIONS = {
     "image", "packages", "install", "cpu", "memory", "gpu", "gpu_type", "retries", "cache", "env",
@@ -54,11 +54,6 @@ class Target:
     install: bool = True
 
 
-def kfp_name(step_name):
-    """The task name kfp gives a step's component (it turns '_' into '-')."""
-    return step_name.replace("_", "-")
-
-
 def _function_name(step_name):
     name = step_name.replace("-", "_")
     return f"{name}_step" if keyword.iskeyword(name) else name
@@ -74,56 +69,6 @@ def _param_type(name, default):
 def pipeline_arguments(params):
     """Parameter values as the compiled pipeline takes them (lists and dicts as JSON text)."""
     return {name: json.dumps(value) if isinstance(value, (list, dict)) else value for name, value in params.items()}
-
-
-def _check(plan):
-    """Problems kfp would reject later, or silently mangle, as one clear error now."""
-    problems, seen = [], {}
-    for step in plan.steps:
-        other = seen.setdefault(kfp_name(step.name), step.name)
-        if other != step.name:
-            problems.append(
-                f"Steps {other!r} and {step.name!r} both become the Kubeflow task {kfp_name(step.name)!r} "
-                "('_' and '-' are the same there): rename one."
-            )
-        unknown = sorted(set(step.options) - KNOWN_OPTIONS)
-        if unknown:
-            problems.append(
-                f"Step {step.name!r}: option(s) {', '.join('--' + o.replace('_', '-') for o in unknown)} cannot be "
-                "expressed in a Kubeflow pipeline; remove them before compiling."
-            )
-        names = [*step.inputs, *step.params, *step.outputs]
-        for var in dict.fromkeys(names):
-            if var in RESERVED or var.startswith("_kfm"):
-                problems.append(f"Step {step.name!r}: the variable name {var!r} is reserved by kfmagic in Kubeflow; rename it.")
-            elif var.startswith("_"):
-                problems.append(
-                    f"Step {step.name!r} passes {var!r} on or receives it, but Kubeflow names of inputs and outputs "
-                    "must begin with a letter; rename the variable."
-                )
-        clash = sorted(set(arguments(step).values()) & {*step.outputs, *kept(step)})
-        if clash:
-            problems.append(
-                f"Step {step.name!r}: {', '.join(clash)} would name both an input and an output of its Kubeflow "
-                "component; rename the variable."
-            )
-    if problems:
-        raise KfmagicError("\n".join(problems))
-
-
-def kept(step):
-    """What a last step keeps, less names Kubeflow cannot take (`_`, `_tmp`): keeping is best effort."""
-    return [var for var in step.keep if not var.startswith("_") and var not in RESERVED]
-
-
-def arguments(step):
-    """{input variable or parameter: the component's argument for it}.
-
-    A step that changes a value it receives (`data.append(4)`) passes it on under the same name,
-    but a KFP component cannot have an input and an output of one name: that input gets `_in`.
-    """
-    outputs = {*step.outputs, *kept(step)}
-    return {name: f"{name}_in" if name in outputs else name for name in (*step.inputs, *step.params)}
 
 
 def _value_makers(plan, step):
@@ -143,7 +88,8 @@ class Packages(NamedTuple):
 
     requirements: dict  # step -> pinned requirements
     prelude_unknown: list  # modules the prelude imports that no installed distribution provides
-    unknown: dict  # step -> other such modules it or the steps its values come from import
+    unknown: dict  # step -> other such modules its own cells import
+    receivers: dict  # step -> the steps that receive values it made (and so need its modules too)
 
 
 def plan_packages(plan):
@@ -160,17 +106,21 @@ def plan_packages(plan):
     prelude_modules = list(modules_of(plan.prelude))
     prelude_unknown = requirements(dict.fromkeys(prelude_modules))[1]
     prelude_shell = any(shell_lines(part.code) for part in plan.prelude)
-    pinned, unknown = {}, {}
+    pinned, unknown, receivers = {}, {}, {}
     for step in plan.steps:
-        made_by = list(modules_of(part for maker in _value_makers(plan, step) for part in maker.parts))
+        makers = list(_value_makers(plan, step))
+        made_by = list(modules_of(part for maker in makers for part in maker.parts))
         has_shell = prelude_shell or any(shell_lines(part.code) for part in step.parts)
-        pinned[step.name], missing = requirements(
+        pinned[step.name] = requirements(
             dict.fromkeys(prelude_modules + made_by), step.options.get("packages") or (), shell=has_shell
-        )
-        missing = [module for module in missing if module not in prelude_unknown]
-        if missing:
-            unknown[step.name] = missing
-    return Packages(pinned, prelude_unknown, unknown)
+        )[0]
+        own = [module for module in requirements(dict.fromkeys(modules_of(step.parts)))[1] if module not in prelude_unknown]
+        if own:
+            unknown[step.name] = own
+        for maker in makers:
+            if maker is not step:
+                receivers.setdefault(maker.name, []).append(step.name)
+    return Packages(pinned, prelude_unknown, unknown, receivers)
 
 
 def _installs(target, step):
@@ -284,7 +234,13 @@ def pipeline_function(plan, target, packages=None):
     `packages`: the plan's Packages when already found (found here if a step installs any)."""
     from kfp import dsl
 
-    _check(plan)
+    for step in plan.steps:  # an option the compiler does not know would be dropped: refuse instead
+        unknown = sorted(set(step.options) - KNOWN_OPTIONS)
+        if unknown:
+            raise PlanError([
+                f"Step {step.name!r}: option(s) {', '.join('--' + o.replace('_', '-') for o in unknown)} cannot be "
+                "expressed in a Kubeflow pipeline; remove them before compiling."
+            ])
     if packages is None and any(_installs(target, step) for step in plan.steps):
         packages = plan_packages(plan)
     components = {step.name: _make_component(plan, step, target, packages) for step in plan.steps}

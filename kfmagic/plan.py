@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .analysis import AnalysisError, analyze
+from .component import DISPLAY_OUTPUT, METRICS_OUTPUT
 from .errors import CellSyntaxError, PlanError
 
 # Names a step may read that no step provides: the step's runtime or Python supplies them.
 RUNTIME_NAMES = frozenset({"get_ipython", "display", "In", "Out", "exit", "quit"})
+# Names of a compiled step's own outputs (component.py): no variable may take them.
+RESERVED = (METRICS_OUTPUT, DISPLAY_OUTPUT)
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,58 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
                 needed_by=consumers.get(step_name, {}),
             )
         )
+    problems = _kubeflow_problems(planned)
+    if problems:
+        raise PlanError(problems)
     return Plan(name, experiment, tuple(planned), prelude_parts, params, tuple(dict.fromkeys(warnings)))
+
+
+def kfp_name(step_name):
+    """The task name kfp gives a step's component (it turns '_' into '-')."""
+    return step_name.replace("_", "-")
+
+
+def kept(step):
+    """What a last step keeps, less names Kubeflow cannot take (`_`, `_tmp`): keeping is best effort."""
+    return [var for var in step.keep if not var.startswith("_") and var not in RESERVED]
+
+
+def arguments(step):
+    """{input variable or parameter: the argument of the step's Kubeflow component for it}.
+
+    A step that changes a value it receives (`data.append(4)`) passes it on under the same name,
+    but a KFP component cannot have an input and an output of one name: that input gets `_in`.
+    """
+    outputs = {*step.outputs, *kept(step)}
+    return {name: f"{name}_in" if name in outputs else name for name in (*step.inputs, *step.params)}
+
+
+def _kubeflow_problems(steps):
+    """What the compiled pipeline could not be: reported by check and every runner alike, so a
+    notebook that runs here also compiles."""
+    problems, seen = [], {}
+    for step in steps:
+        other = seen.setdefault(kfp_name(step.name), step.name)
+        if other != step.name:
+            problems.append(
+                f"Steps {other!r} and {step.name!r} both become the Kubeflow task {kfp_name(step.name)!r} "
+                "('_' and '-' are the same there): rename one."
+            )
+        for var in dict.fromkeys([*step.inputs, *step.params, *step.outputs]):
+            if var in RESERVED or var.startswith("_kfm"):
+                problems.append(f"Step {step.name!r}: the variable name {var!r} is reserved by kfmagic; rename it.")
+            elif var.startswith("_"):
+                problems.append(
+                    f"Step {step.name!r} passes {var!r} on or receives it, but Kubeflow names of inputs and outputs "
+                    "must begin with a letter; rename the variable."
+                )
+        clash = sorted(set(arguments(step).values()) & {*step.outputs, *kept(step)})
+        if clash:
+            problems.append(
+                f"Step {step.name!r}: {', '.join(clash)} would name both an input and an output of its Kubeflow "
+                "component; rename the variable."
+            )
+    return problems
 
 
 def _prelude_needs(top_reads, prelude_names, params, steps):

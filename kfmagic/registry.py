@@ -4,6 +4,7 @@ The kernel fills it cell by cell as they run; `kfmagic.notebook` fills it from a
 Everything else (plan, run, show) is derived from it on demand, never stored twice.
 """
 
+import functools
 import hashlib
 import os
 import sys
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 from . import display
 from .errors import CellSyntaxError, KfmagicError, RunFailed
+from .modules import star_names
 from .plan import build_plan
 from .syntax import check_name
 
@@ -107,7 +109,11 @@ class Pipeline:
 
     def plan(self):
         """The validated DAG (PlanError lists every problem)."""
-        return build_plan(self.name, self.experiment, self.cells, self.explain_missing)
+        folder = os.path.dirname(self.notebook_path) if self.notebook_path else os.getcwd()
+        return build_plan(
+            self.name, self.experiment, self.cells, self.explain_missing,
+            star_names=functools.partial(star_names, directory=folder),
+        )
 
     def check(self):
         """Every problem of the pipeline, nothing run: raises PlanError, else returns the plan."""
@@ -137,9 +143,14 @@ class Pipeline:
                 "package and add it with --packages."
             )
         for step, modules in packages.unknown.items():
+            receivers = packages.receivers.get(step)
+            also = (
+                f", nor will the pod{'s' * (len(receivers) > 1)} of {', '.join(map(repr, receivers))}, which "
+                f"receive{'s' * (len(receivers) == 1)} values step {step!r} made with it" if receivers else ""
+            )
             problems.append(
                 f"Step {step!r} imports {', '.join(modules)}, which no installed package provides (a local "
-                "module?): its pod will not have it. Move the code into the %%prelude, or build it into --image."
+                f"module?): its pod will not have it{also}. Move the code into the %%prelude, or build it into --image."
             )
         warn(problems)
         return path
