@@ -119,7 +119,10 @@ def test_compile_warns_about_what_a_pod_cannot_do(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     big = tmp_path / ".kfmagic" / "runs" / "old-run" / "load"
     big.mkdir(parents=True)
-    (big / "result.json").write_text(json.dumps({"saved": {"frame": {"type": "list", "bytes": 300 * 2**20}}}))
+    (big / "result.json").write_text(json.dumps({  # as the runtime writes it
+        "state": "SUCCEEDED", "error": None, "saved": {"frame": {"type": "list", "bytes": 300 * 2**20}},
+        "skipped": {}, "metrics": {},
+    }))
     pipeline = pipeline_of(
         "%%step load\nframe = open('data/train.csv').read()\n!ls data",
         "%%step use\n%pip install requests\n%matplotlib inline\nn = len(frame)",
