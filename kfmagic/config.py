@@ -88,7 +88,7 @@ class Connection:
         with calling(self, "connecting"), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2": kfmagic needs v2 too
             client = _Client(host=self.endpoint, **kwargs)
-            _bound_requests(client)  # kfp skipped its health check (a namespace given or remembered)
+            _bound_requests(client)  # also when kfp skipped its health check (a namespace given or remembered)
             if self.namespace:  # kfp skips its health check when given a namespace; reachability matters
                 client.get_kfp_healthz()
         return client
