@@ -47,7 +47,7 @@ def writing(what, path):
         raise KfmagicError(f"{error.strerror or error} while writing {what} ({path}). {fix}") from None
 
 
-def private_dir(path, what="a folder of kfmagic's runs"):
+def private_dir(path, what):
     """Folder `path`, created if missing, readable by its owner only (an existing one is made so)."""
     with writing(what, path):
         os.makedirs(path, mode=PRIVATE_DIR_MODE, exist_ok=True)
@@ -77,7 +77,7 @@ def write_private_json(path, data, what):
 def make_private(path):
     """Every folder under `path` 0700 and every file 0600: for what other tools wrote there
     (kfp.local's artifacts, the compiled pipeline). Links are left alone, never followed."""
-    for folder, folders, files in os.walk(path):
+    for folder, _, files in os.walk(path):
         os.chmod(folder, PRIVATE_DIR_MODE)
         for name in files:
             file = os.path.join(folder, name)
