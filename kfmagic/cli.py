@@ -121,7 +121,9 @@ def _parser():
         command("run", run, "Run the pipeline, in the notebook's directory so that relative paths mean what they mean there.")
     )
     compile_parser = command("compile", compile_, "Compile the pipeline to Kubeflow Pipelines IR YAML.")
-    compile_parser.add_argument("-o", "--output", action=syntax.Once, metavar="PATH", help="Where to write it (default: PIPELINE_NAME.yaml here).")
+    compile_parser.add_argument(
+        "-o", "--output", action=syntax.Once, metavar="PATH", help="Where to write it (default: PIPELINE_NAME.yaml here)."
+    )
     for sub in (run_parser, compile_parser):
         syntax.add_connection_arguments(
             sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)")
@@ -129,7 +131,9 @@ def _parser():
     convert_parser = command(
         "convert", convert, "Rewrite a Kubeflow Kale-tagged notebook with kfmagic magics (the same pipeline)."
     )
-    convert_parser.add_argument("-o", "--output", action=syntax.Once, metavar="OUT.ipynb", help="Default: NOTEBOOK_kfmagic.ipynb.")
+    convert_parser.add_argument(
+        "-o", "--output", action=syntax.Once, metavar="OUT.ipynb", help="Default: NOTEBOOK_kfmagic.ipynb."
+    )
     return parser
 
 

@@ -61,8 +61,9 @@ def _structure_problem(data):
         if not isinstance(cell, dict):
             return f": {label(number)} is {_kind(cell)}, not a cell (an object with cell_type, metadata and source)."
         source = cell.get("source")
-        if not (isinstance(source, str) or isinstance(source, list) and all(isinstance(line, str) for line in source)):
-            shown = _kind(source) if not isinstance(source, list) else f"a list holding {_kind(next(x for x in source if not isinstance(x, str)))}"
+        odd = [line for line in source if not isinstance(line, str)] if isinstance(source, list) else []
+        if odd or not isinstance(source, (str, list)):
+            shown = f"a list holding {_kind(odd[0])}" if odd else _kind(source)
             return (
                 f": {label(number)}'s source is {shown}, not text. A cell's source is a string or a list of "
                 "strings; fix that cell in a text editor or remove it."

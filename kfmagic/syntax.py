@@ -15,6 +15,7 @@ import ast
 import keyword
 import re
 import shlex
+import warnings
 from dataclasses import dataclass
 
 from IPython.core.error import UsageError
@@ -47,8 +48,10 @@ class Once(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if getattr(namespace, self.dest, self.default) is not self.default:
-            same = f" ({' and '.join((*self.option_strings[-1:], *self.same))} set the same thing)" if self.same else ""
-            raise argparse.ArgumentError(self, f"given twice in this line{same}; give {'one of them' if same else 'it'} once.")
+            if self.same:
+                pair = " and ".join((self.option_strings[-1], *self.same))
+                raise argparse.ArgumentError(self, f"given twice in this line ({pair} set the same thing); give one of them once.")
+            raise argparse.ArgumentError(self, "given twice in this line; give it once.")
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
@@ -139,7 +142,9 @@ def add_run_arguments(run):
         help="local: each step a process here; kfp-local: the compiled pipeline run by kfp.local here; "
         "kfp: submitted to Kubeflow Pipelines (the default once a host is configured).",
     )
-    run.add_argument("--local", dest="runner", action=Once, const="local", same=("--runner",), help="Run here even if a host is configured.")
+    run.add_argument(
+        "--local", dest="runner", action=Once, const="local", same=("--runner",), help="Run here even if a host is configured."
+    )
     run.add_argument("--wait", action=Once, const=True, default=False, help="On Kubeflow: follow the run, live, until it ends.")
     return run
 
@@ -172,7 +177,9 @@ def _pipeline_parser():
     commands.add_parser("check", help="Report every problem of the pipeline without running anything.")
     add_run_arguments(commands.add_parser("run", help="Run the pipeline; returns a Run."))
     compile_ = commands.add_parser("compile", help="Write the pipeline as Kubeflow Pipelines YAML.")
-    compile_.add_argument("-o", "--output", action=Once, metavar="PATH", help="Where to write it (default: <pipeline name>.yaml).")
+    compile_.add_argument(
+        "-o", "--output", action=Once, metavar="PATH", help="Where to write it (default: <pipeline name>.yaml)."
+    )
     add_connection_arguments(
         commands.add_parser("config", help="Where Kubeflow Pipelines is, and how to sign in (kept in memory only).")
     )
@@ -231,7 +238,10 @@ def _unbalanced(line, left_open, opened):
     where = f"after {options[-1]}" if options else f"in word {len(before) + (line[opened - 1:opened] in _SHELL_SPACE)}"
     if left_open == "\\":
         return f"the line ends with a \\ {where} that escapes nothing; remove it (or write \\\\ for a backslash)."
-    return f"unbalanced quote: the {left_open} opened {where} is never closed; close it (or write \\{left_open} for the character itself)."
+    return (
+        f"unbalanced quote: the {left_open} opened {where} is never closed; close it "
+        f"(or write \\{left_open} for the character itself)."
+    )
 
 
 def secret_values(words):
@@ -275,12 +285,12 @@ def parse_pipeline_line(line):
     where = f"%pipeline {first}" if first in PIPELINE_SUBCOMMANDS else "%pipeline"
     try:
         words = split_line(line)
-    except CellSyntaxError as error:
-        raise CellSyntaxError(f"{where}: {error}") from None
-    try:
         return PIPELINE_PARSER.parse_args(words)
+    except CellSyntaxError as error:
+        problem = str(error)
     except UsageError as error:
-        raise CellSyntaxError(f"{where}: {redact(str(error), words)}\nSee %pipeline? for the options.") from None
+        problem = f"{redact(str(error), words)}\nSee %pipeline? for the options."
+    raise CellSyntaxError(f"{where}: {problem}")  # raised here: no context holds the line's words
 
 
 @dataclass(frozen=True)
@@ -315,8 +325,17 @@ def as_ipython_reads(text):
 
 
 def to_python(body):
-    """The Python IPython runs for `body` (its `%` and `!` lines become get_ipython() calls)."""
-    return _TRANSFORMER.transform_cell(body)
+    """The Python IPython runs for `body` (its `%` and `!` lines become get_ipython() calls).
+
+    Code IPython cannot even tokenize (a bad dedent) is returned as it is: Python's parser then
+    says what is wrong, on which line, wherever the code is read.
+    """
+    with warnings.catch_warnings():  # IPython's note on odd line separators (\x1c, \u2028): not the user's to act on
+        warnings.simplefilter("ignore")
+        try:
+            return _TRANSFORMER.transform_cell(body)
+        except SyntaxError:
+            return body
 
 
 def cell_text(cell):
@@ -350,7 +369,7 @@ def parse_cell(text):
     try:
         args = vars(CELL_MAGICS[kind].parser.parse_args(split_line(line)))
     except (CellSyntaxError, UsageError) as error:
-        raise CellSyntaxError(f"%%{kind} {line}: {error}\nSee %%{kind}? for the options.") from None
+        raise CellSyntaxError(f"%%{kind} {line}".rstrip() + f": {error}\nSee %%{kind}? for the options.") from None
     name = args.pop("name", None)
     if name is not None:
         check_name(name, f"%%{kind} {line}")

@@ -1,24 +1,59 @@
-"""The `kfmagic` command as a user runs it: a real subprocess, its exit status, stdout and stderr."""
+"""The `kfmagic` command as a user runs it: a real subprocess, its exit status, stdout and stderr;
+its help, signals, a closed output and credentials on the command line.
 
+Bad input of every kind (files, cells, command lines) is the table of tests/test_bad_input.py.
+"""
+
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import nbformat
+import psutil
 import pytest
-from conftest import REPO, make_notebook
+from conftest import REPO, make_notebook, tagged_notebook
+
+from kfmagic.cli import main
 
 DEMO = os.path.join(REPO, "notebooks", "demo_wine.ipynb")
+CONNECTION = ["--host HOST", "--namespace NAMESPACE", "--experiment EXPERIMENT", "--token TOKEN", "--token-path FILE", "--cookies COOKIES"]
+HELP = {  # each command's own description and every option it takes
+    (): ("Build, check, run and compile the pipeline a saved notebook declares (kfmagic magics or Kubeflow Kale "
+         "tags), without a kernel and without running its cells.", ["show", "check", "run", "compile", "convert"]),
+    ("show",): ("Print the steps, their inputs, outputs and params, and the DAG.", ["NOTEBOOK.ipynb"]),
+    ("check",): ("Report every problem of the pipeline without running anything.", ["NOTEBOOK.ipynb"]),
+    ("run",): ("Run the pipeline, in the notebook's directory so that relative paths mean what they mean there.",
+               ["NOTEBOOK.ipynb", "--param NAME=VALUE", "--workers WORKERS", "--runner {local,kfp-local,kfp}", "--local",
+                "--wait", *CONNECTION]),
+    ("compile",): ("Compile the pipeline to Kubeflow Pipelines IR YAML.", ["NOTEBOOK.ipynb", "-o PATH, --output PATH", *CONNECTION]),
+    ("convert",): ("Rewrite a Kubeflow Kale-tagged notebook with kfmagic magics (the same pipeline).",
+                   ["NOTEBOOK.ipynb", "-o OUT.ipynb, --output OUT.ipynb"]),
+}
 
 
 def kfmagic(*args, cwd):
     return subprocess.run(["kfmagic", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["show"], ["check"], ["run"], ["compile"], ["convert"]])
-def test_every_command_has_help(tmp_path, command):
-    result = kfmagic(*command, "--help", cwd=tmp_path)
-    assert result.returncode == 0 and result.stdout.startswith("usage: kfmagic")
+@pytest.mark.parametrize("command", list(HELP), ids=lambda command: " ".join(command) or "kfmagic")
+def test_every_command_has_its_own_help(capsys, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "250")  # argparse wraps at the terminal's width
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    shown = capsys.readouterr().out
+    description, options = HELP[command]
+    assert exited.value.code == 0 and shown.startswith(f"usage: kfmagic {' '.join(command)}".rstrip())
+    assert description in shown
+    assert [option for option in options if option not in shown] == []
+
+
+def test_the_installed_command_answers_help(tmp_path):
+    result = kfmagic("--help", cwd=tmp_path)
+    assert result.returncode == 0 and HELP[()][0] in result.stdout.replace("\n", " ")
 
 
 def test_show_and_check_read_the_demo_without_running_it(tmp_path):
@@ -55,22 +90,6 @@ def test_a_run_reads_relative_paths_from_the_notebooks_directory(tmp_path):
     assert "total=40" in result.stdout and (path.parent / ".kfmagic" / "runs").is_dir()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "missing.ipynb"], "kfmagic run: missing.ipynb: no such file."),
-    (["check", "text.ipynb"], "kfmagic check: text.ipynb is not a Jupyter notebook"),
-    (["run", "nb/pipe.ipynb", "--param", "nope=1"], "--param nope: no such parameter."),
-    (["run", "nb/pipe.ipynb", "--param", "scale"], "--param 'scale': write NAME=VALUE"),
-    (["run", "nb/pipe.ipynb", "--param", "scale=big"], "expected a int like the default 2"),
-    (["run", "nb/pipe.ipynb", "--workers", "0"], "--workers 0: at least one step"),
-    (["convert", "nb/pipe.ipynb", "-o", "out.ipynb"], "no Kale tags to convert"),
-])
-def test_bad_input_is_one_message_on_stderr_and_exit_status_1(tmp_path, args, message):
-    notebook_file(tmp_path, "%%params\nscale = 2", "%%step one\nx = scale")
-    (tmp_path / "text.ipynb").write_text("just text")
-    result = kfmagic(*args, cwd=tmp_path)
-    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
-
-
 def test_plan_problems_and_failed_steps_exit_1_with_the_reason(tmp_path):
     notebook_file(tmp_path, "%%step one\ny = undefined_name + 1")
     check = kfmagic("check", "nb/pipe.ipynb", cwd=tmp_path)
@@ -79,11 +98,6 @@ def test_plan_problems_and_failed_steps_exit_1_with_the_reason(tmp_path):
     run = kfmagic("run", "nb/pipe.ipynb", cwd=tmp_path)
     assert run.returncode == 1 and "Step 'one' failed: ValueError: broken on purpose" in run.stderr
     assert "Not run: two." in run.stderr
-
-
-def test_a_malformed_command_line_exits_2(tmp_path):
-    assert kfmagic("launch", DEMO, cwd=tmp_path).returncode == 2
-    assert kfmagic("run", DEMO, "--runner", "cloud", cwd=tmp_path).returncode == 2
 
 
 def test_compile_writes_ir_yaml_where_asked(tmp_path):
@@ -99,3 +113,117 @@ def test_the_kfp_local_runner_and_connection_options_reach_the_pipeline(tmp_path
     assert local.returncode == 0 and "x=3" in local.stdout, local.stderr
     dead = kfmagic("run", str(path), "--host", "http://127.0.0.1:9", "--token", "secret-token", cwd=tmp_path)
     assert dead.returncode == 1 and "127.0.0.1:9" in dead.stderr and "secret-token" not in dead.stderr + dead.stdout
+
+
+def test_a_token_on_the_command_line_is_accepted_with_one_warning(tmp_path, capsys):
+    path = str(notebook_file(tmp_path, "%%step one\nx = 1"))
+    assert main(["compile", path, "-o", str(tmp_path / "a.yaml"), "--token", "T0KEN-VALUE"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "every user of this machine can read it" in err, err
+    assert "--token-path FILE" in err and "$KF_PIPELINES_SA_TOKEN_PATH" in err and "T0KEN-VALUE" not in err
+    assert main(["compile", path, "-o", str(tmp_path / "b.yaml")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def gone(process):
+    """Whether a process has ended (a zombie waiting for init to reap it has ended too)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(path, parts, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().split()) == parts:
+            return [psutil.Process(int(pid)) for pid in path.read_text().split()]
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def stop_leftovers(processes):
+    """If the test failed, leave no process behind (only those this test started)."""
+    for process in processes:
+        if not gone(process):
+            process.kill()
+
+
+SLOW_STEP = (
+    "%%step slow\nimport os, subprocess, time\nchild = subprocess.Popen(['sleep', '60'])\n"
+    "open('pids', 'w').write(f'{os.getpid()} {child.pid}')\ntime.sleep(60)"
+)
+
+
+@pytest.mark.parametrize("signum, status, said", [
+    (signal.SIGTERM, 143, "stopped by SIGTERM"),  # timeout(1), a CI cancel
+    (signal.SIGHUP, 129, "stopped by SIGHUP"),  # the terminal closed
+    (signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+], ids=["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_signal_stops_the_run_and_every_process_of_its_steps(tmp_path, signum, status, said):
+    path = notebook_file(tmp_path, SLOW_STEP)
+    command = subprocess.Popen(["kfmagic", "run", str(path)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps = wait_for(path.parent / "pids", 2)  # the step's process and the `sleep` it started
+    try:
+        command.send_signal(signum)
+        out, err = command.communicate(timeout=60)
+        assert command.returncode == status
+        [line] = err.splitlines()
+        runs = path.parent / ".kfmagic" / "runs"
+        assert line == f"kfmagic run: {said}: every step process was stopped; outputs of finished steps are kept in {runs / os.listdir(runs)[0]}."
+        assert "kernel" not in out + err and "[slow] canceled" in out
+        assert [process.pid for process in steps if not gone(process)] == []
+    finally:
+        stop_leftovers(steps)
+
+
+def closed_pipe(monkeypatch):
+    """stdout is a pipe whose reader has gone, as in `kfmagic show NB | head -0`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stream = open(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", stream)
+    return stream
+
+
+@pytest.mark.parametrize("command", ["show", "check", "run", "compile", "convert"])
+def test_output_closed_by_its_reader_ends_every_command_quietly(tmp_path, capsys, monkeypatch, command):
+    if command == "convert":
+        path = tmp_path / "kale.ipynb"
+        nbformat.write(tagged_notebook(("x = 1", "step:one")), path)
+    else:
+        path = notebook_file(tmp_path, "%%step one\nx = 1")
+    stream = closed_pipe(monkeypatch)
+    output = {"compile": ["-o", str(tmp_path / "out.yaml")], "convert": ["-o", str(tmp_path / "out.ipynb")]}.get(command, [])
+    status = main([command, str(path), *output])
+    stream.close()
+    assert (status, capsys.readouterr().err) == (128 + signal.SIGPIPE, "")
+
+
+CHATTY_STEP = (
+    "%%step chatty\nimport os, time\nopen('pids', 'w').write(str(os.getpid()))\n"
+    "for i in range(6000):\n    print(i, 'x' * 1000, flush=True)\n    time.sleep(0.01)"
+)
+
+
+def test_a_run_whose_output_is_closed_stops_its_steps_quietly(tmp_path):
+    path = notebook_file(tmp_path, CHATTY_STEP)
+    command = subprocess.Popen(["kfmagic", "run", str(path)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert command.stdout.readline().startswith("run ")  # `| head -1`: one line, then the reader goes
+    [step] = wait_for(path.parent / "pids", 1)
+    try:
+        command.stdout.close()
+        _, err = command.communicate(timeout=60)
+        assert (command.returncode, err) == (128 + signal.SIGPIPE, "")
+        assert gone(step)
+    finally:
+        stop_leftovers([step])
+
+
+@pytest.mark.xfail(strict=True, reason="backends/base.py Run.failure_message ends every failure with 'In the kernel, the "
+                   "run is kfmagic.pipeline().last_run.' (team lead's file; fix proposed in the bad-input report)")
+def test_the_cli_never_speaks_of_the_kernel(tmp_path, capsys):
+    path = notebook_file(tmp_path, "%%step one\nraise ValueError('broken on purpose')")
+    assert main(["run", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "Step 'one' failed: ValueError: broken on purpose" in err and "kernel" not in out + err
