@@ -142,14 +142,13 @@ def main(argv=None):
     try:
         args = _parser().parse_args(argv)
     except _CommandLineError as error:
-        error.parser.print_usage(sys.stderr)
-        print(f"{error.parser.prog}: error: {syntax.redact(str(error), argv)}", file=sys.stderr)
+        _say(f"{error.parser.format_usage()}{error.parser.prog}: error: {syntax.redact(str(error), argv)}")
         return 2
-    if getattr(args, "token", None) is not None:
-        warn([TOKEN_WARNING])
     stop, cwd = _Stop(), os.getcwd()
     try:
         with stop:
+            if getattr(args, "token", None) is not None:
+                warn([TOKEN_WARNING])
             args.handler(args)
             sys.stdout.flush()
     except (KeyboardInterrupt, KfmagicError) as error:
@@ -164,12 +163,27 @@ def _report(args, error, signum):
     if signum == signal.SIGPIPE:  # the reader of the output went away: nothing to say, nowhere to say it
         return 128 + signum
     if signum is not None or isinstance(error, KeyboardInterrupt):
-        print(f"kfmagic {args.command}: {_stopped(error, signum or signal.SIGINT)}", file=sys.stderr)
+        _say(f"kfmagic {args.command}: {_stopped(error, signum or signal.SIGINT)}")
         return 128 + (signum or signal.SIGINT)
-    print(f"kfmagic {args.command}: {error}", file=sys.stderr)
-    if isinstance(error, (PlanError, CellSyntaxError)) and getattr(args, "kale_tags", False):
-        print(KALE_TERMS, file=sys.stderr)
+    kale_terms = isinstance(error, (PlanError, CellSyntaxError)) and getattr(args, "kale_tags", False)
+    _say(f"kfmagic {args.command}: {error}" + (f"\n{KALE_TERMS}" if kale_terms else ""))
     return 1
+
+
+def _say(message):
+    """A message on stderr; nothing if nobody reads stderr any more (`2>&1 | head`)."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _to_devnull(sys.stderr)
+
+
+def _to_devnull(stream):
+    """Send what is still to be written to `stream` to /dev/null: its reader went away, and Python
+    would otherwise complain when it flushes the stream at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def _stopped(error, signum):
@@ -224,7 +238,7 @@ class Stopped(KeyboardInterrupt):
 
 class _Output:
     """A standard stream whose reader went away (`| head`) stops the command, as SIGPIPE stops Unix
-    tools; what is written after goes to /dev/null (also at exit, so Python has nothing to complain of)."""
+    tools; what is written after goes to /dev/null."""
 
     def __init__(self, stream, stop):
         self._stream, self._stop = stream, stop
@@ -243,9 +257,7 @@ class _Output:
             self._closed()
 
     def _closed(self):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._stream.fileno())
-        os.close(devnull)
+        _to_devnull(self._stream)
         self._stop.stop(signal.SIGPIPE)
 
     def __getattr__(self, name):

@@ -177,12 +177,12 @@ def test_a_signal_stops_the_run_and_every_process_of_its_steps(tmp_path, signum,
         stop_leftovers(steps)
 
 
-def closed_pipe(monkeypatch):
-    """stdout is a pipe whose reader has gone, as in `kfmagic show NB | head -0`."""
+def closed_pipe(monkeypatch, name="stdout"):
+    """sys.stdout (or stderr) is a pipe whose reader has gone, as in `kfmagic show NB | head -0`."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     stream = open(write_end, "w", buffering=1)
-    monkeypatch.setattr(sys, "stdout", stream)
+    monkeypatch.setattr(sys, name, stream)
     return stream
 
 
@@ -198,6 +198,14 @@ def test_output_closed_by_its_reader_ends_every_command_quietly(tmp_path, capsys
     status = main([command, str(path), *output])
     stream.close()
     assert (status, capsys.readouterr().err) == (128 + signal.SIGPIPE, "")
+
+
+def test_a_message_to_a_closed_stderr_is_dropped_quietly(tmp_path, monkeypatch):
+    (tmp_path / "text.ipynb").write_text("just text")
+    stream = closed_pipe(monkeypatch, "stderr")  # `kfmagic check text.ipynb 2>&1 | head -0`
+    assert main(["check", str(tmp_path / "text.ipynb")]) == 1
+    assert main(["launch"]) == 2
+    stream.close()
 
 
 CHATTY_STEP = (
