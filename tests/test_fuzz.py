@@ -43,7 +43,8 @@ def magic_lines(draw):
     return "".join(word + gap for word, gap in zip(words, gaps))
 
 
-LINES = st.one_of(magic_lines(), st.text(max_size=80), st.text(alphabet="-=#'\" \\az\x00", max_size=40))
+LONG_LINES = st.builds(lambda word, count: f"{word} " * count, WORD, st.integers(100, 1000))
+LINES = st.one_of(magic_lines(), st.text(max_size=80), st.text(alphabet="-=#'\" \\az\x00", max_size=40), LONG_LINES)
 CODE_WORDS = [
     "x", "y", "=", "(", ")", "[", "]", "{", "}", ":", ",", ".", "+", "-", "*", "**", "lambda", "def", "class",
     "if", "else", "for", "in", "while", "return", "yield", "await", "async", "global", "nonlocal", "import",
