@@ -58,6 +58,10 @@ Differences from a real cluster that tests should know about
 * ``runtime_config.pipeline_root`` sent by the client is recorded but ignored;
   the response shows the local pipeline root actually used.
 * Caching is off unless ``KfpServer(enable_caching=True)``.
+* kfp.local runs one task at a time and stops at the first failed task:
+  tasks that do not depend on it but had not started yet never start (a
+  real cluster runs them), so which independent tasks ran depends on
+  kfp.local's order.
 * Run parameters are converted to the pipeline's declared input types before
   kfp.local sees them (an ``int`` for a ``float`` input becomes a float), as
   the real backend does; kfp.local alone would reject the run.

@@ -118,7 +118,6 @@ def test_a_failing_step_fails_the_submitted_run_and_its_descendants_never_start(
         "%%step boom --no-install\nvalue = x + 41\nraise ValueError(f'bad value {value}')",
         "%%step after --no-install --after boom\ny = 2",
         "%%step later --no-install\nz = y + 1",
-        "%%step branch --no-install\nw = x * 10",
     )
     pipeline.configure(host=kfp_server.url)
     printed = io.StringIO()
@@ -127,7 +126,7 @@ def test_a_failing_step_fails_the_submitted_run_and_its_descendants_never_start(
     run = failure.value.run
     assert run is pipeline.last_run and run.runner == "kfp" and run.state == "FAILED"
     assert {name: step.state for name, step in run.steps.items()} == {
-        "first": "SUCCEEDED", "boom": "FAILED", "after": "SKIPPED", "later": "SKIPPED", "branch": "SUCCEEDED",
+        "first": "SUCCEEDED", "boom": "FAILED", "after": "SKIPPED", "later": "SKIPPED",
     }
     assert run.steps["boom"].error == "task boom failed; see server.run_log()"  # the API's task error, as sent
     url = f"{kfp_server.url}/#/runs/details/{run.id}"
@@ -141,7 +140,7 @@ def test_a_failing_step_fails_the_submitted_run_and_its_descendants_never_start(
     ]
     # the cluster never started them: no task of theirs exists there; the kernel calls them skipped
     reported = {task["display_name"]: task["state"] for task in kfp_server.get_run(run.id)["run_details"]["task_details"]}
-    assert reported == {"first": "SUCCEEDED", "boom": "FAILED", "branch": "SUCCEEDED"}
+    assert reported == {"first": "SUCCEEDED", "boom": "FAILED"}
     assert "[after] skipped" in printed.getvalue() and "[later] skipped" in printed.getvalue()
     assert "ValueError: bad value 42" in kfp_server.run_log(run.id)  # the step really ran and raised
 
