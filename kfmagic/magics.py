@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 import os
 
 from . import display, drift, notebook, syntax
-from .errors import KfmagicError
+from .errors import KfmagicError, RunFailed
 from .registry import current_pipeline, parse_param_overrides
 
 def mark_cells(lines):
@@ -159,9 +159,12 @@ class KfMagics(Magics):
             report_drift(pipeline, notebook_path(self.shell))
             print(display.check_text(pipeline.check()))
         elif args.command == "run":
-            return pipeline.run(
-                params=parse_param_overrides(args.param), workers=args.workers, runner=args.runner, wait=args.wait
-            )
+            try:
+                return pipeline.run(
+                    params=parse_param_overrides(args.param), workers=args.workers, runner=args.runner, wait=args.wait
+                )
+            except RunFailed as failure:
+                raise RunFailed(f"{failure}\nThe run is kfmagic.pipeline().last_run.", failure.run) from None
         elif args.command == "compile":
             print(f"wrote {pipeline.compile(args.output)}")
         elif args.command == "config":

@@ -233,6 +233,8 @@ def parse_param_overrides(pairs):
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
             raise CellSyntaxError(f"--param {pair!r}: write NAME=VALUE, e.g. --param learning_rate=0.05.")
+        if name.strip() in overrides:
+            raise CellSyntaxError(f"--param {name.strip()}: given twice; give it once.")
         overrides[name.strip()] = value
     return overrides
 

@@ -40,9 +40,14 @@ def check_step_options(step, options):
     retries = options.get("retries")
     if retries is not None and retries < 0:
         fail("retries", retries, "the number of retries is 0 or more.")
+    named = set()
     for pair in options.get("env") or ():
         if not _ENV_RE.match(pair):
             fail("env", pair, "write NAME=VALUE with NAME a valid environment variable name, e.g. --env LOG_LEVEL=debug.")
+        name = pair.split("=", 1)[0]
+        if name in named:
+            fail("env", pair, f"{name} is given twice; give it once.")
+        named.add(name)
     for text in options.get("secret") or ():
         parts = text.split(":")
         if len(parts) != 3 or not all(parts) or not _ENV_RE.match(parts[2] + "="):

@@ -228,8 +228,6 @@ def test_a_run_whose_output_is_closed_stops_its_steps_quietly(tmp_path):
         stop_leftovers([step])
 
 
-@pytest.mark.xfail(strict=True, reason="backends/base.py Run.failure_message ends every failure with 'In the kernel, the "
-                   "run is kfmagic.pipeline().last_run.' (team lead's file; fix proposed in the bad-input report)")
 def test_the_cli_never_speaks_of_the_kernel(tmp_path, capsys):
     path = notebook_file(tmp_path, "%%step one\nraise ValueError('broken on purpose')")
     assert main(["run", str(path)]) == 1

@@ -305,9 +305,6 @@ def test_runs_are_private_and_out_of_git(tmp_path, monkeypatch, runner):
     assert status.stdout == ""  # pickled data never shows up to be committed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "backends/local.py write_specs and backends/kfp_local.py (kfp.local's own files, pipeline.yaml, the log) "
-    "do not use workspace.private_dir / write_private_json / make_private yet: see helper2's report"))
 @pytest.mark.parametrize("runner", ["local", "kfp-local"])
 def test_every_folder_of_a_run_is_0700_and_every_file_0600(tmp_path, monkeypatch, runner):
     monkeypatch.chdir(tmp_path)
@@ -414,9 +411,6 @@ def test_a_run_that_cannot_create_its_folder_or_record_says_what_did_not_fit(sma
     assert_one_message(str(caught.value), "No space left on device while writing", expected, "Free space")
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "backends/local.py write_specs writes the specs with open(); it should use workspace.write_private_json "
-    "(see helper2's report)"))
 def test_a_run_whose_specs_do_not_fit_names_the_step(small_disk, monkeypatch):
     monkeypatch.chdir(small_disk)
     pipeline = pipeline_of("%%step a\nx = 1")
@@ -454,9 +448,6 @@ def test_a_kfp_local_run_leaves_no_scratch_folder(tmp_path, monkeypatch, private
     assert run.load("x") == [1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kfp's lightweight-component launcher makes `mktemp -d` folders per task; backends/kfp_local.py should "
-    "give the kfp.local child a TMPDIR inside the run's folder (see helper2's report)"))
 def test_a_kfp_local_run_leaves_the_temp_dir_as_it_was(tmp_path, monkeypatch, private_tmp):
     monkeypatch.chdir(tmp_path)
     run = run_of(pipeline_of("%%step a\nx = [1]", "%%step b\ny = x + [1]"), runner="kfp-local")

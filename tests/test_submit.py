@@ -135,7 +135,6 @@ def test_a_failing_step_fails_the_submitted_run_and_its_descendants_never_start(
         "Step 'boom' failed: task boom failed; see server.run_log()",
         "Not run: after, later.",
         f"Outputs of finished steps are kept in {run.run_dir}.",
-        "In the kernel, the run is kfmagic.pipeline().last_run.",
         f"On Kubeflow: {url}",
     ]
     # the cluster never started them: no task of theirs exists there; the kernel calls them skipped

@@ -146,7 +146,7 @@ class Run:
             raise KfmagicError(
                 f"{where} cannot be loaded here: {type(error).__name__}: {error}. It needs what step {step.name!r} "
                 "had when it saved it (its libraries and their versions, the %%prelude's classes and functions); "
-                f"if this kernel has them, the file is damaged ({path}): run the pipeline again to remake it."
+                f"if those are here, the file is damaged ({path}): run the pipeline again to remake it."
             ) from None
 
     def failure_message(self):
@@ -160,7 +160,6 @@ class Run:
             lines.append(f"Not run: {', '.join(not_run)}.")
         if self.run_dir:
             lines.append(f"Outputs of finished steps are kept in {self.run_dir}.")
-        lines.append("In the kernel, the run is kfmagic.pipeline().last_run.")
         return "\n".join(lines)
 
     def write_info(self, **extra):

@@ -8,19 +8,19 @@ the kernel and makes an interrupt stop it. Each step's runtime leaves its result
 does (`.kfmagic/runs/<run-id>/<step>/result.json`); values are read from the artifacts it wrote.
 """
 
+import contextlib
 import json
 import os
 import queue
 import re
-import subprocess
+import shutil
 import sys
-import threading
 import time
 
-from .. import component
+from .. import component, workspace
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
-from .base import interrupted, read_result, start_run
-from .local import pump_lines, step_env, stop_process
+from .base import read_result, start_run
+from .launcher import step_env, supervised
 
 PACKAGE_FILE = "pipeline.yaml"
 LOG_FILE = "kfp-local.log"
@@ -75,41 +75,38 @@ def run(plan, params, *, workdir, workers, progress, settings):
     `settings` (base.Settings), the image applies.
     """
     record = start_run(plan, params, workdir, "kfp-local")
-    run_id, run_dir, steps = record.id, record.run_dir, record.steps
+    run_dir, steps = record.run_dir, record.steps
     package = compile_plan(plan, os.path.join(run_dir, PACKAGE_FILE), Target(image=settings.image, install=False))
-    env = dict(step_env(), **{component.RESULT_DIR_ENV: run_dir})
-    process = subprocess.Popen(
-        [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))],
-        cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    scratch = workspace.private_dir(os.path.join(run_dir, "tmp"), "kfp.local's scratch folder")
+    env = dict(step_env(), TMPDIR=scratch, **{component.RESULT_DIR_ENV: run_dir})  # kfp's launcher makes temp folders
+    argv = [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))]
     events, task_output = queue.Queue(), _TaskOutput(plan)
-    threading.Thread(target=pump_lines, args=("kfp-local", "stdout", process.stdout, events), daemon=True).start()
-    progress.start(record)
-    try:
-        with open(os.path.join(run_dir, LOG_FILE), "w") as log:
-            while True:
-                try:
-                    kind, _, _, text = events.get(timeout=0.3)
-                except queue.Empty:
-                    kind = text = None
-                _refresh(steps, run_dir)
-                progress.update(record)
-                if kind == "eof":
-                    break
-                if kind == "line":
-                    log.write(text + "\n")
-                    found = task_output.step_of(text)
-                    if found:
-                        progress.output(found[0], "stdout", found[1])
-        process.wait()
-    except KeyboardInterrupt:
-        stop_process(process)
-        raise interrupted(
-            record, progress, f"Run {run_id} interrupted: kfp.local was stopped. Its files are in {run_dir}."
-        ) from None
+    stopped = f"Run {record.id} interrupted: kfp.local was stopped. Its files are in {run_dir}."
+    log = os.fdopen(os.open(os.path.join(run_dir, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+    with log, _tidied(run_dir, scratch), supervised(record, progress, events, stopped) as launcher:
+        launcher.start("kfp-local", argv, workdir, env)
+        returncode, open_streams = None, {"stdout", "stderr"}
+        while returncode is None or open_streams:
+            try:
+                kind, _, stream_name, detail = events.get(timeout=0.3)
+            except queue.Empty:
+                kind = None
+            _refresh(steps, run_dir)
+            progress.update(record)
+            if kind == "line":
+                log.write(detail + "\n")
+                found = task_output.step_of(detail)
+                if found:
+                    progress.output(found[0], "stdout", found[1])
+            elif kind == "eof":
+                open_streams.discard(stream_name)
+            elif kind in ("exited", "failed"):
+                returncode = detail if kind == "exited" else 127
+            elif launcher.stopped.is_set():
+                returncode = returncode if returncode is not None else -9
+                break
     _refresh(steps, run_dir)
-    failed = any(step.state != "SUCCEEDED" for step in steps.values()) or process.returncode != 0
+    failed = any(step.state != "SUCCEEDED" for step in steps.values()) or returncode != 0
     for step in steps.values():
         if step.state == "RUNNING":  # started, never reported: the task process died
             step.state, step.finished = "FAILED", time.time()
@@ -122,11 +119,23 @@ def run(plan, params, *, workdir, workers, progress, settings):
     return record
 
 
+@contextlib.contextmanager
+def _tidied(run_dir, scratch):
+    """However the run ends: kfp.local's scratch gone, and what kfp wrote (the compiled pipeline,
+    its artifacts) made private like the rest of the run."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        workspace.make_private(run_dir)
+
+
 def _execute(package, pipeline_root, params_json):
     """In the child process: run the compiled IR with kfp.local; exit code 1 if a task failed."""
     import kfp.local
     from kfp import components
 
+    os.dup2(1, 2)  # one stream, in order: which task a line belongs to is told by the lines before it
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
     pipeline = components.load_component_from_file(package)
     try:

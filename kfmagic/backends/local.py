@@ -1,21 +1,26 @@
 """The embedded default: every step in a fresh Python process on this machine, independent steps
 in parallel, values passed as files under `.kfmagic/runs/<run-id>/` in the working directory.
+
+Processes are started through the run's supervisor (launcher.py): a step is finished when its
+process exits, and what it left behind is stopped then.
 """
 
-import json
 import os
 import queue
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
-from .. import runtime
-from .base import interrupted, read_result, start_run
+from .. import runtime, workspace
+from .base import read_result, start_run
+from .launcher import step_env, supervised
 
 _NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
+# Once a step's process has exited, its output is read to the end; what it left behind is being
+# stopped meanwhile, so an output still open after this long belongs to something that escaped.
+_DRAIN_SECONDS = 3.0
 
 
 def write_specs(plan, params, run_dir):
@@ -23,8 +28,7 @@ def write_specs(plan, params, run_dir):
     prelude = [vars(part) for part in plan.prelude]
     paths = {}
     for step in plan.steps:
-        out_dir = os.path.join(run_dir, step.name)
-        os.makedirs(out_dir, exist_ok=True)
+        out_dir = workspace.private_dir(os.path.join(run_dir, step.name), f"the folder of step {step.name!r}")
         spec = {
             "step": step.name,
             "prelude": prelude,
@@ -42,48 +46,15 @@ def write_specs(plan, params, run_dir):
             "out_dir": out_dir,
         }
         paths[step.name] = os.path.join(out_dir, "spec.json")
-        with open(paths[step.name], "w") as file:
-            json.dump(spec, file)
+        workspace.write_private_json(paths[step.name], spec, f"the spec of step {step.name!r}")
     return paths
 
 
-def pump_lines(name, stream_name, pipe, events):
-    for raw in iter(pipe.readline, b""):
-        events.put(("line", name, stream_name, raw.decode("utf-8", "replace").rstrip("\n")))
-    pipe.close()
-    events.put(("eof", name, stream_name, None))
-
-
-def step_env():
-    """The step process finds kfmagic even when the kernel imported it from a source checkout."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), package_parent) if p)
-    return env
-
-
-def stop_process(process):
-    """Terminate a step's whole process group, then kill it if it does not go."""
-    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        if grace is None:
-            process.wait()
-            return
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _read_result(step_run, process, out_dir, stderr_tail):
+def _read_result(step_run, returncode, out_dir, stderr_tail):
     """Fill a finished StepRun from the result file its runtime wrote (or from how it died)."""
     step_run.finished = time.time()
-    if process.returncode < 0:
-        sig = signal.Signals(-process.returncode).name
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name
         hint = " (the system may have run out of memory)" if sig == "SIGKILL" else ""
         step_run.state, step_run.error = "FAILED", f"Step {step_run.name!r} was killed by {sig}{hint}."
         return
@@ -91,9 +62,94 @@ def _read_result(step_run, process, out_dir, stderr_tail):
     if result is None:
         tail = "\n".join(stderr_tail)
         step_run.state = "FAILED"
-        step_run.error = f"Step {step_run.name!r} exited with code {process.returncode} before reporting a result.\n{tail}"
+        step_run.error = f"Step {step_run.name!r} exited with code {returncode} before reporting a result.\n{tail}"
         return
     step_run.apply_result(result, out_dir)
+
+
+@dataclass
+class _Process:
+    """A started step, as the run loop follows it."""
+
+    open_streams: set = field(default_factory=lambda: {"stdout", "stderr"})
+    stderr_tail: deque = field(default_factory=lambda: deque(maxlen=10))  # its last lines, for a crash message
+    returncode: int | None = None
+    exited_at: float | None = None
+
+    def drained(self):
+        return self.returncode is not None and (not self.open_streams or time.monotonic() - self.exited_at > _DRAIN_SECONDS)
+
+
+class _Scheduler:
+    """Starts each step once its upstream steps have succeeded, skips it if one has not, and ends it
+    once its process has exited and its output has been read."""
+
+    def __init__(self, plan, record, specs, launcher, events, workers, progress, workdir):
+        self.record, self.specs, self.launcher, self.events = record, specs, launcher, events
+        self.workers, self.progress, self.workdir = workers, progress, workdir
+        self.pending, self.running, self.env = list(plan.steps), {}, step_env()
+
+    def run(self):
+        while self.pending or self.running:
+            self._start_ready()
+            self._handle(self._next_event())
+            for name in [name for name, process in self.running.items() if process.drained()]:
+                process = self.running.pop(name)
+                _read_result(self.record.steps[name], process.returncode, os.path.dirname(self.specs[name]), process.stderr_tail)
+                self.progress.update(self.record)
+            if self.running and self.launcher.stopped.is_set():
+                self._lost()
+
+    def _start_ready(self):
+        steps = self.record.steps
+        for step in list(self.pending):
+            upstream = [steps[name].state for name in step.upstream]
+            if any(state in _NOT_RUN for state in upstream):
+                steps[step.name].state = "SKIPPED"
+                self.pending.remove(step)
+                self.progress.update(self.record)
+            elif len(self.running) < self.workers and all(state == "SUCCEEDED" for state in upstream):
+                self.pending.remove(step)
+                self.running[step.name] = _Process()
+                steps[step.name].state, steps[step.name].started = "RUNNING", time.time()
+                argv = [sys.executable, "-m", "kfmagic.runtime", self.specs[step.name]]
+                self.launcher.start(step.name, argv, self.workdir, self.env)
+                self.progress.update(self.record)
+
+    def _next_event(self):
+        try:
+            return self.events.get(timeout=0.5)
+        except queue.Empty:
+            return None
+
+    def _handle(self, event):
+        if event is None:
+            self.progress.update(self.record)
+            return
+        kind, name, stream_name, detail = event
+        process = self.running.get(name)
+        if process is None:
+            return
+        if kind == "line":
+            if stream_name == "stderr":
+                process.stderr_tail.append(detail)
+            self.progress.output(name, stream_name, detail)
+        elif kind == "eof":
+            process.open_streams.discard(stream_name)
+        elif kind in ("exited", "failed"):
+            process.returncode = detail if kind == "exited" else 127
+            process.exited_at = time.monotonic()
+            if kind == "failed":
+                process.stderr_tail.append(f"the process could not be started: {detail}")
+
+    def _lost(self):
+        """The supervisor is gone (killed from outside): its steps went with it."""
+        for name in list(self.running):
+            del self.running[name]
+            step = self.record.steps[name]
+            step.state, step.finished = "FAILED", time.time()
+            step.error = f"Step {name!r} was stopped: the run's supervisor process ended unexpectedly."
+        self.progress.update(self.record)
 
 
 def run(plan, params, *, workdir, workers, progress, settings):
@@ -102,59 +158,15 @@ def run(plan, params, *, workdir, workers, progress, settings):
     `settings` (base.Settings) is accepted for the common interface: nothing in it applies here.
     """
     record = start_run(plan, params, workdir, "local")
-    run_id, run_dir, steps = record.id, record.run_dir, record.steps
-    specs = write_specs(plan, params, run_dir)
+    specs = write_specs(plan, params, record.run_dir)
     events = queue.Queue()
-    pending = list(plan.steps)
-    running = {}  # name -> (process, open streams, last lines of stderr)
-    env = step_env()
-    progress.start(record)
-    try:
-        while pending or running:
-            for step in list(pending):
-                upstream = [steps[name].state for name in step.upstream]
-                if any(state in _NOT_RUN for state in upstream):
-                    steps[step.name].state = "SKIPPED"
-                    pending.remove(step)
-                    progress.update(record)
-                elif len(running) < workers and all(state == "SUCCEEDED" for state in upstream):
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", "kfmagic.runtime", specs[step.name]],
-                        cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                    )
-                    for stream_name, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
-                        threading.Thread(target=pump_lines, args=(step.name, stream_name, pipe, events), daemon=True).start()
-                    running[step.name] = (process, {"stdout", "stderr"}, deque(maxlen=10))
-                    steps[step.name].state, steps[step.name].started = "RUNNING", time.time()
-                    pending.remove(step)
-                    progress.update(record)
-            try:
-                kind, name, stream_name, text = events.get(timeout=0.5)
-            except queue.Empty:
-                progress.update(record)
-                continue
-            process, open_streams, stderr_tail = running[name]
-            if kind == "line":
-                if stream_name == "stderr":
-                    stderr_tail.append(text)
-                progress.output(name, stream_name, text)
-                continue
-            open_streams.discard(stream_name)
-            if not open_streams:
-                process.wait()
-                del running[name]
-                _read_result(steps[name], process, os.path.dirname(specs[name]), stderr_tail)
-                progress.update(record)
-    except KeyboardInterrupt:
-        for process, _, _ in running.values():
-            stop_process(process)
-        raise interrupted(
-            record, progress,
-            f"Run {run_id} interrupted: its step processes were stopped. Outputs of finished steps are "
-            f"kept in {run_dir}; in the kernel, the run is kfmagic.pipeline().last_run.",
-        ) from None
-    record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in steps.values()) else "FAILED"
+    stopped = (
+        f"Run {record.id} interrupted: its step processes were stopped. Outputs of finished steps are "
+        f"kept in {record.run_dir}."
+    )
+    with supervised(record, progress, events, stopped) as launcher:
+        _Scheduler(plan, record, specs, launcher, events, workers, progress, workdir).run()
+    record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in record.steps.values()) else "FAILED"
     record.finished = time.time()
     progress.finish(record)
     return record

@@ -1,0 +1,145 @@
+"""How a run starts its processes and stops them: through one supervisor process per run.
+
+The run loop asks `Launcher.start` for a step; the supervisor (kfmagic/supervisor.py) forks it in
+a session of its own and reports when it has exited, after stopping whatever the step left
+behind. Everything the run loop learns arrives on one queue: the steps' output lines, their ends
+of output, their exits. `supervised` owns the lifecycle every backend shares: the live display,
+Ctrl-C at any moment (every process stopped, the run CANCELED, nothing left running), and the
+supervisor gone at the end whatever happened.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from .. import supervisor
+from .base import interrupted
+
+STOP_GRACE = 3.0  # seconds a stopped step gets between SIGTERM and SIGKILL
+
+
+def step_env():
+    """The step process finds kfmagic even when the kernel imported it from a source checkout."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), package_parent) if p)
+    return env
+
+
+def pump_lines(name, stream_name, pipe, events):
+    """Each line `pipe` gives, then its end, onto `events`."""
+    for raw in iter(pipe.readline, b""):
+        events.put(("line", name, stream_name, raw.decode("utf-8", "replace").rstrip("\n")))
+    pipe.close()
+    events.put(("eof", name, stream_name, None))
+
+
+class Launcher:
+    """The run's supervisor process, and the run loop's side of talking to it."""
+
+    def __init__(self, events):
+        self.events = events
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kfmagic.supervisor", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], env=step_env(), stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.channel = ours
+        self.stopped = threading.Event()
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def start(self, name, argv, cwd, env):
+        """Start process `name`; its output lines, ends of output and exit arrive as events."""
+        readers, writers = zip(os.pipe(), os.pipe())
+        try:
+            message = {"op": "start", "name": name, "argv": argv, "cwd": cwd, "env": env}
+            socket.send_fds(self.channel, [json.dumps(message).encode()], list(writers))
+        finally:
+            for fd in writers:
+                os.close(fd)
+        for stream_name, fd in zip(("stdout", "stderr"), readers):
+            pipe = os.fdopen(fd, "rb")
+            threading.Thread(target=pump_lines, args=(name, stream_name, pipe, self.events), daemon=True).start()
+
+    def _listen(self):
+        """Supervisor messages -> events: ("started"|"exited"|"failed", name, None, detail)."""
+        while True:
+            try:
+                data = self.channel.recv(supervisor.MAX_MESSAGE)
+            except OSError:
+                data = b""
+            if not data:
+                self.stopped.set()
+                return
+            message = json.loads(data)
+            if message["op"] == "stopped":
+                self.stopped.set()
+                return
+            detail = message.get("returncode", message.get("pid", message.get("error")))
+            self.events.put((message["op"], message["name"], None, detail))
+
+    def stop(self, grace=STOP_GRACE):
+        """Stop every process of the run: SIGTERM together, SIGKILL after `grace`; a Ctrl-C meanwhile
+        means "now", and never leaves a process behind."""
+        hurry = threading.Event()
+        with _interrupts_set(hurry):
+            self._send({"op": "stop", "grace": grace})
+            deadline = time.monotonic() + grace + 5
+            while not self.stopped.wait(0.05) and time.monotonic() < deadline:
+                if hurry.is_set():
+                    self._send({"op": "kill"})
+                    hurry.clear()
+        self.close()
+
+    def close(self):
+        """The supervisor is gone: asked to go, else killed (its steps die with it)."""
+        if self.process.poll() is None and not self.stopped.wait(2):
+            self.process.kill()
+        self.process.wait()
+        self.channel.close()
+
+    def _send(self, message):
+        try:
+            self.channel.send(json.dumps(message).encode())
+        except OSError:
+            pass  # the supervisor has gone already
+
+
+@contextlib.contextmanager
+def _interrupts_set(flag):
+    """While stopping, Ctrl-C (SIGINT) sets `flag` instead of raising into the middle of the stop."""
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    except ValueError:  # not the main thread: nothing to take over
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def supervised(record, progress, events, stopped_message):
+    """A Launcher for the run `record`, inside its lifecycle: progress shown, and on Ctrl-C (or any
+    error) every process stopped; a Ctrl-C ends the run CANCELED with `stopped_message` (RunFailed)."""
+    launcher = None
+    try:
+        launcher = Launcher(events)
+        progress.start(record)
+        yield launcher
+    except KeyboardInterrupt:
+        if launcher is not None:
+            launcher.stop()
+            launcher = None
+        raise interrupted(record, progress, stopped_message) from None
+    finally:
+        if launcher is not None:
+            launcher.stop(grace=0)  # what finished steps left behind; everything, on an error
