@@ -303,7 +303,8 @@ def _word(value):
 
 
 def _assign_metrics(steps, metrics, nb, texts, found):
-    """Each metric goes to the last step cell (notebook order) that assigns it, as Kale does."""
+    """Each metric goes to the last step cell (notebook order) that assigns it, as Kale does; a
+    pipeline parameter, to the last one whose code uses it (its run value is the metric)."""
     params = set()
     for text in texts:
         if text and text.startswith("%%params"):
@@ -314,14 +315,14 @@ def _assign_metrics(steps, metrics, nb, texts, found):
     for name, where in metrics:
         for cell in reversed(steps):
             try:
-                assigns = analyze(syntax.to_python(syntax.cell_text(nb.cells[cell.index]))).assigns
+                info = analyze(syntax.to_python(syntax.cell_text(nb.cells[cell.index])))
             except (AnalysisError, SyntaxError):
                 continue  # the plan reports it
-            if name in assigns:
+            if name in info.assigns or (name in params and name in info.reads):
                 cell.metrics.append(name)
                 break
         else:
-            why = "it is a pipeline parameter, not a step's result" if name in params else "no step assigns it"
+            why = "no step uses that pipeline parameter" if name in params else "no step assigns it"
             found.append(f"{where} (pipeline-metrics): {name!r} is not reported as a metric: {why}.")
 
 

@@ -101,11 +101,11 @@ def test_tags_give_prelude_params_steps_and_continuations_as_kale_reads_them():
     assert (plan.name, plan.experiment) == ("my_pipeline", "exp one")
     assert [step.name for step in plan.steps] == ["load_data", "scale", "side"]
     assert len(plan.step("load_data").parts) == 2 and plan.params == {"rate": 0.5}
-    assert plan.step("scale").inputs == {"data": "load_data"} and plan.step("scale").metrics == ("scaled",)
+    assert plan.step("scale").inputs == {"data": "load_data"} and plan.step("scale").metrics == ("scaled", "rate")
     assert plan.step("scale").after == ("load_data",) and plan.step("side").after == ("scale",)
     assert translation.texts[0] is None and translation.texts[6] is None  # before any block; skip
     assert translation.texts[10].startswith("%%step scale --after load_data\n")
-    assert any("'rate' is not reported as a metric: it is a pipeline parameter" in w for w in warnings)
+    assert not any("'rate' is not reported" in w for w in warnings)  # the parameter: scale's, which uses it
     assert any("'nothing' is not reported as a metric: no step assigns it" in w for w in warnings)
     assert any("'Load Data' is named 'load_data'" in w for w in warnings)
 
@@ -223,3 +223,22 @@ def test_errors_in_tagged_cells_count_the_cells_own_lines():
     step = tagged(("y = 1\nx = (", "step:s"))
     with pytest.raises(KfmagicError, match=r"^Step 's' \(cell 1\): line 2: '\(' was never closed$"):
         notebook.from_notebook(step)[0].plan()
+
+
+def test_printed_parameters_are_metrics_of_the_last_step_that_uses_them_as_in_kale(tmp_path, monkeypatch):
+    """Kale's pipeline_parameters_and_metrics example: d1 and d2 are create_matrix's metrics (it reads
+    them), the sum is sum_matrix's; their values are those of the run (with --param overrides)."""
+    monkeypatch.chdir(tmp_path)
+    nb = tagged_notebook(
+        ("import numpy as np", "imports"),
+        ("d1 = 5\nd2 = 6", "pipeline-parameters"),
+        ("rnd_matrix = np.ones((d1, d2))", "step:create_matrix"),
+        ("sum_result = float(rnd_matrix.sum())", "step:sum_matrix", "prev:create_matrix"),
+        ("print(d1)\nprint(d2)\nprint(sum_result)", "pipeline-metrics"),
+    )
+    pipeline, warnings = notebook.from_notebook(nb, "matrix")
+    assert warnings == []
+    from kfmagic.display import TextProgress
+
+    run = pipeline.run(params={"d1": "2"}, progress=TextProgress(open(os.devnull, "w")))
+    assert run.metrics == {"create_matrix": {"d1": 2.0, "d2": 6.0}, "sum_matrix": {"sum_result": 12.0}}
