@@ -137,12 +137,6 @@ def _result_dir(step):
     return result_dir
 
 
-def _write_private(path, text):
-    """Write `path` readable by its owner only: what a step saved or showed may be private data."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
-        file.write(text)
-
-
 def main(args, step, sources):
     """Run one step inside its KFP component. `args` are the component's arguments by name.
 
@@ -162,7 +156,7 @@ def _run(args, step, runtime, result_dir, out_dir):
     """The step run by the runtime in `out_dir`, then what it made handed to KFP (and to `result_dir`)."""
     started = time.time()
     if result_dir:
-        _write_private(os.path.join(result_dir, STARTED_FILE), str(started))
+        runtime.write_private(os.path.join(result_dir, STARTED_FILE), str(started))
     spec = dict(
         step,
         params={
@@ -186,12 +180,11 @@ def _run(args, step, runtime, result_dir, out_dir):
     for name, value in result["metrics"].items():
         args[METRICS_OUTPUT].log_metric(name, value)
     os.makedirs(os.path.dirname(args[DISPLAY_OUTPUT].path) or ".", exist_ok=True)
-    _write_private(args[DISPLAY_OUTPUT].path, shown.html(step["step"]))
+    runtime.write_private(args[DISPLAY_OUTPUT].path, shown.html(step["step"]))
     result.update(started=started, finished=time.time())
     if result_dir:
-        final_path = os.path.join(result_dir, runtime.RESULT_FILE)
-        _write_private(f"{final_path}.partial", json.dumps(result))
-        os.replace(f"{final_path}.partial", final_path)  # a watcher never reads a result without artifact paths
+        # whole, so a watcher never reads a result without artifact paths
+        runtime.write_private(os.path.join(result_dir, runtime.RESULT_FILE), json.dumps(result))
     if result["state"] != "SUCCEEDED":
         raise SystemExit(1)  # the runtime or _hand_over has printed why; KFP marks the task failed
 
@@ -208,7 +201,7 @@ def _hand_over(args, step, runtime, out_dir, result):
                 artifact.metadata.update(result["saved"][var])
                 result["saved"][var]["path"] = artifact.path
             else:  # a kept value that could not be pickled: KFP still expects the file
-                _write_private(artifact.path, "")
+                runtime.write_private(artifact.path, "")
                 artifact.metadata["skipped"] = result["skipped"].get(var, "not assigned")
         except OSError as error:
             message = (

@@ -150,13 +150,23 @@ def _private_dir(path):
     os.makedirs(path, mode=0o700, exist_ok=True)
 
 
-def _write_result(out_dir, result):
-    """RESULT_FILE appears whole (written aside, renamed), readable by its owner only."""
-    _private_dir(out_dir)
-    path = os.path.join(out_dir, RESULT_FILE)
+def write_private(path, text):
+    """`text` in `path`, whole (written aside, then renamed) and readable by its owner only."""
     with os.fdopen(os.open(f"{path}.partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
-        json.dump(result, file)
+        file.write(text)
     os.replace(f"{path}.partial", path)
+
+
+def _write_result(out_dir, result):
+    """RESULT_FILE in `out_dir`; False (with one line on stderr) if it cannot be written."""
+    try:
+        _private_dir(out_dir)
+        write_private(os.path.join(out_dir, RESULT_FILE), json.dumps(result))
+    except OSError as error:
+        print(f"Step {os.path.basename(out_dir)!r} could not write its result in {out_dir}: "
+              f"{error.strerror or error}.", file=sys.stderr)
+        return False
+    return True
 
 
 def _load_inputs(spec, namespace):
@@ -231,8 +241,8 @@ def run_step(spec, display=None):
         print(result["error"], file=sys.stderr, end="")
     finally:
         sys.modules["__main__"] = kernel_main
-    _write_result(spec["out_dir"], result)
-    return 0 if result["state"] == "SUCCEEDED" else 1
+    written = _write_result(spec["out_dir"], result)
+    return 0 if written and result["state"] == "SUCCEEDED" else 1
 
 
 def main(argv=None):

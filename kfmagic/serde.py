@@ -187,8 +187,9 @@ def _dump_out_of_band(pickler, value, path):
         return file.tell()
 
 
-# Errors of a pickle stream that is cut short or is not one (the file, not the value's code, is wrong).
-_DAMAGE = (EOFError, pickle.UnpicklingError, struct.error, OverflowError)
+# Errors of a pickle stream that is cut short or is not one (the file, not the value's code, is
+# wrong); ValueError and MemoryError too, which garbage after a valid header gives (a bad length).
+_DAMAGE = (EOFError, pickle.UnpicklingError, struct.error, OverflowError, ValueError, MemoryError)
 
 
 def load(path, namespace=None):

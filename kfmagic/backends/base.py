@@ -211,7 +211,11 @@ def start_run(plan, params, workdir, runner):
     """A RUNNING Run of `plan` here: its directory made, its run.json written."""
     run_id, run_dir = new_run_dir(workdir, plan.name)
     record = Run(run_id, plan.name, runner, step_runs(plan), dict(params), run_dir=run_dir, state="RUNNING")
-    record.write_info()
+    try:
+        record.write_info()
+    except KfmagicError:
+        os.rmdir(run_dir)  # nothing ran: no empty run left behind
+        raise
     return record
 
 
