@@ -1,4 +1,4 @@
-"""`kfmagic show|check|run|compile|convert NOTEBOOK.ipynb`: the saved file is the pipeline.
+"""`kfmagic show|check|run|compile|convert NOTEBOOK.ipynb` (and `kfmagic cancel RUN`): the saved file is the pipeline.
 
 The pipeline is built from the file (`kfmagic.notebook`) without a kernel and without running a
 cell, then handed to the same Pipeline methods the magics call. Exit status 0 on success, 1 with
@@ -19,7 +19,7 @@ import nbformat
 from . import display, kale, notebook, syntax
 from .config import TOKEN_PATH_ENV
 from .errors import CellSyntaxError, KfmagicError, PlanError
-from .registry import parse_param_overrides, warn
+from .registry import Pipeline, parse_param_overrides, warn
 
 KALE_TERMS = (
     "(This notebook is read from its Kale tags: `--after S` is the tag prev:S, a step is the tag step:NAME, "
@@ -81,6 +81,13 @@ def convert(args):
     print(f"wrote {output}")
 
 
+def cancel(args):
+    """Stop a run on the cluster: the notebook is not needed, only where the cluster is."""
+    pipeline = Pipeline()
+    _configure(pipeline, args)
+    print(repr(pipeline.cancel(args.run_id)))
+
+
 def _configure(pipeline, args):
     """--host & co. go to Pipeline.configure, as `%pipeline config` does."""
     given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
@@ -124,7 +131,12 @@ def _parser():
     compile_parser.add_argument(
         "-o", "--output", action=syntax.Once, metavar="PATH", help="Where to write it (default: PIPELINE_NAME.yaml here)."
     )
-    for sub in (run_parser, compile_parser):
+    cancel_parser = commands.add_parser(
+        "cancel", help="Stop a run on Kubeflow Pipelines.", description="Stop a run on Kubeflow Pipelines."
+    )
+    cancel_parser.add_argument("run_id", metavar="RUN", help="The run's id (printed when it was submitted).")
+    cancel_parser.set_defaults(handler=cancel)
+    for sub in (run_parser, compile_parser, cancel_parser):
         syntax.add_connection_arguments(
             sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)")
         )

@@ -172,6 +172,8 @@ class KfMagics(Magics):
                 args.host, args.namespace, args.experiment, args.token, args.token_path, args.cookies
             )
             print(f"%pipeline run submits to {connection.describe()}.")
+        elif args.command == "cancel":
+            return pipeline.cancel(args.run_id)
         elif args.command == "status":
             return pipeline.status(args.run_id)
         elif args.command == "remove":

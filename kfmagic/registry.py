@@ -204,6 +204,26 @@ class Pipeline:
             raise RunFailed(run.failure_message(), run)
         return run
 
+    def cancel(self, run_id=None):
+        """Stop run RUN_ID on Kubeflow Pipelines (default: the last run); returns it, refreshed."""
+        known = self.last_run if run_id in (None, getattr(self.last_run, "id", None)) else None
+        if known is None and run_id is None:
+            raise KfmagicError("cancel: no run yet in this kernel to cancel; name one: %pipeline cancel RUN_ID.")
+        if known is not None and known.runner != "kfp":
+            raise KfmagicError(
+                f"cancel: run {known.id} ran here ({known.runner}) and has ended ({known.state}): nothing to cancel. "
+                "A local run stops with Ctrl-C."
+            )
+        connection = known.connection if known is not None else self._connection()
+        if not connection.endpoint:
+            raise KfmagicError(
+                f"cancel {run_id}: no Kubeflow Pipelines host is configured to ask (`%pipeline config --host URL`, "
+                "--host URL, or KF_PIPELINES_ENDPOINT)."
+            )
+        from .backends import get_backend
+
+        return get_backend("kfp").cancel(connection, known.id if known is not None else run_id)
+
     def status(self, run_id=None):
         """The last run (refreshed if it runs on Kubeflow), or run RUN_ID of the configured cluster."""
         if run_id is None or (self.last_run is not None and self.last_run.id == run_id):

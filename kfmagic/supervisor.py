@@ -66,12 +66,20 @@ def _processes():
 
 
 def _marked(pid, mark):
-    """Whether process `pid` carries `mark` in its environment (what a step started, however far)."""
+    """Whether process `pid` carries `mark` (or, ending in ":", a mark starting so) in its environment:
+    what a step started, however far."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as file:
-            return f"{STEP_ENV}={mark}".encode() in file.read().split(b"\0")
+            entries = file.read().split(b"\0")
     except OSError:
         return False
+    wanted = f"{STEP_ENV}={mark}".encode()
+    return any(entry.startswith(wanted) if wanted.endswith(b":") else entry == wanted for entry in entries)
+
+
+def started_by(supervisor_pid):
+    """Every live process that a step of the supervisor `supervisor_pid` started (its mark)."""
+    return [pid for pid in _processes() if _marked(pid, f"{supervisor_pid}:")]
 
 
 def _descendants(root, processes):

@@ -185,6 +185,8 @@ def _pipeline_parser():
     )
     status = commands.add_parser("status", help="State of the last run, or of run RUN on the cluster.")
     status.add_argument("run_id", nargs="?", metavar="RUN", help="A run id (default: the last run).")
+    cancel = commands.add_parser("cancel", help="Stop the last run, or run RUN, on Kubeflow Pipelines.")
+    cancel.add_argument("run_id", nargs="?", metavar="RUN", help="A run id (default: the last run).")
     remove = commands.add_parser("remove", help="Unregister a step (all its cells).")
     remove.add_argument("name", help="The step to remove.")
     commands.add_parser("reset", help="Unregister every step, the prelude and the params.")

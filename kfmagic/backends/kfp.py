@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
 from ..config import calling
-from ..errors import KfmagicError
+from ..errors import KfmagicError, RunFailed
 from .base import FINAL_STATES, Run, StepRun, new_run_dir, step_runs
 
 POLL_SECONDS = 2.0
@@ -140,7 +140,23 @@ def run(plan, params, *, workdir, workers, progress, settings):
     )
     record.write_info(host=connection.endpoint, url=record.url, experiment=experiment)
     print(f"Submitted run {record.id} of pipeline {name!r} (experiment {experiment!r}): {record.url}")
-    return record.wait(progress=progress) if settings.wait else record.refresh()
+    if not settings.wait:
+        return record.refresh()
+    try:
+        return record.wait(progress=progress)
+    except KeyboardInterrupt:  # the run is the cluster's: only the following stops
+        raise RunFailed(
+            f"Stopped following run {record.id}; it goes on on Kubeflow: {record.url}. Cancel it with "
+            f"`%pipeline cancel {record.id}` in the notebook, or `kfmagic cancel {record.id} --host "
+            f"{connection.endpoint}` in a shell.", record,
+        ) from None
+
+
+def cancel(connection, run_id):
+    """Ask the cluster to stop run `run_id` (its running tasks end CANCELED); returns it, refreshed."""
+    with calling(connection, f"canceling run {run_id}"), _quiet_kfp():
+        connection.client().terminate_run(run_id)
+    return fetch(connection, run_id)
 
 
 def fetch(connection, run_id):

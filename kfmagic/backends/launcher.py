@@ -52,7 +52,8 @@ class Launcher:
                 pass_fds=[theirs.fileno()], env=step_env(), stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.channel = ours
-        self.stopped = threading.Event()
+        self.stopped = threading.Event()  # the supervisor has gone (`clean`: after stopping everything)
+        self.clean = False
         threading.Thread(target=self._listen, daemon=True).start()
 
     def start(self, name, argv, cwd, env):
@@ -80,6 +81,7 @@ class Launcher:
                 return
             message = json.loads(data)
             if message["op"] == "stopped":
+                self.clean = True
                 self.stopped.set()
                 return
             detail = message.get("returncode", message.get("pid", message.get("error")))
@@ -99,11 +101,16 @@ class Launcher:
         self.close()
 
     def close(self):
-        """The supervisor is gone: asked to go, else killed (its steps die with it)."""
+        """The supervisor is gone: asked to go, else killed; its steps die with it, and if it did not
+        stop them itself (killed from outside), what they started in their sessions is stopped here."""
         if self.process.poll() is None and not self.stopped.wait(2):
             self.process.kill()
         self.process.wait()
         self.channel.close()
+        if not self.clean:  # found by the mark the supervisor put in their environment
+            for pid in supervisor.started_by(self.process.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _send(self, message):
         try:

@@ -144,6 +144,7 @@ class _Scheduler:
 
     def _lost(self):
         """The supervisor is gone (killed from outside): its steps went with it."""
+        self.launcher.close()
         for name in list(self.running):
             del self.running[name]
             step = self.record.steps[name]

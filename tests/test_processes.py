@@ -1,0 +1,253 @@
+"""No hang, no orphan: every process a run starts (and everything those start) is gone when the
+run ends, however it ends. Each test starts real processes and asserts with the process table."""
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+from conftest import make_notebook
+
+from kfmagic.display import TextProgress
+from kfmagic.errors import RunFailed
+from kfmagic.registry import Pipeline
+from kfmagic.syntax import parse_cell
+
+# A step that records its pid and starts a child that would outlive it by a minute.
+WITH_CHILD = (
+    "%%step {name}\nimport os, subprocess\nchild = subprocess.Popen(['sleep', '60'])\n"
+    "open({pids!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+)
+
+
+def pipeline_of(*cells):
+    pipeline = Pipeline(name="procs")
+    for number, text in enumerate(cells):
+        pipeline.add(parse_cell(text), label=f"cell {number}")
+    return pipeline
+
+
+def run(pipeline, **kwargs):
+    try:
+        return pipeline.run(progress=TextProgress(io.StringIO()), **kwargs)
+    except RunFailed as failure:
+        return failure.run
+
+
+def pids_in(path, timeout=30):
+    deadline = time.time() + timeout
+    while not (os.path.exists(path) and open(path).read().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    return [int(pid) for pid in open(path).read().split()]
+
+
+def alive(pids):
+    """The pids among `pids` that are still running (a zombie has ended)."""
+    found = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def kfmagic_processes():
+    """This test's kfmagic supervisors and step runtimes: their HOME is this test's own
+    (conftest.isolated_home), which kernels, supervisors and steps inherit."""
+    mine = []
+    for process in psutil.process_iter(["cmdline", "pid"]):
+        line = " ".join(process.info["cmdline"] or [])
+        if "kfmagic.supervisor" in line or "kfmagic.runtime" in line:
+            try:
+                if process.environ().get("HOME") == os.environ["HOME"]:
+                    mine.append(process)
+            except psutil.Error:
+                continue
+    return mine
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_step_is_finished_when_its_process_exits_and_what_it_started_is_stopped(here):
+    started = time.time()
+    result = run(pipeline_of(WITH_CHILD.format(name="a", pids=str(here / "a")) + "x = 1", "%%step b\ny = x + 1"))
+    assert result.state == "SUCCEEDED" and result.load("y") == 2
+    assert time.time() - started < 15  # not the child's 60 s
+    assert alive(pids_in(here / "a")) == []
+
+
+def test_a_killed_step_takes_what_it_started_with_it(here):
+    cell = WITH_CHILD.format(name="doomed", pids=str(here / "p")) + "import signal\nos.kill(os.getpid(), signal.SIGKILL)"
+    started = time.time()
+    result = run(pipeline_of(cell, "%%step later\nz = 1\nprint(child)"))
+    assert (result.state, result.steps["doomed"].state, result.steps["later"].state) == ("FAILED", "FAILED", "SKIPPED")
+    assert "killed by SIGKILL" in result.steps["doomed"].error and time.time() - started < 15
+    assert alive(pids_in(here / "p")) == []
+
+
+def test_a_double_forked_daemon_in_a_session_of_its_own_is_stopped_too(here):
+    cell = (
+        "%%step spawn\nimport subprocess, time\n"
+        f"subprocess.run('setsid sh -c \"sleep 60 & echo $! > {here / 'daemon'}\" &', shell=True)\n"
+        "time.sleep(0.5)\nx = 1"
+    )
+    started = time.time()
+    assert run(pipeline_of(cell)).state == "SUCCEEDED"
+    assert time.time() - started < 10
+    assert alive(pids_in(here / "daemon")) == []
+
+
+def _interrupt_when(paths, times=1, gap=0.5):
+    """Ctrl-C (SIGINT to this process, as the kernel gets it) once every file in `paths` exists."""
+
+    def send():
+        while not all(os.path.exists(path) and open(path).read().strip() for path in paths):
+            time.sleep(0.05)
+        for _ in range(times):
+            time.sleep(gap)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
+STUBBORN = "%%step {name}\nimport signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + WITH_CHILD.split("\n", 1)[1] + "time.sleep(60)"
+
+
+def test_ctrl_c_stops_steps_that_ignore_sigterm_together_and_a_second_one_at_once(here):
+    names = ("a", "b", "c")
+    pipeline = pipeline_of(*(STUBBORN.format(name=n, pids=str(here / n)) for n in names))
+    _interrupt_when([here / n for n in names])
+    started = time.time()
+    with pytest.raises(RunFailed, match="interrupted: its step processes were stopped"):
+        pipeline.run(progress=TextProgress(io.StringIO()), workers=3)
+    took = time.time() - started
+    assert pipeline.last_run is None or pipeline.last_run.state == "CANCELED"
+    assert 3 <= took < 9  # one 3 s grace for all three, not one after another
+    assert alive([pid for n in names for pid in pids_in(here / n)]) == []
+    for n in names:
+        os.remove(here / n)
+    _interrupt_when([here / n for n in names], times=2)
+    started = time.time()
+    with pytest.raises(RunFailed) as caught:
+        pipeline.run(progress=TextProgress(io.StringIO()), workers=3)
+    assert caught.value.run.state == "CANCELED" and time.time() - started < 5  # the second Ctrl-C: no grace
+    assert {step.state for step in caught.value.run.steps.values()} == {"CANCELED"}
+    assert alive([pid for n in names for pid in pids_in(here / n)]) == []
+
+
+def test_ctrl_c_in_a_real_kernel_at_any_moment_leaves_no_process(kernel, tmp_path):
+    """Interrupts at random moments of a run, from before the first step to its end."""
+    kernel.run("%load_ext kfmagic")
+    kernel.run(f"%%step a\nimport os, time\nif os.path.exists({str(tmp_path / 'go')!r}):\n    time.sleep(5)\nx = 1")
+    kernel.run("%%step b\ny = x + 1")
+    (tmp_path / "go").touch()
+    for delay in (0.0, 0.05, 0.15, 0.3, 0.6, 1.2):
+        msg_id = kernel.send("run = %pipeline run")
+        time.sleep(delay)
+        kernel.manager.interrupt_kernel()
+        status, shown = kernel.collect(msg_id)
+        assert "Traceback" not in re.sub(r"\x1b\[[0-9;]*m", "", shown) or "KeyboardInterrupt" in shown, shown
+        _, state = kernel.run("print(getattr(__import__('kfmagic').pipeline().last_run, 'state', None))")
+        assert state.strip() in ("CANCELED", "None", "SUCCEEDED"), state
+        deadline = time.time() + 10
+        while kfmagic_processes() and time.time() < deadline:
+            time.sleep(0.1)
+        assert kfmagic_processes() == [], (delay, shown)
+    status, _ = kernel.run("print(1 + 1)")
+    assert status == "ok"  # the kernel lives on
+
+
+def test_steps_die_with_their_kernel(kernel, tmp_path):
+    kernel.run("%load_ext kfmagic")
+    kernel.run(f"%%step slow\nimport os, time\nif os.path.exists({str(tmp_path / 'go')!r}):\n"
+               f"    open({str(tmp_path / 'pid')!r}, 'w').write(str(os.getpid()))\n    time.sleep(60)")
+    (tmp_path / "go").touch()
+    kernel.send("%pipeline run")
+    step = pids_in(tmp_path / "pid")
+    os.kill(kernel.manager.provisioner.process.pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while alive(step) and time.time() < deadline:
+        time.sleep(0.1)
+    assert alive(step) == [] and kfmagic_processes() == []
+
+
+def test_a_supervisor_killed_from_outside_ends_its_steps_and_fails_the_run(here):
+    pipeline = pipeline_of(STUBBORN.format(name="a", pids=str(here / "a")))
+
+    def kill_supervisor():
+        pids_in(here / "a")
+        for process in kfmagic_processes():
+            if "kfmagic.supervisor" in " ".join(process.cmdline()):
+                process.kill()
+
+    threading.Thread(target=kill_supervisor, daemon=True).start()
+    started = time.time()
+    result = run(pipeline)
+    assert result.state == "FAILED" and "supervisor process ended unexpectedly" in result.steps["a"].error
+    left = [(psutil.Process(pid).cmdline(), os.getpgid(pid)) for pid in alive(pids_in(here / "a"))]
+    assert time.time() - started < 15 and left == [], (pids_in(here / "a"), left)
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_to_the_cli_stops_every_step_and_what_they_started(tmp_path, sig, status):
+    import nbformat
+
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(make_notebook(["%load_ext kfmagic", STUBBORN.format(name="slow", pids=str(tmp_path / "p"))]), path)
+    cli = subprocess.Popen([sys.executable, "-m", "kfmagic.cli", "run", str(path)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    pids = pids_in(tmp_path / "p")
+    cli.send_signal(sig)
+    _, err = cli.communicate(timeout=30)
+    assert cli.returncode == status and "every step process was stopped" in err and "kernel" not in err
+    assert alive(pids) == []
+
+
+def test_ctrl_c_while_following_a_cluster_run_leaves_it_there_and_cancel_stops_it(kernel, kfp_server, tmp_path):
+    go = str(tmp_path / "go")
+    kernel.run("%load_ext kfmagic\n%pipeline init slow-one")
+    kernel.run(f"%%step sleepy --no-install\nimport os, time\nif os.path.exists({go!r}):\n    time.sleep(120)")
+    kernel.run(f"%pipeline config --host {kfp_server.url}")
+    (tmp_path / "go").touch()
+    msg_id = kernel.send("run = %pipeline run --wait")
+    deadline = time.time() + 60
+    while not any(task.get("state") == "RUNNING" for run_id in list(kfp_server.runs)
+                  for task in kfp_server.get_run(run_id).get("run_details", {}).get("task_details", [])) \
+            and time.time() < deadline:
+        time.sleep(0.2)
+    kernel.manager.interrupt_kernel()
+    status, shown = kernel.collect(msg_id)
+    run_id = re.search(r"Stopped following run (\S+);", shown).group(1)
+    assert status == "error" and "it goes on on Kubeflow" in shown and f"%pipeline cancel {run_id}" in shown
+    assert kfp_server.get_run(run_id)["state"] == "RUNNING"
+    _, shown = kernel.run("print(__import__('kfmagic').pipeline().last_run.id)")
+    assert shown.strip() == run_id
+    status, shown = kernel.run("%pipeline cancel")
+    assert status == "ok"
+    assert kfp_server.wait_for_run(run_id, timeout=30)["state"] == "CANCELED"
+
+
+def test_the_cli_cancels_a_cluster_run_by_id(kfp_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_of("%%step sleepy --no-install\nimport time\ntime.sleep(120)")
+    pipeline.configure(host=kfp_server.url)
+    submitted = pipeline.run()
+    cancel = subprocess.run(["kfmagic", "cancel", submitted.id, "--host", kfp_server.url],
+                            capture_output=True, text=True, timeout=60)
+    assert cancel.returncode == 0, cancel.stderr
+    assert kfp_server.wait_for_run(submitted.id, timeout=30)["state"] == "CANCELED"
+    missing = subprocess.run(["kfmagic", "cancel", "no-such-run", "--host", kfp_server.url],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no-such-run" in missing.stderr and "Traceback" not in missing.stderr
