@@ -37,10 +37,10 @@ class Connection:
         given = [name for name in ("token", "token_path", "cookies") if getattr(self, name)]
         if len(given) > 1:
             raise KfmagicError(
-                f"%pipeline config: give one of --token, --token-path, --cookies (got {', '.join(given)})."
+                f"Give one of --token, --token-path, --cookies (got {', '.join(given)})."
             )
         if self.token_path and not os.path.exists(self.token_path):
-            raise KfmagicError(f"%pipeline config --token-path {self.token_path}: no such file.")
+            raise KfmagicError(f"--token-path {self.token_path}: no such file.")
 
     @property
     def endpoint(self):

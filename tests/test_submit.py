@@ -293,9 +293,9 @@ def test_each_kind_of_credentials_reaches_the_server_and_never_shows(kfp_server,
 
 
 @pytest.mark.parametrize("given, message", [
-    ({"token": "t", "cookies": "c"}, "%pipeline config: give one of --token, --token-path, --cookies (got token, cookies)."),
-    ({"token": "t", "token_path": "/etc/hostname"}, "%pipeline config: give one of --token, --token-path, --cookies (got token, token_path)."),
-    ({"token_path": "/no/such/token"}, "%pipeline config --token-path /no/such/token: no such file."),
+    ({"token": "t", "cookies": "c"}, "Give one of --token, --token-path, --cookies (got token, cookies)."),
+    ({"token": "t", "token_path": "/etc/hostname"}, "Give one of --token, --token-path, --cookies (got token, token_path)."),
+    ({"token_path": "/no/such/token"}, "--token-path /no/such/token: no such file."),
 ])
 def test_conflicting_or_missing_credentials_are_one_message(given, message):
     with pytest.raises(KfmagicError) as error:
