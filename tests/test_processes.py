@@ -41,10 +41,13 @@ def run(pipeline, **kwargs):
 
 
 def pids_in(path, timeout=30):
+    """The pids a step wrote to `path` (waiting for them); never an empty list, which proves nothing."""
     deadline = time.time() + timeout
     while not (os.path.exists(path) and open(path).read().strip()) and time.time() < deadline:
         time.sleep(0.05)
-    return [int(pid) for pid in open(path).read().split()]
+    pids = [int(pid) for pid in open(path).read().split()]
+    assert pids, f"nothing written to {path}"
+    return pids
 
 
 def alive(pids):
@@ -98,15 +101,18 @@ def test_a_killed_step_takes_what_it_started_with_it(here):
 
 
 def test_a_double_forked_daemon_in_a_session_of_its_own_is_stopped_too(here):
+    daemon = here / "daemon"
+    (here / "start.sh").write_text(f"sleep 60 &\necho $! > {daemon}.tmp\nmv {daemon}.tmp {daemon}\n")
     cell = (
-        "%%step spawn\nimport subprocess, time\n"
-        f"subprocess.run('setsid sh -c \"sleep 60 & echo $! > {here / 'daemon'}\" &', shell=True)\n"
-        "time.sleep(0.5)\nx = 1"
+        "%%step spawn\nimport os, subprocess, time\n"
+        f"subprocess.run('setsid sh {here / 'start.sh'} &', shell=True)\n"
+        f"while not os.path.exists({str(daemon)!r}):\n    time.sleep(0.05)\n"
+        f"os.kill(int(open({str(daemon)!r}).read()), 0)  # the daemon runs, in a session of its own"
     )
-    started = time.time()
-    assert run(pipeline_of(cell)).state == "SUCCEEDED"
-    assert time.time() - started < 10
-    assert alive(pids_in(here / "daemon")) == []
+    result = run(pipeline_of(cell))
+    assert result.state == "SUCCEEDED"
+    assert result.steps["spawn"].duration < 2.5  # not kept waiting for the output it holds open
+    assert alive(pids_in(daemon)) == []
 
 
 def _interrupt_when(paths, times=1, gap=0.5):
@@ -178,9 +184,10 @@ def test_steps_die_with_their_kernel(kernel, tmp_path):
     step = pids_in(tmp_path / "pid")
     os.kill(kernel.manager.provisioner.process.pid, signal.SIGKILL)
     deadline = time.time() + 10
-    while alive(step) and time.time() < deadline:
+    while (alive(step) or kfmagic_processes()) and time.time() < deadline:
         time.sleep(0.1)
-    assert alive(step) == [] and kfmagic_processes() == []
+    assert alive(step) == []
+    assert [process.cmdline() for process in kfmagic_processes()] == []
 
 
 def test_a_supervisor_killed_from_outside_ends_its_steps_and_fails_the_run(here):
