@@ -324,3 +324,14 @@ def test_a_value_a_step_changes_is_its_input_var_in_and_its_output(tmp_path):
     }
     assert set(components["comp-grow"]["inputDefinitions"]["artifacts"]) == {"items_in"}
     assert set(components["comp-grow"]["outputDefinitions"]["artifacts"]) == {"items", "kfmagic_output"}
+
+
+def test_a_local_module_is_blamed_on_the_step_that_imports_it_and_its_receivers_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "localmod.py").write_text("def f():\n    return 1\n")
+    pipeline_of(
+        "%%step a\nimport localmod\nx = localmod.f()", "%%step b\ny = x + 1", "%%step c\nz = y + 1"
+    ).compile(str(tmp_path / "p.yaml"))
+    said = capsys.readouterr().err
+    assert "Step 'a' imports localmod" in said and "nor will the pods of 'b', 'c', which receive values" in said
+    assert "Step 'b' imports" not in said and "Step 'c' imports" not in said
