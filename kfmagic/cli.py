@@ -14,12 +14,11 @@ import signal
 import sys
 import threading
 
-import nbformat
 
 from . import display, kale, notebook, syntax
 from .config import TOKEN_PATH_ENV
 from .errors import CellSyntaxError, KfmagicError, PlanError
-from .registry import Pipeline, parse_param_overrides, warn
+from .registry import Pipeline, run_options, warn
 
 KALE_TERMS = (
     "(This notebook is read from its Kale tags: `--after S` is the tag prev:S, a step is the tag step:NAME, "
@@ -53,10 +52,7 @@ def run(args):
     pipeline = _load(args)
     _configure(pipeline, args)
     os.chdir(os.path.dirname(pipeline.notebook_path))  # relative paths resolve as in the kernel
-    pipeline.run(
-        params=parse_param_overrides(args.param), workers=args.workers, runner=args.runner,
-        wait=args.wait, progress=display.TextProgress(),
-    )
+    pipeline.run(progress=display.TextProgress(), **run_options(args))
 
 
 def compile_(args):
@@ -77,6 +73,8 @@ def convert(args):
     default_name = kale.step_name(os.path.splitext(os.path.basename(args.notebook))[0])
     converted, warnings = kale.convert(nb, default_name)
     warn(warnings)
+    import nbformat  # only here: its import costs more than a `check`
+
     nbformat.write(converted, output)
     print(f"wrote {output}")
 

@@ -30,7 +30,7 @@ EMBEDDED = {name: module for name, module in (("runtime.py", runtime), ("serde.p
 # Every option a step may carry; one the compiler does not know would be silently dropped.
 KNOWN_OPTIONS = {
     "image", "packages", "install", "cpu", "memory", "gpu", "gpu_type", "retries", "cache", "env",
-    "display_name", "secret", "volume",
+    "display_name", "secret", "volume", "isolate",  # isolate: local runs only
 }
 # Lists and dicts travel as JSON text: KFP's own LIST/STRUCT parameters turn every number into a
 # float (protobuf Struct), and a step must get the very values a local run gets.

@@ -17,7 +17,6 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from nbformat.v4 import new_code_cell
 
 from . import syntax
 from .analysis import AnalysisError, analyze
@@ -110,7 +109,7 @@ def is_skipped(cell):
 def is_tagged(nb):
     """Whether any code cell carries a tag of Kale's language."""
     return any(
-        _is_kale_tag(tag) for cell in nb.cells if cell.get("cell_type") == "code" for tag in _cell_tags(cell)
+        _is_kale_tag(tag) for cell in nb["cells"] if cell.get("cell_type") == "code" for tag in _cell_tags(cell)
     )
 
 
@@ -246,8 +245,8 @@ def translate(nb, default_name="pipeline"):
         return name
 
     steps, metrics, declared = [], [], set()  # steps: _StepCell in notebook order
-    block, texts = None, [None] * len(nb.cells)
-    for index, cell in enumerate(nb.cells):
+    block, texts = None, [None] * len(nb["cells"])
+    for index, cell in enumerate(nb["cells"]):
         if cell.get("cell_type") != "code":
             continue
         where, source = f"cell {index + 1}", syntax.cell_text(cell)
@@ -279,7 +278,7 @@ def translate(nb, default_name="pipeline"):
         words += ["--metrics", *cell.metrics] if cell.metrics else []
         words += _options_to_flags(cell.options, cell.step, found)
         line = " ".join(_word(word) for word in words)
-        texts[cell.index] = f"%%step {line}\n{syntax.cell_text(nb.cells[cell.index])}"
+        texts[cell.index] = f"%%step {line}\n{syntax.cell_text(nb['cells'][cell.index])}"
     return Translation(_header(settings, default_name, found), texts, list(dict.fromkeys(found)))
 
 
@@ -315,7 +314,7 @@ def _assign_metrics(steps, metrics, nb, texts, found):
     for name, where in metrics:
         for cell in reversed(steps):
             try:
-                info = analyze(syntax.to_python(syntax.cell_text(nb.cells[cell.index])))
+                info = analyze(syntax.to_python(syntax.cell_text(nb["cells"][cell.index])))
             except (AnalysisError, SyntaxError):
                 continue  # the plan reports it
             if name in info.assigns or (name in params and name in info.reads):
@@ -343,8 +342,11 @@ def _header(settings, default_name, found):
 
 def convert(nb, default_name="pipeline"):
     """(kfmagic notebook, warnings): the same cells, each Kale-tagged code cell rewritten to magics."""
+    import nbformat  # only here: reading needs none of it
+    from nbformat.v4 import new_code_cell
+
     translation = translate(nb, default_name)
-    out = copy.deepcopy(nb)
+    out = nbformat.from_dict(copy.deepcopy(nb))
     for cell, text in zip(out.cells, translation.texts):
         if cell.get("cell_type") != "code":
             continue

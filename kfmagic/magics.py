@@ -15,7 +15,7 @@ import os
 
 from . import display, drift, notebook, syntax
 from .errors import KfmagicError, RunFailed
-from .registry import current_pipeline, parse_param_overrides
+from .registry import current_pipeline, run_options
 
 def mark_cells(lines):
     """Input transformer: a first line `%%step ARGS` becomes `run_cell_magic('step', ARGS, None)`."""
@@ -160,9 +160,7 @@ class KfMagics(Magics):
             print(display.check_text(pipeline.check()))
         elif args.command == "run":
             try:
-                return pipeline.run(
-                    params=parse_param_overrides(args.param), workers=args.workers, runner=args.runner, wait=args.wait
-                )
+                return pipeline.run(**run_options(args))
             except RunFailed as failure:
                 raise RunFailed(f"{failure}\nThe run is kfmagic.pipeline().last_run.", failure.run) from None
         elif args.command == "compile":

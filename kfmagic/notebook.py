@@ -12,7 +12,6 @@ import os
 import re
 import warnings
 
-import nbformat
 
 from . import kale, syntax
 from .errors import KfmagicError
@@ -23,11 +22,23 @@ _INIT_LINE_RE = re.compile(r"^%pipeline\s+init(\s|$)")
 
 
 def read(path):
-    """The notebook at `path` (nbformat v4), or a KfmagicError that says what is wrong with it."""
+    """The notebook at `path` (nbformat v4, as a dict), or a KfmagicError that says what is wrong with it.
+
+    A v4 file is its JSON, checked here: importing nbformat (and its JSON schema machinery) costs
+    more than everything else a `kfmagic check` does, so it reads only other versions.
+    """
     if not os.path.exists(path):
         raise KfmagicError(f"{path}: no such file.")
     if os.path.isdir(path):
         raise KfmagicError(f"{path} is a directory; give the path of a .ipynb file.")
+    data = _json(path)
+    if isinstance(data, dict) and data.get("nbformat") == 4 and isinstance(data.get("cells"), list):
+        problem = _structure_problem(data)
+        if problem:
+            raise KfmagicError(f"{path}{problem}")
+        return data
+    import nbformat
+
     try:
         with warnings.catch_warnings():  # missing cell ids and the like: not the user's problem here
             warnings.simplefilter("ignore")
@@ -48,7 +59,7 @@ def _json(path):
     try:
         with open(path, encoding="utf-8") as file:
             return json.load(file)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deeply: nbformat's words say it
+    except (ValueError, RecursionError, OSError):  # not JSON, not UTF-8, nested too deeply: nbformat's words say it
         return None
 
 
@@ -93,19 +104,19 @@ def load(path, nb=None):
 
 def from_notebook(nb, default_name="pipeline"):
     """(Pipeline, warnings) for an in-memory notebook: kfmagic magics, else Kale tags."""
-    texts = [cell_text(cell) if cell.get("cell_type") == "code" else None for cell in nb.cells]
+    texts = [cell_text(cell) if cell.get("cell_type") == "code" else None for cell in nb["cells"]]
     found = []
     tagged = is_kale(nb)
     if tagged:
         translation = kale.translate(nb, default_name)
         texts, found = [translation.header, *translation.texts], list(translation.warnings)
-        numbers = [None, *range(1, len(nb.cells) + 1)]
+        numbers = [None, *range(1, len(nb["cells"]) + 1)]
     else:
-        numbers = list(range(1, len(nb.cells) + 1))
+        numbers = list(range(1, len(nb["cells"]) + 1))
     pipeline = Pipeline()
     for number, text in zip(numbers, texts):
         if text:
-            _add_cell(pipeline, text, number, nb.cells[number - 1] if number else {}, tagged)
+            _add_cell(pipeline, text, number, nb["cells"][number - 1] if number else {}, tagged)
     unmarked = [number for number, text in zip(numbers, texts) if number and not _is_marked(text)]
     pipeline.explain_missing = _explainer(nb, unmarked, tagged)
     return pipeline, found
@@ -118,7 +129,7 @@ def is_kale(nb):
 
 def uses_magics(nb):
     """Whether any code cell is marked with one of kfmagic's cell magics (then Kale tags are ignored)."""
-    return any(_is_marked(cell_text(cell)) for cell in nb.cells if cell.get("cell_type") == "code")
+    return any(_is_marked(cell_text(cell)) for cell in nb["cells"] if cell.get("cell_type") == "code")
 
 
 def _is_marked(text):
@@ -154,8 +165,8 @@ def _explainer(nb, unmarked, tagged=False):
     `tagged`: the pipeline comes from Kale tags, so the fix is said with tags.
     """
 
-    code = [(number, cell_text(nb.cells[number - 1])) for number in sorted(unmarked)
-            if nb.cells[number - 1].get("cell_type") == "code"]
+    code = [(number, cell_text(nb["cells"][number - 1])) for number in sorted(unmarked)
+            if nb["cells"][number - 1].get("cell_type") == "code"]
 
     def explain(name):
         number = syntax.last_assigner(name, code)
@@ -163,7 +174,7 @@ def _explainer(nb, unmarked, tagged=False):
             return None
         if not tagged:
             fix = "mark it with %%step (or move it to the %%prelude or %%params)."
-        elif kale.is_skipped(nb.cells[number - 1]):
+        elif kale.is_skipped(nb["cells"][number - 1]):
             fix = "it is tagged skip. Tag it step:NAME, imports or functions instead."
         else:
             fix = "no Kale tag puts it in a step. Tag it step:NAME, imports or functions."

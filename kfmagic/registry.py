@@ -167,14 +167,15 @@ class Pipeline:
 
         return self.connection or Connection()
 
-    def run(self, params=None, workers=None, runner=None, wait=False, progress=None):
+    def run(self, params=None, workers=None, runner=None, wait=False, progress=None, isolate=False):
         """Run the pipeline and return its Run; RunFailed (carrying `.run`) if it ended unsuccessfully.
 
         `runner`: "local" (steps as processes here), "kfp-local" (the compiled pipeline run by
         kfp.local here) or "kfp" (submitted to Kubeflow Pipelines); by default "kfp" when a host is
         configured (or KF_PIPELINES_ENDPOINT is set), else "local". A submitted run is returned
         while it runs unless `wait`. `params` overrides parameter defaults; values given as text
-        ("0.1") are parsed to the default's type. Runs never touch the kernel's namespace.
+        ("0.1") are parsed to the default's type. `isolate`: every step in a fresh process (local).
+        Runs never touch the kernel's namespace.
         """
         from .backends import get_backend
         from .backends.base import FINAL_STATES, Settings
@@ -192,9 +193,9 @@ class Pipeline:
                 plan,
                 values,
                 workdir=os.getcwd(),
-                workers=workers or os.cpu_count() or 1,
+                workers=workers,
                 progress=progress or display.default_progress(),
-                settings=Settings(image=self.image, connection=self._connection(), wait=wait),
+                settings=Settings(image=self.image, connection=self._connection(), wait=wait, isolate=isolate),
             )
         except RunFailed as interrupted:
             self.last_run = interrupted.run
@@ -244,6 +245,14 @@ def warn(warnings):
     """What may not work as the user expects, on stderr (in a kernel it shows in the cell)."""
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+
+
+def run_options(args):
+    """Pipeline.run's arguments from a parsed `%pipeline run` / `kfmagic run` line."""
+    return dict(
+        params=parse_param_overrides(args.param), workers=args.workers, runner=args.runner, wait=args.wait,
+        isolate=args.isolate,
+    )
 
 
 def parse_param_overrides(pairs):

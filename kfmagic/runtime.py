@@ -9,6 +9,7 @@ out_dir: {state, saved: {var: {type, bytes}}, skipped: {var: why}, metrics, erro
 """
 
 import ast
+import atexit
 import builtins
 import json
 import linecache
@@ -211,21 +212,41 @@ def _metrics(spec, namespace):
     return metrics
 
 
-def run_step(spec, display=None):
+def new_namespace(display=None):
+    """A fresh `__main__` for a step's cells (their namespace is __main__, as in the kernel), with
+    the names the runtime gives them."""
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    namespace = main.__dict__
+    namespace.update(__builtins__=builtins, get_ipython=_step_shell(namespace), display=display or _display)
+    return namespace
+
+
+def run_prelude(namespace, params, prelude):
+    """What every step starts from: the parameters, then the prelude run over them."""
+    namespace.update(params)
+    for part in prelude:
+        _run_code(part, namespace, "prelude")
+
+
+def run_step(spec, display=None, namespace=None, warm=False):
     """Run the step `spec` describes; write its result; return the process exit code.
 
     `display` receives what the cells display (display() calls and each cell's last value);
     without it, display() prints text as a terminal would and last values are not shown.
+    `namespace`: the step's `__main__` dict (default: a new one); `warm`: the prelude has already
+    run in it (a step forked from the supervisor), so the step's parameters only fill what it lacks,
+    as they would have been there before the prelude.
     """
     result = {"state": "RUNNING", "saved": {}, "skipped": {}, "metrics": {}, "error": None}
-    main, kernel_main = types.ModuleType("__main__"), sys.modules.get("__main__")
-    sys.modules["__main__"] = main  # the cells' namespace is __main__, as in the kernel
-    namespace = main.__dict__
-    namespace.update(__builtins__=builtins, get_ipython=_step_shell(namespace), display=display or _display)
+    kernel_main = sys.modules.get("__main__")
+    namespace = new_namespace(display) if namespace is None else namespace
     try:
-        namespace.update(spec["params"])
-        for part in spec["prelude"]:
-            _run_code(part, namespace, "prelude")
+        if warm:
+            for name, value in spec["params"].items():
+                namespace.setdefault(name, value)
+        else:
+            run_prelude(namespace, spec["params"], spec["prelude"])
         prelude = _defined_by_prelude(namespace)
         _load_inputs(spec, namespace)
         for part in spec["parts"]:
@@ -245,13 +266,33 @@ def run_step(spec, display=None):
     return 0 if written and result["state"] == "SUCCEEDED" else 1
 
 
+def leave(code, namespace, done=None):
+    """End a step's process without the interpreter's teardown (a sixth of a trivial step's time),
+    doing what teardown does that a user can see: what the cells made is released (open files
+    flushed and closed, temporary folders removed), exit handlers run, output flushed. `done()` is
+    told just before the process ends, when nothing of the step is left to run."""
+    namespace.clear()
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is not None:
+        run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # nobody reads it any more
+    if done is not None:
+        done()
+    os._exit(code)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as file:
         spec = json.load(file)
     sys.stdout.flush()
-    return run_step(spec)
+    namespace = new_namespace()
+    leave(run_step(spec, namespace=namespace), namespace)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

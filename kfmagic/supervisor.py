@@ -3,11 +3,21 @@
 `python -m kfmagic.supervisor FD`: FD is one end of a SOCK_SEQPACKET socket pair; the run loop
 (backends/launcher.py) holds the other. Messages are JSON objects, one per packet:
 
-  in:  {"op": "start", "name", "argv", "cwd", "env"} + the step's stdout and stderr (passed fds)
+  in:  {"op": "warm", "cwd", "params", "prelude"}  run the prelude here once (answer: {"op": "warm",
+       "fallback": why steps must start afresh, or null})
+       {"op": "start", "name", "argv", "cwd", "env", "spec", "isolate"} + the step's stdout and stderr
+       (passed fds): a fork of the warmed process running `spec`, else (isolate, or no warm start)
+       `argv` executed afresh
        {"op": "stop", "grace": seconds}   every step: SIGTERM together, SIGKILL after `grace`
        {"op": "kill"}                     every step and what it started: SIGKILL now
   out: {"op": "started", "name", "pid"}, {"op": "exited", "name", "returncode"} (negative: the
        signal), {"op": "failed", "name", "error"}, {"op": "stopped"} before it exits.
+
+Warm start: a step's process costs its own work, not the prelude's imports again. The supervisor
+runs the prelude once (in a `__main__` namespace, as a step would) and each step is a fork of it:
+it starts from the state the prelude left, and nothing a step does reaches another. Where forking
+is not safe (the prelude started threads, initialised a GPU runtime, or failed), it says why once,
+and steps start afresh, each running the prelude itself.
 
 Why a process of its own: a step is finished when its process exits, whatever it left behind (a
 server it started, a child that holds its output open); the supervisor then stops what is left of
@@ -20,13 +30,17 @@ closes, or SIGTERM/SIGHUP), so no step outlives its run however the run ends. El
 back to process groups. Stdlib only; single-threaded, so forking is safe.
 """
 
+import contextlib
 import ctypes
+import gc
+import io
 import json
 import os
 import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 
 MAX_MESSAGE = 1 << 20
@@ -34,6 +48,14 @@ STEP_ENV = "KFMAGIC_STEP_ID"  # in every step's environment: "<supervisor pid>:<
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 _TRACK_SECONDS = 0.2  # how often a running step's descendants are looked up
 _LEFTOVER_GRACE = 1.0  # what a finished step left behind gets this long after SIGTERM
+_WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+# What a fresh Python process starts with, for the signals the supervisor handles or Python sets.
+_FRESH_HANDLERS = {
+    signal.SIGCHLD: signal.SIG_DFL, signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_DFL,
+    signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN,
+}
+# Modules whose runtime does not survive a fork once imported (threads and GPU contexts of their own).
+_UNFORKABLE = {"tensorflow": "TensorFlow", "jax": "JAX", "cupy": "CuPy", "pycuda": "PyCUDA"}
 
 
 def _prctl(option, value):
@@ -82,6 +104,28 @@ def started_by(supervisor_pid):
     return [pid for pid in _processes() if _marked(pid, f"{supervisor_pid}:")]
 
 
+def _fork_unsafe():
+    """Why a step cannot be a fork of this process now the prelude has run, or None."""
+    threads = [thread.name for thread in threading.enumerate() if thread is not threading.main_thread()]
+    if threads:
+        return f"the prelude started threads ({', '.join(threads[:3])}), which a fork would not have"
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(getattr(torch, "cuda", None), "is_initialized", lambda: False)():
+        return "the prelude initialised CUDA (torch), which cannot be forked"
+    for module, what in _UNFORKABLE.items():
+        if module in sys.modules:
+            return f"the prelude imported {what}, whose runtime cannot be forked"
+    return None
+
+
+def _say_done(done, code):
+    """A warm step's last act: its output ends (nothing more is written to it), and it says so."""
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    os.write(done, bytes([code]))
+
+
 def _descendants(root, processes):
     children = {}
     for pid, (parent, _, _) in processes.items():
@@ -96,8 +140,11 @@ def _descendants(root, processes):
 
 
 class Supervisor:
-    def __init__(self, channel):
-        self.channel, self.pid = channel, os.getpid()
+    def __init__(self, channel, selector, own_fds):
+        self.channel, self.selector, self.pid = channel, selector, os.getpid()
+        self.own_fds = own_fds  # the supervisor's own (wakeup pipe, selector): not a step's
+        self.warm = None  # (runtime module, the prelude's namespace, its output) once warmed
+        self.prelude_handlers = {}  # signal -> the handler the prelude set
         self.steps = {}  # pid -> name of a step still running
         self.owned = {}  # name -> {(pid, start time)}: everything a step started, as last seen
         self.leftovers = {}  # (pid, start time) -> when to SIGKILL it
@@ -121,42 +168,100 @@ class Supervisor:
 
     # -- starting -----------------------------------------------------------------------------
 
+    def warm_up(self, message):
+        """Run the prelude here, once, as each step would; steps are then forks of this process."""
+        os.chdir(message["cwd"])
+        from kfmagic import runtime, serde  # noqa: F401 - imported once here, not in every step
+
+        ours = {sig: signal.getsignal(sig) for sig in _FRESH_HANDLERS}
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                namespace = runtime.new_namespace()
+                runtime.run_prelude(namespace, message["params"], message["prelude"])
+            why = _fork_unsafe()
+        except BaseException as error:  # noqa: B036 - every step shows it, each running the prelude itself
+            why = f"the prelude failed here ({type(error).__name__})"
+        self.prelude_handlers = {sig: handler for sig in ours if (handler := signal.getsignal(sig)) is not ours[sig]}
+        for sig, handler in ours.items():
+            signal.signal(sig, handler)
+        if why is None:
+            with contextlib.suppress(ImportError):
+                import cloudpickle  # noqa: F401 - every step that saves a value needs it
+            gc.freeze()  # what the prelude made is never collected in a step: its pages stay shared
+            self.warm = (runtime, namespace, out.getvalue(), err.getvalue())
+        self.send(op="warm", fallback=why)
+
     def start(self, message, fds):
         stdout, stderr = fds
-        message["env"] = dict(message["env"], **{STEP_ENV: self._mark(message["name"])})
+        mark = {STEP_ENV: self._mark(message["name"])}
+        message["env"] = dict(message["env"], **mark)
+        warm = self.warm is not None and not message.get("isolate")
+        done_read, done_write = os.pipe() if warm else (None, None)  # a warm step says when it is done
+        sys.stdout.flush()
+        sys.stderr.flush()
         try:
             pid = os.fork()
         except OSError as error:
             self.send(op="failed", name=message["name"], error=str(error))
             return
         if pid == 0:
+            if warm:
+                os.environ.update(mark)
+                self._become_warm_step(message, stdout, stderr, done_write)
             self._become_step(message, stdout, stderr)
         os.close(stdout)
         os.close(stderr)
+        if warm:
+            os.close(done_write)
+            self.selector.register(done_read, selectors.EVENT_READ, ("done", pid))
         self.steps[pid] = message["name"]
         self.owned[message["name"]] = set()
         self.send(op="started", name=message["name"], pid=pid)
 
+    def _into_session(self, stdout, stderr, handlers):
+        """In a forked child: a session of its own, death with the supervisor, the step's output."""
+        os.setsid()
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.pid:  # the supervisor died before the line above: so does the step
+            os._exit(127)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        null = os.open(os.devnull, os.O_RDONLY)
+        for source, target in ((null, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(source, target)
+        for fd in (null, stdout, stderr, self.channel.fileno(), *self.own_fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def _become_step(self, message, stdout, stderr):
-        """In the forked child: a session of its own, dies with the supervisor, then exec the step."""
+        """In the forked child: exec the step afresh."""
         try:
-            os.setsid()
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != self.pid:  # the supervisor died before the line above: so does the step
-                os._exit(127)
-            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
-            null = os.open(os.devnull, os.O_RDONLY)
-            for source, target in ((null, 0), (stdout, 1), (stderr, 2)):
-                os.dup2(source, target)
+            self._into_session(stdout, stderr, dict.fromkeys(_FRESH_HANDLERS, signal.SIG_DFL))
             os.closerange(3, 65536)
             os.chdir(message["cwd"])
             os.execve(message["argv"][0], message["argv"], message["env"])
         except BaseException as error:  # noqa: B036 - nothing may escape a forked child
             os.write(2, f"kfmagic could not start step {message['name']!r}: {error}\n".encode())
         os._exit(127)
+
+    def _become_warm_step(self, message, stdout, stderr, done):
+        """In the forked child: the step, from the state the prelude left (what it printed first)."""
+        runtime, namespace, out, err = self.warm
+        try:
+            self._into_session(stdout, stderr, {**_FRESH_HANDLERS, **self.prelude_handlers})
+            os.chdir(message["cwd"])
+            sys.stdout.write(out)
+            sys.stderr.write(err)
+            with open(message["spec"]) as file:
+                spec = json.load(file)
+            code = runtime.run_step(spec, namespace=namespace, warm=True)
+        except BaseException as error:  # noqa: B036 - nothing may escape a forked child
+            os.write(2, f"kfmagic could not start step {message['name']!r}: {error}\n".encode())
+            os._exit(127)
+        runtime.leave(code, namespace, done=lambda: _say_done(done, code))
 
     # -- watching -----------------------------------------------------------------------------
 
@@ -182,17 +287,31 @@ class Supervisor:
                 self._end(pid, name)
                 self.send(op="exited", name=name, returncode=os.waitstatus_to_exitcode(status))
 
+    def step_done(self, pid, fd):
+        """A warm step said it is done, its process only ending now: the step has ended (its
+        teardown, which nothing of the step runs in, is not waited for). Without word, reap tells."""
+        code = os.read(fd, 1)
+        self.selector.unregister(fd)
+        os.close(fd)
+        name = self.steps.get(pid) if code else None
+        if name is not None:
+            del self.steps[pid]
+            self._end(pid, name)
+            self.send(op="exited", name=name, returncode=code[0])
+
     def _mark(self, name):
         return f"{self.pid}:{name}"
 
     def _end(self, pid, name):
         """What the step left behind: SIGTERM now, SIGKILL after a short grace."""
-        processes = self.track()
+        processes = _processes()
         left = {(p, processes[p][2]) for p, (_, session, _) in processes.items() if session == pid}
         adopted = _descendants(self.pid, processes) - set(self.steps)  # orphans, and what they started
         left |= {(p, processes[p][2]) for p in adopted if _marked(p, self._mark(name))}
         left |= {(p, start) for p, start in self.owned.pop(name, ()) if processes.get(p, (0, 0, None))[2] == start}
-        self._signal(left, signal.SIGTERM)
+        left = {(p, start) for p, start in left if p != pid}  # a warm step still ending itself
+        if left:
+            self._signal(left, signal.SIGTERM)
         deadline = time.monotonic() + _LEFTOVER_GRACE
         self.leftovers.update((process, deadline) for process in left)
 
@@ -245,7 +364,7 @@ class Supervisor:
             if not self.steps and not _descendants(self.pid, _processes()):
                 return
 
-    def done(self):
+    def stopped(self):
         return self.stopping is not None and (not self.steps or time.monotonic() >= self.stopping)
 
 
@@ -256,15 +375,18 @@ def serve(channel):
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    for sig in _WATCHED:
         signal.signal(sig, lambda *_: None)  # the wakeup fd tells which
-    supervisor = Supervisor(channel)
     selector = selectors.DefaultSelector()
+    supervisor = Supervisor(channel, selector, [wake_read, wake_write, selector.fileno()])
     selector.register(channel, selectors.EVENT_READ, "channel")
     selector.register(wake_read, selectors.EVENT_READ, "signal")
-    while not supervisor.done():
+    while not supervisor.stopped():
         watching = supervisor.steps or supervisor.leftovers
         for key, _ in selector.select(_TRACK_SECONDS if watching else 1.0):
+            if isinstance(key.data, tuple):
+                supervisor.step_done(key.data[1], key.fd)
+                continue
             if key.data == "signal":
                 received = os.read(wake_read, 512)
                 if set(received) & {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}:
@@ -274,6 +396,8 @@ def serve(channel):
             if message is None:  # the run loop has gone: stop everything it started
                 selector.unregister(channel)
                 supervisor.stop(grace=3.0)
+            elif message["op"] == "warm":
+                supervisor.warm_up(message)
             elif message["op"] == "start" and supervisor.stopping is None:
                 supervisor.start(message, fds)
             elif message["op"] == "stop":

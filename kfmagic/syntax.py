@@ -94,6 +94,10 @@ class Once(argparse.Action):
 )
 @argument("--display-name", action=Once, metavar="TEXT", help="Name of the step shown in the Kubeflow Pipelines UI.")
 @argument(
+    "--isolate", action=Once, const=True, default=None,
+    help="In local runs, start this step in a fresh process rather than as a fork of the warm prelude.",
+)
+@argument(
     "--secret", nargs="+", action="extend", default=None, metavar="SECRET:KEY:ENV",
     help="Expose key KEY of Kubernetes secret SECRET as environment variable ENV (needs kfp-kubernetes).",
 )
@@ -136,7 +140,10 @@ def add_run_arguments(run):
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="Override a parameter's default (repeatable).",
     )
-    run.add_argument("--workers", action=Once, type=int, help="How many steps run at once (default: CPU count).")
+    run.add_argument(
+        "--workers", action=Once, type=int,
+        help="How many steps run at once (default: every step that is ready, up to 16, while memory lasts).",
+    )
     run.add_argument(
         "--runner", action=Once, same=("--local",), choices=("local", "kfp-local", "kfp"),
         help="local: each step a process here; kfp-local: the compiled pipeline run by kfp.local here; "
@@ -146,6 +153,10 @@ def add_run_arguments(run):
         "--local", dest="runner", action=Once, const="local", same=("--runner",), help="Run here even if a host is configured."
     )
     run.add_argument("--wait", action=Once, const=True, default=False, help="On Kubeflow: follow the run, live, until it ends.")
+    run.add_argument(
+        "--isolate", action=Once, const=True, default=False,
+        help="Start every step in a fresh process (by default steps are forks of a process that ran the %%%%prelude once).",
+    )
     return run
 
 

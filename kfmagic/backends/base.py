@@ -20,6 +20,7 @@ class Settings:
     image: str | None = None  # default image of the steps on Kubeflow (kfp-local, kfp)
     connection: object = field(default=None, repr=False)  # config.Connection (kfp)
     wait: bool = False  # follow a submitted run until it ends (kfp)
+    isolate: bool = False  # every step in a fresh process, none forked from the warm prelude (local)
 
 
 @dataclass

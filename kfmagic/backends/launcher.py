@@ -56,11 +56,17 @@ class Launcher:
         self.clean = False
         threading.Thread(target=self._listen, daemon=True).start()
 
-    def start(self, name, argv, cwd, env):
-        """Start process `name`; its output lines, ends of output and exit arrive as events."""
+    def warm(self, prelude, params, cwd):
+        """Have the supervisor run the prelude once, so that steps start as forks of it; the answer
+        arrives as a ("warm", None, None, why not) event."""
+        self._send({"op": "warm", "prelude": prelude, "params": params, "cwd": cwd})
+
+    def start(self, name, argv, cwd, env, spec=None, isolate=False):
+        """Start process `name` (a warm fork running `spec`, unless `isolate`, else `argv`); its
+        output lines, ends of output and exit arrive as events."""
         readers, writers = zip(os.pipe(), os.pipe())
         try:
-            message = {"op": "start", "name": name, "argv": argv, "cwd": cwd, "env": env}
+            message = {"op": "start", "name": name, "argv": argv, "cwd": cwd, "env": env, "spec": spec, "isolate": isolate}
             socket.send_fds(self.channel, [json.dumps(message).encode()], list(writers))
         finally:
             for fd in writers:
@@ -84,6 +90,9 @@ class Launcher:
                 self.clean = True
                 self.stopped.set()
                 return
+            if message["op"] == "warm":
+                self.events.put(("warm", None, None, message["fallback"]))
+                continue
             detail = message.get("returncode", message.get("pid", message.get("error")))
             self.events.put((message["op"], message["name"], None, detail))
 

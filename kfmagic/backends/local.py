@@ -18,6 +18,10 @@ from .base import read_result, start_run
 from .launcher import step_env, supervised
 
 _NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
+# Without --workers, every ready step starts (most wait on I/O or each other more than on a core),
+# up to this many at once, and none while the machine is short of memory.
+DEFAULT_WORKERS = 16
+_LOW_MEMORY = 0.05  # of the machine's memory still available
 # Once a step's process has exited, its output is read to the end; what it left behind is being
 # stopped meanwhile, so an output still open after this long belongs to something that escaped.
 _DRAIN_SECONDS = 3.0
@@ -67,6 +71,16 @@ def _read_result(step_run, returncode, out_dir, stderr_tail):
     step_run.apply_result(result, out_dir)
 
 
+def _memory_available():
+    """The share of the machine's memory still available (1.0 where the system does not say)."""
+    try:
+        with open("/proc/meminfo") as file:
+            info = dict(line.split(":", 1) for line in file)
+        return int(info["MemAvailable"].split()[0]) / int(info["MemTotal"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return 1.0
+
+
 @dataclass
 class _Process:
     """A started step, as the run loop follows it."""
@@ -84,10 +98,15 @@ class _Scheduler:
     """Starts each step once its upstream steps have succeeded, skips it if one has not, and ends it
     once its process has exited and its output has been read."""
 
-    def __init__(self, plan, record, specs, launcher, events, workers, progress, workdir):
+    def __init__(self, plan, record, specs, launcher, events, workers, progress, workdir, isolate):
         self.record, self.specs, self.launcher, self.events = record, specs, launcher, events
-        self.workers, self.progress, self.workdir = workers, progress, workdir
+        self.progress, self.workdir, self.isolate = progress, workdir, isolate
+        self.workers, self.limited = workers or DEFAULT_WORKERS, workers is not None
         self.pending, self.running, self.env = list(plan.steps), {}, step_env()
+        if not isolate and not all(step.options.get("isolate") for step in plan.steps):
+            every_step = set.intersection(*(set(step.params) for step in plan.steps))  # the prelude's, at least
+            params = {name: record.params[name] for name in every_step}
+            launcher.warm([vars(part) for part in plan.prelude], params, workdir)
 
     def run(self):
         while self.pending or self.running:
@@ -108,13 +127,20 @@ class _Scheduler:
                 steps[step.name].state = "SKIPPED"
                 self.pending.remove(step)
                 self.progress.update(self.record)
-            elif len(self.running) < self.workers and all(state == "SUCCEEDED" for state in upstream):
+            elif self._room() and all(state == "SUCCEEDED" for state in upstream):
                 self.pending.remove(step)
                 self.running[step.name] = _Process()
                 steps[step.name].state, steps[step.name].started = "RUNNING", time.time()
                 argv = [sys.executable, "-m", "kfmagic.runtime", self.specs[step.name]]
-                self.launcher.start(step.name, argv, self.workdir, self.env)
+                isolate = self.isolate or bool(step.options.get("isolate"))
+                self.launcher.start(step.name, argv, self.workdir, self.env, spec=self.specs[step.name], isolate=isolate)
                 self.progress.update(self.record)
+
+    def _room(self):
+        """Whether another step may start now."""
+        if len(self.running) >= self.workers:
+            return False
+        return self.limited or not self.running or _memory_available() > _LOW_MEMORY
 
     def _next_event(self):
         try:
@@ -127,6 +153,8 @@ class _Scheduler:
             self.progress.update(self.record)
             return
         kind, name, stream_name, detail = event
+        if kind == "warm" and detail:
+            print(f"note: each step starts in a fresh process: {detail}.", file=sys.stderr)
         process = self.running.get(name)
         if process is None:
             return
@@ -156,7 +184,7 @@ class _Scheduler:
 def run(plan, params, *, workdir, workers, progress, settings):
     """Execute `plan` with `params`; returns the Run once every step has ended.
 
-    `settings` (base.Settings) is accepted for the common interface: nothing in it applies here.
+    Of `settings` (base.Settings), `isolate` applies: every step in a fresh process, none forked.
     """
     record = start_run(plan, params, workdir, "local")
     specs = write_specs(plan, params, record.run_dir)
@@ -166,7 +194,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
         f"kept in {record.run_dir}."
     )
     with supervised(record, progress, events, stopped) as launcher:
-        _Scheduler(plan, record, specs, launcher, events, workers, progress, workdir).run()
+        _Scheduler(plan, record, specs, launcher, events, workers, progress, workdir, settings.isolate).run()
     record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in record.steps.values()) else "FAILED"
     record.finished = time.time()
     progress.finish(record)
