@@ -1,0 +1,106 @@
+"""Warm start: steps are forks of a process that ran the %%prelude once. Each starts from the state
+the prelude left, nothing a step does reaches another, and what works in a fresh process works in a
+fork (numpy/BLAS, scikit-learn with n_jobs, matplotlib, `%`/`!` lines); where forking is not safe,
+steps start afresh and the run says why, once."""
+
+import io
+
+import pytest
+
+from kfmagic.display import TextProgress
+from kfmagic.errors import RunFailed
+from kfmagic.registry import Pipeline
+from kfmagic.syntax import parse_cell
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """run(*cells, isolate=False) -> (Run, what the progress printed, what went to stderr)."""
+    monkeypatch.chdir(tmp_path)
+
+    def run_pipeline(*cells, **kwargs):
+        pipeline = Pipeline(name="warm")
+        for number, text in enumerate(cells):
+            pipeline.add(parse_cell(text), label=f"cell {number}")
+        out = io.StringIO()
+        try:
+            result = pipeline.run(progress=TextProgress(out), **kwargs)
+        except RunFailed as failure:
+            result = failure.run
+        return result, out.getvalue()
+
+    return run_pipeline
+
+
+HEAVY = [
+    "%%prelude\nimport numpy as np\nfrom sklearn.ensemble import RandomForestClassifier\nimport matplotlib\n"
+    "matplotlib.use('Agg')\nimport matplotlib.pyplot as plt",
+    "%%step data\nrng = np.random.default_rng(0)\nX = rng.normal(size=(200, 4))\ny = (X[:, 0] + X[:, 1] > 0).astype(int)",
+    "%%step blas\nproduct = float((X.T @ X).trace())",
+    "%%step forest\nmodel = RandomForestClassifier(n_estimators=20, n_jobs=2, random_state=0).fit(X, y)\n"
+    "score = float(model.score(X, y))",
+    "%%step figure\nfig, ax = plt.subplots()\nax.plot(X[:, 0])\nfig.savefig('plot.png')\nimport os\n"
+    "size = os.path.getsize('plot.png') > 1000",
+    "%%step shell\n!echo from-the-shell\nlisting = !echo a b\n%time total = int(y.sum())",
+]
+
+
+def test_forked_steps_compute_what_fresh_processes_compute(run):
+    warm, printed = run(*HEAVY)
+    fresh, _ = run(*HEAVY, isolate=True)
+    names = ("product", "score", "size", "listing", "total")
+    assert warm.state == fresh.state == "SUCCEEDED", (warm.failure_message(), fresh.failure_message())
+    assert {n: warm.load(n) for n in names} == {n: fresh.load(n) for n in names}
+    assert warm.load("listing") == ["a b"] and warm.load("size") is True
+    assert "[shell] from-the-shell" in printed
+
+
+PRELUDE_ONCE = "%%prelude\nimport os, time\nprelude_pid = os.getpid()\nstarted = time.time()\nprint('prelude says hi')"
+
+
+def test_the_prelude_runs_once_and_each_step_starts_from_its_state(run):
+    cells = [
+        PRELUDE_ONCE + "\nimport json\nbox = [0]",
+        "%%step a\nbox.append(1)\njson.marker = 'a'\npid_a, started_a = os.getpid(), started",
+        "%%step b\nseen = (list(box), hasattr(json, 'marker'))\npid_b, started_b = os.getpid(), started",
+    ]
+    warm, printed = run(*cells)
+    assert warm.load("seen") == ([0], False)  # what a did reached no other step
+    assert warm.load("started_a") == warm.load("started_b")  # one prelude, run once
+    assert warm.load("pid_a") != warm.load("pid_b")
+    assert printed.count("prelude says hi") == 2  # what the prelude printed is each step's output
+    fresh, _ = run(*cells, isolate=True)
+    assert fresh.load("seen") == ([0], False) and fresh.load("started_a") != fresh.load("started_b")
+
+
+def test_a_step_option_isolates_one_step(run):
+    warm, _ = run(PRELUDE_ONCE, "%%step a\nt_a = started", "%%step b --isolate\nt_b = started", "%%step c\nt_c = started")
+    assert warm.load("t_a") == warm.load("t_c") != warm.load("t_b")
+
+
+@pytest.mark.parametrize("prelude, why", [
+    ("import threading, time\nthreading.Thread(target=time.sleep, args=(30,), daemon=True, name='poller').start()",
+     "the prelude started threads (poller)"),
+    ("raise RuntimeError('no database here')", "the prelude failed here (RuntimeError)"),
+])
+def test_where_forking_is_not_safe_steps_start_afresh_and_the_run_says_why_once(run, capsys, prelude, why):
+    result, _ = run(f"%%prelude\n{prelude}", "%%step a\nx = 1", "%%step b\ny = 2")
+    err = capsys.readouterr().err
+    assert err.count(f"note: each step starts in a fresh process: {why}") == 1
+    if "failed" in why:  # every step shows the prelude's own error, as without a warm start
+        assert result.state == "FAILED" and all("no database here" in s.error for s in result.steps.values())
+    else:
+        assert result.state == "SUCCEEDED" and (result.load("x"), result.load("y")) == (1, 2)
+
+
+def test_signal_handlers_the_prelude_sets_hold_in_forked_steps(run):
+    result, _ = run(
+        "%%prelude\nimport signal\nsignal.signal(signal.SIGUSR1, lambda *_: print('usr1 handled'))",
+        "%%step a\nimport os, signal\nos.kill(os.getpid(), signal.SIGUSR1)\nhandler = callable(signal.getsignal(signal.SIGUSR1))",
+    )
+    assert result.state == "SUCCEEDED" and result.load("handler") is True
+
+
+def test_what_a_step_opened_and_did_not_close_is_flushed_when_it_ends(run, tmp_path):
+    result, _ = run("%%step a\nlog = open('log.txt', 'w')\nlog.write('kept')\nx = 1")
+    assert result.state == "SUCCEEDED" and (tmp_path / "log.txt").read_text() == "kept"
