@@ -141,10 +141,17 @@ def _duration(seconds):
     return "" if seconds is None else f"{seconds:.1f}s"
 
 
+def _step_state(step):
+    """A step's state in words: "cached" when it reused an earlier run's outputs."""
+    if step.state == "SUCCEEDED" and getattr(step, "cached_from", None):
+        return "cached"
+    return _STATE_WORDS.get(step.state, step.state.lower())
+
+
 def _step_rows(run):
     for step in run.steps.values():
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in step.metrics.items())
-        yield step, [step.name, _STATE_WORDS.get(step.state, step.state.lower()), _duration(step.duration), metrics]
+        yield step, [step.name, _step_state(step), _duration(step.duration), metrics]
 
 
 _RUN_HEADERS = ["step", "state", "time", "metrics"]
@@ -185,7 +192,7 @@ class TextProgress:
                 self.seen[step.name] = step.state
                 if step.state != "PENDING":
                     duration = f" ({_duration(step.duration)})" if step.finished else ""
-                    print(f"[{step.name}] {_STATE_WORDS.get(step.state, step.state)}{duration}", file=self.out)
+                    print(f"[{step.name}] {_step_state(step)}{duration}", file=self.out)
 
     def output(self, step, stream, line):
         print(f"[{step}] {line}", file=sys.stderr if stream == "stderr" else self.out)

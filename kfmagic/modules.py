@@ -9,6 +9,7 @@ chains steps through modules.
 """
 
 import ast
+import hashlib
 import importlib.machinery
 import sys
 
@@ -41,6 +42,13 @@ def star_names(module, directory, depth=0):
             return None
         names += nested
     return tuple(dict.fromkeys(names))
+
+
+def module_source(module, directory):
+    """A digest of `module`'s source as an import would find it (None if there is none to read):
+    a local module's code decides what a step that imports it computes."""
+    found = _source(module, directory)
+    return None if found is None else hashlib.sha256(found[0].encode()).hexdigest()
 
 
 def _absolute(name, package):

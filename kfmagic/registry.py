@@ -4,6 +4,7 @@ The kernel fills it cell by cell as they run; `kfmagic.notebook` fills it from a
 Everything else (plan, run, show) is derived from it on demand, never stored twice.
 """
 
+import difflib
 import functools
 import hashlib
 import os
@@ -167,7 +168,8 @@ class Pipeline:
 
         return self.connection or Connection()
 
-    def run(self, params=None, workers=None, runner=None, wait=False, progress=None, isolate=False):
+    def run(self, params=None, workers=None, runner=None, wait=False, progress=None, isolate=False, cache=True,
+            start_from=None):
         """Run the pipeline and return its Run; RunFailed (carrying `.run`) if it ended unsuccessfully.
 
         `runner`: "local" (steps as processes here), "kfp-local" (the compiled pipeline run by
@@ -175,7 +177,9 @@ class Pipeline:
         configured (or KF_PIPELINES_ENDPOINT is set), else "local". A submitted run is returned
         while it runs unless `wait`. `params` overrides parameter defaults; values given as text
         ("0.1") are parsed to the default's type. `isolate`: every step in a fresh process (local).
-        Runs never touch the kernel's namespace.
+        `cache=False`: run every step (local), or ask Kubeflow not to reuse cached tasks (kfp).
+        `start_from`: run that step and every step after it, reusing the other steps' outputs from the
+        last local run of this pipeline here. Runs never touch the kernel's namespace.
         """
         from .backends import get_backend
         from .backends.base import FINAL_STATES, Settings
@@ -187,6 +191,7 @@ class Pipeline:
         backend = get_backend(runner)
         plan = self.plan()
         values = plan.resolve_params(params or {})
+        previous = self._resumed_run(plan, start_from, runner) if start_from is not None else None
         warn(plan.warnings)
         try:
             run = backend.run(
@@ -195,7 +200,10 @@ class Pipeline:
                 workdir=os.getcwd(),
                 workers=workers,
                 progress=progress or display.default_progress(),
-                settings=Settings(image=self.image, connection=self._connection(), wait=wait, isolate=isolate),
+                settings=Settings(
+                    image=self.image, connection=self._connection(), wait=wait, isolate=isolate, cache=cache,
+                    start_from=start_from, previous=previous,
+                ),
             )
         except RunFailed as interrupted:
             self.last_run = interrupted.run
@@ -204,6 +212,27 @@ class Pipeline:
         if run.state in FINAL_STATES and run.state != "SUCCEEDED":
             raise RunFailed(run.failure_message(), run)
         return run
+
+    def _resumed_run(self, plan, step, runner):
+        """The folder of the run `--from STEP` resumes: the last local run of this pipeline here."""
+        from .backends.base import latest_run_dir
+
+        if runner != "local":
+            raise KfmagicError(f"--from {step}: resuming is for local runs (Kubeflow caches steps itself).")
+        names = [s.name for s in plan.steps]
+        if step not in names:
+            close = difflib.get_close_matches(step, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else f" Steps: {', '.join(names)}."
+            raise KfmagicError(f"--from {step}: no such step.{hint}")
+        last = self.last_run
+        if last is not None and last.runner == "local" and last.pipeline == self.name and last.run_dir:
+            return last.run_dir
+        found = latest_run_dir(os.getcwd(), self.name, "local")
+        if found is None:
+            raise KfmagicError(
+                f"--from {step}: there is no earlier local run of pipeline {self.name!r} here to resume; run it whole first."
+            )
+        return found
 
     def cancel(self, run_id=None):
         """Stop run RUN_ID on Kubeflow Pipelines (default: the last run); returns it, refreshed."""
@@ -251,7 +280,7 @@ def run_options(args):
     """Pipeline.run's arguments from a parsed `%pipeline run` / `kfmagic run` line."""
     return dict(
         params=parse_param_overrides(args.param), workers=args.workers, runner=args.runner, wait=args.wait,
-        isolate=args.isolate,
+        isolate=args.isolate, cache=args.cache, start_from=args.start_from,
     )
 
 

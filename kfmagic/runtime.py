@@ -11,6 +11,7 @@ out_dir: {state, saved: {var: {type, bytes}}, skipped: {var: why}, metrics, erro
 import ast
 import atexit
 import builtins
+import hashlib
 import json
 import linecache
 import numbers
@@ -144,6 +145,17 @@ def _save(spec, namespace, result, prelude):
                 "outputs of steps that finished are kept."
             ) from None
         result["saved"][var] = {"type": kind, "bytes": size}
+        if var in spec.get("needed_by", {}):  # what the steps reading it are cached by
+            result["saved"][var]["digest"] = file_digest(output_path(out_dir, var))
+
+
+def file_digest(path):
+    """`sha256:<hex>` of a value file's bytes: what a value is, for the cache."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _private_dir(path):

@@ -253,6 +253,7 @@ class Supervisor:
         try:
             self._into_session(stdout, stderr, {**_FRESH_HANDLERS, **self.prelude_handlers})
             os.chdir(message["cwd"])
+            sys.argv = [runtime.__file__, message["spec"]]  # as `python -m kfmagic.runtime SPEC` has it
             sys.stdout.write(out)
             sys.stderr.write(err)
             with open(message["spec"]) as file:

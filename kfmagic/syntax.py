@@ -154,6 +154,14 @@ def add_run_arguments(run):
     )
     run.add_argument("--wait", action=Once, const=True, default=False, help="On Kubeflow: follow the run, live, until it ends.")
     run.add_argument(
+        "--no-cache", dest="cache", action=Once, const=False, default=True,
+        help="Run every step, reusing nothing from earlier runs (on Kubeflow: no cached tasks).",
+    )
+    run.add_argument(
+        "--from", dest="start_from", action=Once, metavar="STEP",
+        help="Run STEP and every step after it; reuse the other steps' outputs from the last local run.",
+    )
+    run.add_argument(
         "--isolate", action=Once, const=True, default=False,
         help="Start every step in a fresh process (by default steps are forks of a process that ran the %%%%prelude once).",
     )

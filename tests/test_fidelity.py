@@ -140,7 +140,7 @@ def test_repeated_identical_cells_of_a_file_are_each_a_part_of_the_step(tmp_path
     for cell in old.cells:
         del cell["id"]
     nbformat.write(old, tmp_path / "old.ipynb", version=nbformat.NO_CONVERT)
-    assert "[c] x is [0, 1, 1]" in _kfmagic("run", "old.ipynb", cwd=tmp_path).stdout
+    assert "[c] x is [0, 1, 1]" in _kfmagic("run", "old.ipynb", "--no-cache", cwd=tmp_path).stdout
 
 
 def test_without_cell_ids_a_cell_of_identical_text_replaces_the_first_and_says_so(run_cells):

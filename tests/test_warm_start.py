@@ -19,6 +19,7 @@ def run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def run_pipeline(*cells, **kwargs):
+        kwargs.setdefault("cache", False)  # warm and fresh runs of one pipeline: each must really run
         pipeline = Pipeline(name="warm")
         for number, text in enumerate(cells):
             pipeline.add(parse_cell(text), label=f"cell {number}")

@@ -1,6 +1,7 @@
 """What every backend shares: its settings, the Run it returns (states with KFP's names,
 durations, metrics, loadable values), and how a run starts, reads step results and is cancelled."""
 
+import json
 import os
 import secrets
 import time
@@ -21,6 +22,9 @@ class Settings:
     connection: object = field(default=None, repr=False)  # config.Connection (kfp)
     wait: bool = False  # follow a submitted run until it ends (kfp)
     isolate: bool = False  # every step in a fresh process, none forked from the warm prelude (local)
+    cache: bool = True  # reuse what earlier runs computed (local: kfmagic's cache; kfp: KFP's)
+    start_from: str | None = None  # run this step and what follows it, reuse the rest from `previous` (local)
+    previous: str | None = None  # the folder of the run `start_from` resumes
 
 
 @dataclass
@@ -31,9 +35,10 @@ class StepRun:
     started: float | None = None
     finished: float | None = None
     error: str | None = None
-    saved: dict = field(default_factory=dict)  # var -> {"type", "bytes", "path"}
+    saved: dict = field(default_factory=dict)  # var -> {"type", "bytes", "path"[, "digest"]}
     skipped: dict = field(default_factory=dict)  # var -> why it was not kept
     metrics: dict = field(default_factory=dict)
+    cached_from: str | None = None  # the run whose outputs it reused, instead of running
 
     @property
     def duration(self):
@@ -51,9 +56,13 @@ class StepRun:
         self.state, self.error = result["state"], result["error"]
         self.metrics, self.skipped = result["metrics"], result["skipped"]
         self.saved = {
-            var: {"type": info["type"], "bytes": info["bytes"], "path": info.get("path") or runtime.output_path(out_dir, var)}
+            var: {
+                "type": info["type"], "bytes": info["bytes"], "path": info.get("path") or runtime.output_path(out_dir, var),
+                **({"digest": info["digest"]} if isinstance(info.get("digest"), str) else {}),
+            }
             for var, info in result["saved"].items()
         }
+        self.cached_from = result.get("cached_from") if isinstance(result.get("cached_from"), str) else None
         self.started = result.get("started", self.started)
         self.finished = result.get("finished", self.finished or time.time())
 
@@ -159,6 +168,8 @@ class Run:
             lines.append(f"Step {step.name!r} failed: {first[-1] if first else 'no error reported'}")
         if not_run:
             lines.append(f"Not run: {', '.join(not_run)}.")
+        if failed and self.runner == "local":
+            lines.append(f"Resume from the failed step with `--from {failed[0].name}`: what ran before it is reused.")
         if self.run_dir:
             lines.append(f"Outputs of finished steps are kept in {self.run_dir}.")
         return "\n".join(lines)
@@ -201,6 +212,21 @@ def new_run_dir(workdir, pipeline_name, suffix=None):
                 continue
             os.chmod(run_dir, workspace.PRIVATE_DIR_MODE)  # whatever the umask
         return run_id, run_dir
+
+
+def latest_run_dir(workdir, pipeline_name, runner):
+    """The folder of the newest run of `pipeline_name` by `runner` under `workdir`, or None."""
+    runs = os.path.join(workdir, workspace.RUNS_DIR)
+    found = []
+    for run_id in os.listdir(runs) if os.path.isdir(runs) else ():
+        try:
+            with open(os.path.join(runs, run_id, RUN_FILE)) as file:
+                info = json.load(file)
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("pipeline") == pipeline_name and info.get("runner") == runner:
+            found.append(os.path.join(runs, run_id))
+    return max(found, key=os.path.getmtime, default=None)
 
 
 def step_runs(plan):

@@ -129,7 +129,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     with calling(connection, "creating the run"), _quiet_kfp():
         api_run = client.run_pipeline(
             experiment_id=experiment_id, job_name=f"{name} {stamp}", params=pipeline_arguments(params),
-            pipeline_id=pipeline_id, version_id=version_id,
+            pipeline_id=pipeline_id, version_id=version_id, enable_caching=None if settings.cache else False,
         )
     steps = step_runs(plan)
     task_names = {kfp_name(step.name): step.name for step in plan.steps}

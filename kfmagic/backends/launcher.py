@@ -41,24 +41,31 @@ def pump_lines(name, stream_name, pipe, events):
 
 
 class Launcher:
-    """The run's supervisor process, and the run loop's side of talking to it."""
+    """The run's supervisor process (started when the first process is), and the run loop's side
+    of talking to it."""
 
     def __init__(self, events):
         self.events = events
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "kfmagic.supervisor", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()], env=step_env(), stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        self.channel = ours
+        self.process = self.channel = None
         self.stopped = threading.Event()  # the supervisor has gone (`clean`: after stopping everything)
         self.clean = False
-        threading.Thread(target=self._listen, daemon=True).start()
+
+    def _supervisor(self):
+        if self.process is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            with theirs:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "kfmagic.supervisor", str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()], env=step_env(), stdin=subprocess.DEVNULL, start_new_session=True,
+                )
+            self.channel = ours
+            threading.Thread(target=self._listen, daemon=True).start()
+        return self.channel
 
     def warm(self, prelude, params, cwd):
         """Have the supervisor run the prelude once, so that steps start as forks of it; the answer
         arrives as a ("warm", None, None, why not) event."""
+        self._supervisor()
         self._send({"op": "warm", "prelude": prelude, "params": params, "cwd": cwd})
 
     def start(self, name, argv, cwd, env, spec=None, isolate=False):
@@ -67,7 +74,7 @@ class Launcher:
         readers, writers = zip(os.pipe(), os.pipe())
         try:
             message = {"op": "start", "name": name, "argv": argv, "cwd": cwd, "env": env, "spec": spec, "isolate": isolate}
-            socket.send_fds(self.channel, [json.dumps(message).encode()], list(writers))
+            socket.send_fds(self._supervisor(), [json.dumps(message).encode()], list(writers))
         finally:
             for fd in writers:
                 os.close(fd)
@@ -99,6 +106,8 @@ class Launcher:
     def stop(self, grace=STOP_GRACE):
         """Stop every process of the run: SIGTERM together, SIGKILL after `grace`; a Ctrl-C meanwhile
         means "now", and never leaves a process behind."""
+        if self.process is None:
+            return
         hurry = threading.Event()
         with _interrupts_set(hurry):
             self._send({"op": "stop", "grace": grace})
@@ -112,6 +121,8 @@ class Launcher:
     def close(self):
         """The supervisor is gone: asked to go, else killed; its steps die with it, and if it did not
         stop them itself (killed from outside), what they started in their sessions is stopped here."""
+        if self.process is None:
+            return
         if self.process.poll() is None and not self.stopped.wait(2):
             self.process.kill()
         self.process.wait()

@@ -13,7 +13,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .. import runtime, workspace
+from .. import cache, runtime, workspace
+from ..errors import KfmagicError
 from .base import read_result, start_run
 from .launcher import step_env, supervised
 
@@ -95,27 +96,23 @@ class _Process:
 
 
 class _Scheduler:
-    """Starts each step once its upstream steps have succeeded, skips it if one has not, and ends it
-    once its process has exited and its output has been read."""
+    """Starts each step once its upstream steps have succeeded (or reuses what an earlier run made
+    for it), skips it if one has not, and ends it once its process has exited and its output has
+    been read."""
 
-    def __init__(self, plan, record, specs, launcher, events, workers, progress, workdir, isolate):
-        self.record, self.specs, self.launcher, self.events = record, specs, launcher, events
-        self.progress, self.workdir, self.isolate = progress, workdir, isolate
+    def __init__(self, plan, record, specs, launcher, events, workers, progress, workdir, settings, reused):
+        self.plan, self.record, self.specs, self.launcher, self.events = plan, record, specs, launcher, events
+        self.progress, self.workdir, self.settings, self.reused = progress, workdir, settings, reused
         self.workers, self.limited = workers or DEFAULT_WORKERS, workers is not None
-        self.pending, self.running, self.env = list(plan.steps), {}, step_env()
-        if not isolate and not all(step.options.get("isolate") for step in plan.steps):
-            every_step = set.intersection(*(set(step.params) for step in plan.steps))  # the prelude's, at least
-            params = {name: record.params[name] for name in every_step}
-            launcher.warm([vars(part) for part in plan.prelude], params, workdir)
+        self.pending, self.running, self.env, self.keys, self.warmed = list(plan.steps), {}, step_env(), {}, False
 
     def run(self):
         while self.pending or self.running:
             self._start_ready()
-            self._handle(self._next_event())
+            if self.running:
+                self._handle(self._next_event())
             for name in [name for name, process in self.running.items() if process.drained()]:
-                process = self.running.pop(name)
-                _read_result(self.record.steps[name], process.returncode, os.path.dirname(self.specs[name]), process.stderr_tail)
-                self.progress.update(self.record)
+                self._finish(name, self.running.pop(name))
             if self.running and self.launcher.stopped.is_set():
                 self._lost()
 
@@ -129,12 +126,52 @@ class _Scheduler:
                 self.progress.update(self.record)
             elif self._room() and all(state == "SUCCEEDED" for state in upstream):
                 self.pending.remove(step)
-                self.running[step.name] = _Process()
-                steps[step.name].state, steps[step.name].started = "RUNNING", time.time()
-                argv = [sys.executable, "-m", "kfmagic.runtime", self.specs[step.name]]
-                isolate = self.isolate or bool(step.options.get("isolate"))
-                self.launcher.start(step.name, argv, self.workdir, self.env, spec=self.specs[step.name], isolate=isolate)
+                if not self._reuse(step):
+                    self._launch(step)
                 self.progress.update(self.record)
+
+    def _reuse(self, step):
+        """Whether the step's outputs come from an earlier run (--from, or the cache): it is then done."""
+        out_dir = os.path.dirname(self.specs[step.name])
+        entry = self.reused.get(step.name)
+        fresh = self.settings.start_from is not None and entry is None  # --from runs it again, whatever the cache has
+        if entry is None and step.options.get("cache") is not False:
+            inputs = {var: self._digest(producer, var) for var, producer in step.inputs.items()}
+            self.keys[step.name] = key = cache.step_key(self.plan, step, self.record.params, inputs, self.workdir)
+            entry = cache.lookup(self.workdir, key) if self.settings.cache and not fresh else None
+        result = cache.reuse(entry, out_dir) if entry else None
+        if result is not None:
+            done = self.record.steps[step.name]
+            done.started = time.time()
+            done.apply_result(result, out_dir)
+        return result is not None
+
+    def _digest(self, producer, var):
+        """What value `var` from `producer` is (recorded when it was saved, else read now)."""
+        saved = self.record.steps[producer].saved[var]
+        if "digest" not in saved:
+            saved["digest"] = runtime.file_digest(saved["path"])
+        return saved["digest"]
+
+    def _launch(self, step):
+        if not self.warmed and not self.settings.isolate:
+            every_step = set.intersection(*(set(s.params) for s in self.plan.steps))  # the prelude's, at least
+            params = {name: self.record.params[name] for name in every_step}
+            self.launcher.warm([vars(part) for part in self.plan.prelude], params, self.workdir)
+            self.warmed = True
+        self.running[step.name] = _Process()
+        self.record.steps[step.name].state, self.record.steps[step.name].started = "RUNNING", time.time()
+        argv = [sys.executable, "-m", "kfmagic.runtime", self.specs[step.name]]
+        isolate = self.settings.isolate or bool(step.options.get("isolate"))
+        self.launcher.start(step.name, argv, self.workdir, self.env, spec=self.specs[step.name], isolate=isolate)
+
+    def _finish(self, name, process):
+        out_dir = os.path.dirname(self.specs[name])
+        done = self.record.steps[name]
+        _read_result(done, process.returncode, out_dir, process.stderr_tail)
+        if done.state == "SUCCEEDED" and name in self.keys:
+            cache.record(self.workdir, self.keys[name], self.record.id, out_dir, read_result(out_dir))
+        self.progress.update(self.record)
 
     def _room(self):
         """Whether another step may start now."""
@@ -181,11 +218,38 @@ class _Scheduler:
         self.progress.update(self.record)
 
 
+def resumed(plan, start_from, previous):
+    """{step: cache entry} of every step `--from start_from` does not run again: what it saved in the
+    run in folder `previous`. KfmagicError naming each step that has nothing there to reuse."""
+    again = {start_from} | plan.downstream(start_from)
+    entries, missing = {}, []
+    for step in plan.steps:
+        if step.name in again:
+            continue
+        out_dir = os.path.join(previous, step.name)
+        result = read_result(out_dir)
+        if result is None or result["state"] != "SUCCEEDED":
+            missing.append(f"{step.name!r} ({'not run' if result is None else result['state'].lower()})")
+        elif any(var not in result["saved"] for var in step.outputs):
+            missing.append(f"{step.name!r} (saved less than it must now: the notebook changed)")
+        else:
+            entries[step.name] = {"run": os.path.basename(previous), "out_dir": out_dir, "result": result}
+    if missing:
+        raise KfmagicError(
+            f"--from {start_from}: the run being resumed ({os.path.basename(previous)}) has nothing to reuse of "
+            f"step(s) {', '.join(missing)}, which {start_from!r} does not come before. Resume from one of "
+            "them instead, or run the whole pipeline."
+        )
+    return entries
+
+
 def run(plan, params, *, workdir, workers, progress, settings):
     """Execute `plan` with `params`; returns the Run once every step has ended.
 
-    Of `settings` (base.Settings), `isolate` applies: every step in a fresh process, none forked.
+    Of `settings` (base.Settings) apply: `isolate` (every step in a fresh process, none forked),
+    `cache` (reuse outputs the cache has for a step's key), `start_from`/`previous` (resume).
     """
+    reused = resumed(plan, settings.start_from, settings.previous) if settings.start_from else {}
     record = start_run(plan, params, workdir, "local")
     specs = write_specs(plan, params, record.run_dir)
     events = queue.Queue()
@@ -194,7 +258,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
         f"kept in {record.run_dir}."
     )
     with supervised(record, progress, events, stopped) as launcher:
-        _Scheduler(plan, record, specs, launcher, events, workers, progress, workdir, settings.isolate).run()
+        _Scheduler(plan, record, specs, launcher, events, workers, progress, workdir, settings, reused).run()
     record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in record.steps.values()) else "FAILED"
     record.finished = time.time()
     progress.finish(record)
