@@ -1,0 +1,137 @@
+"""The cache and resume: what did not change is not run again, what changed is, and reused values are
+links to the earlier run's files, never copies."""
+
+import io
+import os
+import subprocess
+
+import nbformat
+import pytest
+from conftest import make_notebook
+
+from kfmagic.display import TextProgress
+from kfmagic.errors import KfmagicError, RunFailed
+from kfmagic.registry import Pipeline
+from kfmagic.syntax import parse_cell
+
+CHAIN = [
+    "%%params\nrate = 2",
+    "%%step load --outputs loaded_at\nimport time\nitems = list(range(5))\nloaded_at = time.time()",
+    "%%step scale\nscaled = [v * rate for v in items]",
+    "%%step total --metrics total\ntotal = sum(scaled)",
+    "%%step side\nside = len(items)",
+]
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def pipeline_of(*cells, name="cached"):
+    pipeline = Pipeline(name=name)
+    for number, text in enumerate(cells):
+        pipeline.add(parse_cell(text), label=f"cell {number}")
+    return pipeline
+
+
+def run(pipeline, **kwargs):
+    printed = io.StringIO()
+    try:
+        result = pipeline.run(progress=TextProgress(printed), **kwargs)
+    except RunFailed as failure:
+        result = failure.run
+    result.printed = printed.getvalue()
+    return result
+
+
+def ran(result):
+    """The steps that really ran (not reused)."""
+    return sorted(name for name, step in result.steps.items() if step.state == "SUCCEEDED" and not step.cached_from)
+
+
+def test_an_unchanged_rerun_reuses_every_step_by_link(here):
+    pipeline = pipeline_of(*CHAIN)
+    first = run(pipeline)
+    again = run(pipeline)
+    assert ran(first) == ["load", "scale", "side", "total"] and ran(again) == []
+    assert again.state == "SUCCEEDED" and again.metrics == first.metrics == {"total": {"total": 20.0}}
+    assert again.load("loaded_at") == first.load("loaded_at")  # reused, not recomputed
+    assert "[load] cached" in again.printed and "load   cached" in again.printed
+    old, new = first.steps["scale"].saved["scaled"]["path"], again.steps["scale"].saved["scaled"]["path"]
+    assert old != new and os.stat(old).st_ino == os.stat(new).st_ino  # a hard link, not a copy
+
+
+def test_what_changed_runs_again_and_only_what_it_reaches(here):
+    pipeline = pipeline_of(*CHAIN)
+    run(pipeline)
+    edited = pipeline_of(*CHAIN[:2], "%%step scale\nscaled = [v * rate + 1 for v in items]", *CHAIN[3:])
+    assert ran(run(edited)) == ["scale", "total"]
+    assert ran(run(pipeline, params={"rate": "3"})) == ["scale", "total"]  # a parameter it reads
+    comment = pipeline_of(*CHAIN[:2], "%%step scale\nscaled = [v * rate for v in items]  # same", *CHAIN[3:])
+    same_values = run(comment)
+    assert ran(same_values) == ["scale"]  # its value is the same: what reads it is reused
+
+
+def test_no_cache_runs_everything_and_a_step_option_keeps_one_step_running(here):
+    pipeline = pipeline_of(*CHAIN)
+    run(pipeline)
+    assert ran(run(pipeline, cache=False)) == ["load", "scale", "side", "total"]
+    always = pipeline_of(CHAIN[0], CHAIN[1].replace("%%step load", "%%step load --no-cache"), *CHAIN[2:])
+    first = run(always)
+    again = run(always)
+    assert ran(again) == ["load"]  # what reads it got the same items: reused by content
+    assert again.load("loaded_at") != first.load("loaded_at")
+
+
+def test_editing_a_local_module_a_step_imports_runs_it_again(here):
+    (here / "helpers.py").write_text("FACTOR = 2\n")
+    pipeline = pipeline_of("%%step a\nimport helpers\nx = helpers.FACTOR")
+    run(pipeline)
+    assert ran(run(pipeline)) == []
+    (here / "helpers.py").write_text("FACTOR = 3\n")
+    result = run(pipeline)
+    assert ran(result) == ["a"] and result.load("x") == 3
+
+
+def test_a_pruned_run_is_not_reused(here):
+    import shutil
+
+    pipeline = pipeline_of(*CHAIN)
+    first = run(pipeline)
+    shutil.rmtree(first.run_dir)
+    assert ran(run(pipeline)) == ["load", "scale", "side", "total"]
+
+
+def test_from_runs_the_step_and_what_follows_and_reuses_the_rest_from_the_last_run(here):
+    pipeline = pipeline_of(*CHAIN)
+    first = run(pipeline)
+    resumed = run(pipeline, start_from="scale")
+    assert ran(resumed) == ["scale", "total"]  # even though the cache has them
+    assert resumed.steps["load"].cached_from == first.id and resumed.load("loaded_at") == first.load("loaded_at")
+    with pytest.raises(KfmagicError, match="--from scael: no such step. Did you mean 'scale'"):
+        pipeline.run(start_from="scael")
+
+
+def test_a_failed_run_offers_to_resume_from_the_failed_step_which_then_works(here):
+    broken = pipeline_of(*CHAIN[:2], "%%step scale\nscaled = [v / 0 for v in items]", *CHAIN[3:])
+    failed = run(broken)
+    assert failed.state == "FAILED"
+    with pytest.raises(RunFailed, match="Resume from the failed step with `--from scale`"):
+        broken.run(progress=TextProgress(io.StringIO()), cache=False)
+    with pytest.raises(KfmagicError, match="has nothing to reuse of step\\(s\\) 'scale' \\(failed\\)"):
+        broken.run(start_from="total")
+    fixed = pipeline_of(*CHAIN)
+    fixed.last_run = broken.last_run
+    resumed = run(fixed, start_from="scale")
+    assert resumed.state == "SUCCEEDED" and ran(resumed) == ["scale", "total"]
+
+
+def test_the_cli_resumes_the_last_run_on_disk(here):
+    path = here / "nb.ipynb"
+    nbformat.write(make_notebook(["%load_ext kfmagic", *CHAIN]), path)
+    first = subprocess.run(["kfmagic", "run", str(path)], capture_output=True, text=True, timeout=120)
+    again = subprocess.run(["kfmagic", "run", str(path), "--from", "total"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert "[load] cached" in again.stdout and "[total] done" in again.stdout and "total=20" in again.stdout
