@@ -8,6 +8,7 @@ when compiling), so the image needs no kfmagic and runs the very runtime a local
 """
 
 import base64
+import contextlib
 import functools
 import inspect
 import json
@@ -15,6 +16,7 @@ import keyword
 import linecache
 import os
 import sys
+import types
 import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -71,18 +73,6 @@ def pipeline_arguments(params):
     return {name: json.dumps(value) if isinstance(value, (list, dict)) else value for name, value in params.items()}
 
 
-def _value_makers(plan, step):
-    """The step and every step its inputs come from, transitively: a value loads only where the
-    libraries that made it are (a DataFrame needs pandas even in a step that never imports it)."""
-    found, frontier = {}, [step]
-    while frontier:
-        current = frontier.pop()
-        if current.name not in found:
-            found[current.name] = current
-            frontier += [plan.step(producer) for producer in current.inputs.values()]
-    return found.values()
-
-
 class Packages(NamedTuple):
     """What the steps' pods need installed, found once per compile."""
 
@@ -107,19 +97,23 @@ def plan_packages(plan):
     prelude_unknown = requirements(dict.fromkeys(prelude_modules))[1]
     prelude_shell = any(shell_lines(part.code) for part in plan.prelude)
     pinned, unknown, receivers = {}, {}, {}
+    made_by = {}  # step -> the modules of it and of every step its values come from (plan order: producers first)
+    makers = {}  # step -> the steps its values come from, transitively
     for step in plan.steps:
-        makers = list(_value_makers(plan, step))
-        made_by = list(modules_of(part for maker in makers for part in maker.parts))
+        producers = set(step.inputs.values())
+        makers[step.name] = producers.union(*(makers[producer] for producer in producers))
+        made_by[step.name] = dict.fromkeys(modules_of(step.parts))
+        for producer in producers:
+            made_by[step.name].update(made_by[producer])
         has_shell = prelude_shell or any(shell_lines(part.code) for part in step.parts)
         pinned[step.name] = requirements(
-            dict.fromkeys(prelude_modules + made_by), step.options.get("packages") or (), shell=has_shell
+            dict.fromkeys([*prelude_modules, *made_by[step.name]]), step.options.get("packages") or (), shell=has_shell
         )[0]
         own = [module for module in requirements(dict.fromkeys(modules_of(step.parts)))[1] if module not in prelude_unknown]
         if own:
             unknown[step.name] = own
-        for maker in makers:
-            if maker is not step:
-                receivers.setdefault(maker.name, []).append(step.name)
+    for name in unknown:  # who else's pod needs the module: the steps its values reach
+        receivers[name] = [step.name for step in plan.steps if name in makers[step.name]]
     return Packages(pinned, prelude_unknown, unknown, receivers)
 
 
@@ -277,12 +271,36 @@ def compile_plan(plan, path, target=Target(), packages=None):
 
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        compiler.Compiler().compile(pipeline_function(plan, target, packages), path)
+        with _faster_kfp():
+            compiler.Compiler().compile(pipeline_function(plan, target, packages), path)
     except (ValueError, TypeError) as error:  # kfp's own checks: say which pipeline, keep its words
         raise KfmagicError(f"Kubeflow Pipelines cannot compile pipeline {plan.name!r}: {error}") from None
     except OSError as error:
         raise KfmagicError(f"Cannot write the compiled pipeline to {path}: {_why_unwritable(path, error)}.") from None
     return path
+
+
+@contextlib.contextmanager
+def _faster_kfp():
+    """Two costs of kfp's compiler that grow with a pipeline's steps, lifted while it compiles ours:
+    it writes the IR with PyYAML's pure-Python emitter (libyaml's C emitter, where PyYAML has it,
+    writes the same documents several times faster), and for each task it sanitizes the name of
+    every task of the DAG again (a pure function of the name: remembered). Same output; without
+    libyaml, or where kfp moves these, it simply compiles as it does."""
+    import yaml
+    from kfp.compiler import pipeline_spec_builder
+    from kfp.dsl import utils
+
+    saved = pipeline_spec_builder.yaml, utils.sanitize_task_name
+    if yaml.__with_libyaml__:
+        pipeline_spec_builder.yaml = types.SimpleNamespace(
+            dump_all=lambda documents, stream, **options: yaml.dump_all(documents, stream, Dumper=yaml.CDumper, **options)
+        )
+    utils.sanitize_task_name = functools.lru_cache(maxsize=None)(utils.sanitize_task_name)
+    try:
+        yield
+    finally:
+        pipeline_spec_builder.yaml, utils.sanitize_task_name = saved
 
 
 def _why_unwritable(path, error):

@@ -27,6 +27,7 @@ def normalize(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+@functools.lru_cache(maxsize=None)
 def pinned(distribution):
     return f"{distribution}=={importlib.metadata.version(distribution)}"
 

@@ -7,8 +7,8 @@ and reported together, each with a hint.
 import ast
 import builtins
 import difflib
+import functools
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from .analysis import AnalysisError, analyze
 from .component import DISPLAY_OUTPUT, METRICS_OUTPUT
@@ -61,7 +61,11 @@ class Plan:
     warnings: tuple = field(default=())
 
     def step(self, name):
-        return next(step for step in self.steps if step.name == name)
+        return self._by_name[name]
+
+    @functools.cached_property
+    def _by_name(self):
+        return {step.name: step for step in self.steps}
 
     def downstream(self, name):
         """Every step that (transitively) depends on `name`."""
@@ -104,7 +108,7 @@ def _coerce_param(name, value, default):
     return parsed
 
 
-@lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024)
 def _analyze(code, functions=()):
     return analyze(code, functions)
 
