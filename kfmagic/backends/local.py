@@ -105,6 +105,8 @@ class _Scheduler:
         self.progress, self.workdir, self.settings, self.reused = progress, workdir, settings, reused
         self.workers, self.limited = workers or DEFAULT_WORKERS, workers is not None
         self.pending, self.running, self.env, self.keys, self.warmed = list(plan.steps), {}, step_env(), {}, False
+        if not settings.cache:  # every step will run: the prelude can start now, while the run is set up
+            self._warm_up()
 
     def run(self):
         while self.pending or self.running:
@@ -124,7 +126,7 @@ class _Scheduler:
                 steps[step.name].state = "SKIPPED"
                 self.pending.remove(step)
                 self.progress.update(self.record)
-            elif self._room() and all(state == "SUCCEEDED" for state in upstream):
+            elif all(state == "SUCCEEDED" for state in upstream) and self._room():
                 self.pending.remove(step)
                 if not self._reuse(step):
                     self._launch(step)
@@ -153,12 +155,16 @@ class _Scheduler:
             saved["digest"] = runtime.file_digest(saved["path"])
         return saved["digest"]
 
-    def _launch(self, step):
+    def _warm_up(self):
+        """Have the supervisor run the prelude once (unless every step is isolated)."""
         if not self.warmed and not self.settings.isolate:
             every_step = set.intersection(*(set(s.params) for s in self.plan.steps))  # the prelude's, at least
             params = {name: self.record.params[name] for name in every_step}
             self.launcher.warm([vars(part) for part in self.plan.prelude], params, self.workdir)
             self.warmed = True
+
+    def _launch(self, step):
+        self._warm_up()
         self.running[step.name] = _Process()
         self.record.steps[step.name].state, self.record.steps[step.name].started = "RUNNING", time.time()
         argv = [sys.executable, "-m", "kfmagic.runtime", self.specs[step.name]]
