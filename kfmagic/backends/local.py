@@ -100,13 +100,14 @@ class _Scheduler:
     for it), skips it if one has not, and ends it once its process has exited and its output has
     been read."""
 
-    def __init__(self, plan, record, specs, launcher, events, workers, progress, workdir, settings, reused):
-        self.plan, self.record, self.specs, self.launcher, self.events = plan, record, specs, launcher, events
+    def __init__(self, plan, record, launcher, events, workers, progress, workdir, settings, reused):
+        self.plan, self.record, self.launcher, self.events = plan, record, launcher, events
         self.progress, self.workdir, self.settings, self.reused = progress, workdir, settings, reused
         self.workers, self.limited = workers or DEFAULT_WORKERS, workers is not None
         self.pending, self.running, self.env, self.keys, self.warmed = list(plan.steps), {}, step_env(), {}, False
         if not settings.cache:  # every step will run: the prelude can start now, while the run is set up
             self._warm_up()
+        self.specs = write_specs(plan, record.params, record.run_dir)
 
     def run(self):
         while self.pending or self.running:
@@ -257,14 +258,13 @@ def run(plan, params, *, workdir, workers, progress, settings):
     """
     reused = resumed(plan, settings.start_from, settings.previous) if settings.start_from else {}
     record = start_run(plan, params, workdir, "local")
-    specs = write_specs(plan, params, record.run_dir)
     events = queue.Queue()
     stopped = (
         f"Run {record.id} interrupted: its step processes were stopped. Outputs of finished steps are "
         f"kept in {record.run_dir}."
     )
     with supervised(record, progress, events, stopped) as launcher:
-        _Scheduler(plan, record, specs, launcher, events, workers, progress, workdir, settings, reused).run()
+        _Scheduler(plan, record, launcher, events, workers, progress, workdir, settings, reused).run()
     record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in record.steps.values()) else "FAILED"
     record.finished = time.time()
     progress.finish(record)
