@@ -76,7 +76,7 @@ def _step_shell(namespace):
 
             config = Config()
             config.HistoryManager.enabled = False
-            config.InteractiveShell.colors = "NoColor"
+            config.InteractiveShell.colors = "nocolor"
             shell = InteractiveShell.instance(config=config, user_ns=namespace)
             shell.enable_gui = lambda gui=None: None  # `%matplotlib inline`: a step has no GUI loop to start
             shell.showtraceback = _raise_instead  # IPython shows a magic's error and goes on; a step must fail

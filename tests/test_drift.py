@@ -81,3 +81,60 @@ def test_pipeline_check_compares_by_cell_id_with_the_notebook_it_is_told(kernel,
     assert kernel.run(DOUBLE, ids[2])[0] == "ok"  # the same cell, run with other text than saved
     status, out = kernel.run("%pipeline check")
     assert status == "ok" and "cell 3 (step 'double') was edited in the notebook but not re-run" in out
+
+
+def test_each_finding_is_one_full_sentence_with_its_fix():
+    saved = registry(("%%prelude\nimport os", None), (LOAD, None), (TOTAL, None), label="cell")
+    kernel = registry(("%%prelude\nimport sys", None), (LOAD, None), ("%%step gone\nx = 1", None), (DOUBLE, None))
+    assert drift.compare(kernel, saved) == [
+        "cell [1] (%%prelude) was edited in the notebook but not re-run: the kernel has the version of In [1]. "
+        "Run it again.",
+        "cell [3] (step 'total') is in the saved notebook but not registered in the kernel: run it.",
+        "step 'gone' (In [3]) is registered in the kernel but no longer in the saved notebook: `%pipeline remove gone`.",
+        "step 'double' (In [4]) is registered in the kernel but no longer in the saved notebook: "
+        "`%pipeline remove double`.",
+    ]
+
+
+def test_a_deleted_cell_of_a_step_still_in_the_file_and_a_deleted_prelude_say_to_reset():
+    saved = registry((LOAD, None), label="cell")
+    kernel = registry(("%%prelude\nimport os", None), (LOAD, None), ("%%step load\nmore = 1", None))
+    assert drift.compare(kernel, saved) == [
+        f"In [{number}] ({what}) is registered in the kernel but not in the saved notebook (deleted, or its magic "
+        "removed): `%pipeline reset` and re-run the notebook's cells."
+        for number, what in ((1, "%%prelude"), (3, "step 'load'"))
+    ]
+
+
+def test_the_order_finding_names_both_cells_and_the_fix():
+    found = drift.compare(registry((DOUBLE, None), (LOAD, None)), registry((LOAD, None), (DOUBLE, None), label="cell"))
+    assert found == [
+        "The kernel registered cell [2] (step 'double') before cell [1] (step 'load'), the opposite of the "
+        "notebook's order, which decides where each step's inputs come from: `%pipeline reset` and run the "
+        "cells top to bottom."
+    ]
+
+
+def test_two_cells_of_one_step_are_told_apart_by_their_text_then_by_their_ids():
+    first, second = "%%step prep\nclean = 1", "%%step prep\nscaled = clean * 2"
+    # by text: the same two cells, registered in the other order, are one order finding and no edit
+    [found] = drift.compare(registry((second, None), (first, None)), registry((first, None), (second, None), label="cell"))
+    assert found.startswith("The kernel registered cell [2] (step 'prep') before cell [1] (step 'prep')")
+    # by id: each edited cell is compared with the kernel's version of that very cell
+    kernel = registry((first, "x"), (second, "y"))
+    saved = registry((second.replace("2", "3"), "y"), (first.replace("1", "5"), "x"), label="cell")
+    assert drift.compare(kernel, saved) == [
+        "cell [1] (step 'prep') was edited in the notebook but not re-run: the kernel has the version of In [2]. "
+        "Run it again.",
+        "cell [2] (step 'prep') was edited in the notebook but not re-run: the kernel has the version of In [1]. "
+        "Run it again.",
+        "The kernel registered cell [2] (step 'prep') before cell [1] (step 'prep'), the opposite of the notebook's "
+        "order, which decides where each step's inputs come from: `%pipeline reset` and run the cells top to bottom.",
+    ]
+
+
+def test_trailing_spaces_are_not_an_edit_but_indentation_is():
+    saved = registry(("%%step a\nif True:\n    x = 1", None), label="cell")
+    assert drift.compare(registry(("%%step a  \nif True:   \n    x = 1\n\n", None)), saved) == []
+    [found] = drift.compare(registry(("%%step a\nif True:\n        x = 1", None)), saved)
+    assert found.startswith("cell [1] (step 'a') was edited in the notebook but not re-run")
