@@ -297,3 +297,173 @@ def test_show_has_a_table_and_a_dag_as_text_and_as_svg():
     assert "[1] a\n[2] b  <- a*\n    c  <- a*\n[3] d  <- b, c*" in text
     page = view._repr_html_()
     assert page.count("<rect") == 4 and page.count("<line") == 4 and "stroke-dasharray" in page  # b -> d is --after
+
+
+def test_param_overrides_read_booleans_as_written_and_leave_text_parameters_alone():
+    plan = pipeline_of("%%params\nflag = False\nmode = 'fast'", "%%step a\nv = (flag, mode)").plan()
+    for written, value in (("true", True), ("TRUE", True), ("True", True), ("False", False)):
+        assert plan.resolve_params({"flag": written})["flag"] is value
+    assert plan.resolve_params({"mode": "true"})["mode"] == "true"  # a text parameter takes the text
+    with pytest.raises(CellSyntaxError) as caught:
+        plan.resolve_params({"flag": "yes"})
+    assert str(caught.value) == "--param flag='yes': expected a bool like the default False, got a str."
+
+
+def test_an_unknown_param_lists_the_parameters_there_are():
+    plan = pipeline_of("%%params\nrate = 1\nepochs = 2", "%%step a\nv = rate + epochs").plan()
+    with pytest.raises(CellSyntaxError) as caught:
+        plan.resolve_params({"zzz": "1"})
+    assert str(caught.value) == "--param zzz: no such parameter. Parameters: rate, epochs."
+    with pytest.raises(CellSyntaxError) as caught:
+        pipeline_of("%%step a\nv = 1").plan().resolve_params({"rate": "1"})
+    assert str(caught.value) == "--param rate: no such parameter. Parameters: none (declare them in a %%params cell)."
+
+
+def test_a_function_that_changes_a_global_makes_each_step_that_calls_it_the_provider():
+    plan = pipeline_of(
+        "%%prelude\ndef add(v):\n    items.append(v)",
+        "%%step make\nitems = []",
+        "%%step grow\nadd(1)",
+        "%%step use\nprint(items)",
+    ).plan()
+    assert plan.step("use").inputs == {"items": "grow"} and plan.step("grow").inputs == {"items": "make"}
+    assert plan.step("grow").outputs == ("items",)
+
+
+def test_a_prelude_name_is_provided_by_a_step_that_rebinds_it_through_a_function_not_one_that_changes_it():
+    plan = pipeline_of(
+        "%%prelude\ncounts = {}\ndef bump(k):\n    counts[k] = 1\ndef reset():\n    global counts\n    counts = {'reset': 1}",
+        "%%step a\nbump('x')",
+        "%%step b\nreset()",
+        "%%step c\nbump('y')",
+        "%%step d\nprint(counts)",
+    ).plan()
+    assert plan.step("d").inputs == {"counts": "b"}
+    assert plan.step("b").assigns == ("counts",) and plan.step("a").assigns == () and plan.step("c").assigns == ()
+
+
+def test_a_variable_holding_a_function_reads_what_the_function_reads_where_it_is_called():
+    plan = pipeline_of(
+        "%%prelude\ndef report():\n    return total",
+        "%%step load\ntotal = 1",
+        "%%step pick\nhandler = report",
+        "%%step use\nout = handler()",
+    ).plan()
+    assert plan.step("use").inputs == {"handler": "pick", "total": "load"}
+
+
+def test_an_instance_of_a_prelude_class_reads_what_its_methods_read_where_it_is_used():
+    plan = pipeline_of(
+        "%%prelude\nclass Model:\n    def fit(self):\n        return len(data)",
+        "%%step load\ndata = [1]",
+        "%%step make\nmodel = Model()",
+        "%%step train\nscore = model.fit()",
+    ).plan()
+    assert plan.step("train").inputs == {"model": "make", "data": "load"}
+
+
+def test_a_function_rebound_later_in_its_step_is_no_longer_what_later_steps_call():
+    plan = pipeline_of(
+        "%%step define\ndef helper(v):\n    return data",
+        "%%step define\nhelper = len",
+        "%%step use\nn = helper([1])",
+    ).plan()
+    assert plan.step("use").inputs == {"helper": "define"}
+    classes = pipeline_of(
+        "%%step define\nclass Model:\n    def fit(self):\n        return data",
+        "%%step define\nModel = dict",
+        "%%step make\nm = Model()",
+        "%%step use\nm.fit()",
+    ).plan()
+    assert classes.step("use").inputs == {"m": "make"}
+
+
+def test_a_step_that_sets_what_a_function_reads_before_calling_it_needs_no_input():
+    plan = pipeline_of("%%prelude\ndef total():\n    return sum(data)", "%%step a\ndata = [1, 2]\nt = total()").plan()
+    assert plan.step("a").inputs == {}
+
+
+def test_a_function_called_where_a_later_cell_of_its_own_step_uses_it_reads_and_changes_through_it():
+    plan = pipeline_of(
+        "%%step load\nvalues = [1]\nfactor = 2\ncleaned = []\nextra = 3\ndeep = 4",
+        "%%step prep\ndef outer():\n    return inner() + again()\ndef inner():\n    return deeper() + outer()\n"
+        "def deeper():\n    return deep\ndef again():\n    return extra\n"
+        "def scale():\n    return [v * factor for v in values]\n"
+        "def clean():\n    cleaned.append(1)\n    global mode\n    mode = 'done'",
+        "%%step prep\nresult = scale() + outer()\nclean()",
+        "%%step after\nprint(cleaned, mode)",
+    ).plan()
+    assert plan.step("prep").inputs == {"values": "load", "factor": "load", "extra": "load", "deep": "load",
+                                        "cleaned": "load"}
+    assert plan.step("after").inputs == {"cleaned": "prep", "mode": "prep"}
+    assert set(plan.step("prep").assigns) >= {"cleaned", "mode", "result"}
+
+
+def test_a_function_defined_in_a_step_is_named_with_its_step_when_what_it_reads_is_missing():
+    assert problems("%%step define\ndef f():\n    return ghost", "%%step use\nx = f()") == [
+        "Step 'use' calls f() of step 'define', which reads 'ghost', but no step, prelude or parameter provides it. "
+        "Assign it in an earlier step, import or define it in the %%prelude, or declare it in %%params."
+    ]
+
+
+def test_a_name_only_a_later_step_assigns_names_that_step_even_past_others():
+    assert problems("%%step a\nprint(model)", "%%step b\nx = 1", "%%step c\nmodel = 2") == [
+        "Step 'a' reads 'model', which only the later step 'c' assigns. Move the cell of 'c' above 'a', "
+        "or add `--after c` to 'a'."
+    ]
+    [own] = problems("%%step a\nprint(model)\nmodel = 1")  # its own later line is no provider
+    assert own.startswith("Step 'a' reads 'model', but no step, prelude or parameter provides it.")
+
+
+def test_a_step_of_several_cells_all_above_the_writer_is_told_to_move_not_that_it_is_split():
+    [problem] = problems("%%step s\nx = 1", "%%step s\nprint(model)", "%%step t\nmodel = 1")
+    assert problem.startswith("Step 's' reads 'model', which only the later step 't' assigns.")
+
+
+def test_a_cycle_of_three_names_each_step_after_the_one_it_needs():
+    assert problems("%%step a --after c\nx = 1", "%%step b --after a\ny = 2", "%%step c --after b\nz = 3") == [
+        "The steps form a cycle: b -> c -> a -> b. Each needs the one before it (through --after or the data it "
+        "reads); remove an --after or move a cell."
+    ]
+
+
+def test_the_parallel_writers_warning_says_how_to_fix_it():
+    plan = pipeline_of(
+        "%%step left\nconfig = 1", "%%step right\nconfig = 2", "%%step merge --after left\nprint(config)"
+    ).plan()
+    assert plan.warnings == (
+        "Steps 'left' and 'right' both change 'config' and may run in parallel; 'merge' gets it from 'right' "
+        "(the later cell). Add `--after` between them to make the order explicit.",
+    )
+
+
+def test_what_kubeflow_could_not_take_is_a_plan_problem_with_its_fix():
+    assert problems("%%step a_b\nx = 1", "%%step a-b\ny = 2") == [
+        "Steps 'a_b' and 'a-b' both become the Kubeflow task 'a-b' ('_' and '-' are the same there): rename one."
+    ]
+    assert problems("%%step a\nkfmagic_metrics = 1\n_kfm_x = 2", "%%step b\nprint(kfmagic_metrics, _kfm_x)") == [
+        "Step 'a': the variable name '_kfm_x' is reserved by kfmagic; rename it.",  # a's outputs: sorted
+        "Step 'a': the variable name 'kfmagic_metrics' is reserved by kfmagic; rename it.",
+        "Step 'b': the variable name 'kfmagic_metrics' is reserved by kfmagic; rename it.",  # b's inputs: as read
+        "Step 'b': the variable name '_kfm_x' is reserved by kfmagic; rename it.",
+    ]
+    assert problems("%%step a\n_hidden = 1", "%%step b\nprint(_hidden)")[0] == (
+        "Step 'a' passes '_hidden' on or receives it, but Kubeflow names of inputs and outputs must begin with a "
+        "letter; rename the variable."
+    )
+    assert problems("%%step a\ndata, data_in = [], 1", "%%step b\ndata.append(data_in)\ndata_in = 2",
+                    "%%step c\nprint(data, data_in)") == [
+        "Step 'b': data_in would name both an input and an output of its Kubeflow component; rename the variable."
+    ]
+
+
+def test_a_last_step_keeps_for_kubeflow_only_names_it_can_take_and_inputs_it_passes_on_get_in():
+    from kfmagic.plan import arguments, kept
+
+    plan = pipeline_of(
+        "%%params\nrate = 1", "%%step a\nx = 1\nitems = []",
+        "%%step b\nitems.append(x * rate)\n_tmp = 2\nkfmagic_output = 3\nlast = 4",
+    ).plan()
+    b = plan.step("b")
+    assert b.keep == ("_tmp", "kfmagic_output", "last", "items") and kept(b) == ["last", "items"]
+    assert arguments(b) == {"x": "x", "items": "items_in", "rate": "rate"}

@@ -1,0 +1,268 @@
+"""One step as the runtime runs it, in this process: `runtime.run_step` on a spec as the backends
+write it, and what it leaves in the step's folder (result.json, one file per value) and says.
+
+The same behaviour is shown end to end by the local runs of test_local_run.py; here the step's
+contract is checked directly, without starting a process for each case.
+"""
+
+import hashlib
+import json
+import os
+import pickle
+import sys
+
+import pytest
+
+from kfmagic import runtime, serde
+from kfmagic.syntax import parse_cell
+
+
+def part(text, label="cell 1"):
+    """A spec part ({code, source, label}) for a marked cell, as the plan gives it."""
+    spec = parse_cell(text)
+    return {"code": spec.code, "source": spec.source, "label": label}
+
+
+def spec_of(out_dir, *cells, step="s", prelude=(), **fields):
+    """A step's spec (runtime.py's docstring lists its fields) running `cells` (bodies of `%%step`)."""
+    return {
+        "step": step,
+        "prelude": [part(f"%%prelude\n{text}", f"cell {number}") for number, text in enumerate(prelude, 1)],
+        "parts": [part(f"%%step {step}\n{text}", f"cell {number}") for number, text in enumerate(cells, 1)],
+        "params": {}, "inputs": {}, "producers": {}, "outputs": [], "keep": [], "metrics": [], "needed_by": {},
+        "out_dir": str(out_dir),
+        **fields,
+    }
+
+
+@pytest.fixture(autouse=True)
+def kept_main(monkeypatch):
+    """Whatever a test does to sys.modules['__main__'] (new_namespace replaces it) is undone."""
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
+
+
+def run(spec, **kwargs):
+    """(exit code, the result the step wrote)."""
+    code = runtime.run_step(spec, **kwargs)
+    with open(os.path.join(spec["out_dir"], runtime.RESULT_FILE)) as file:
+        return code, json.load(file)
+
+
+def test_a_step_loads_its_inputs_runs_its_cells_and_saves_what_later_steps_read(tmp_path):
+    first = spec_of(tmp_path / "a", "rows = [1, 2]\nnote = 'made by a'", step="a", outputs=["rows"], keep=["note"],
+                    needed_by={"rows": ["b", "c"]})
+    assert run(first) == (0, {
+        "state": "SUCCEEDED", "error": None, "metrics": {}, "skipped": {},
+        "saved": {
+            "rows": {"type": "list", "bytes": os.path.getsize(tmp_path / "a" / "outputs" / "rows.pkl"),
+                     "digest": "sha256:" + hashlib.sha256((tmp_path / "a" / "outputs" / "rows.pkl").read_bytes()).hexdigest()},
+            "note": {"type": "str", "bytes": os.path.getsize(tmp_path / "a" / "outputs" / "note.pkl")},
+        },
+    })
+    rows = runtime.output_path(str(tmp_path / "a"), "rows")
+    second = spec_of(tmp_path / "b", "rows.append(3)\ntotal = sum(rows)", step="b",
+                     inputs={"rows": rows}, producers={"rows": "a"}, keep=["rows", "total"])
+    code, result = run(second)
+    assert code == 0 and result["state"] == "SUCCEEDED" and set(result["saved"]) == {"rows", "total"}
+    assert serde.load(runtime.output_path(str(tmp_path / "b"), "total")) == 6
+    assert serde.load(runtime.output_path(str(tmp_path / "b"), "rows")) == [1, 2, 3]
+    assert serde.load(rows) == [1, 2]  # the producer's file is not changed by the step that changed the value
+    assert oct((tmp_path / "a" / "outputs").stat().st_mode & 0o777) == "0o700"
+    assert {oct(path.stat().st_mode & 0o777) for path in (tmp_path / "a").rglob("*") if path.is_file()} == {"0o600"}
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_parameters_are_set_before_the_prelude_runs(tmp_path):
+    spec = spec_of(tmp_path, "got = seed_copy", prelude=["seed_copy = SEED"], params={"SEED": 7}, keep=["got"])
+    assert run(spec)[1]["state"] == "SUCCEEDED"
+    assert serde.load(runtime.output_path(str(tmp_path), "got")) == 7
+
+
+def test_a_warm_step_keeps_what_its_prelude_made_and_only_fills_the_parameters_it_lacks(tmp_path):
+    namespace = runtime.new_namespace()
+    runtime.run_prelude(namespace, {"SEED": 7}, [part("%%prelude\nSEED = SEED + 1\nstarted = 'once'")])
+    spec = spec_of(tmp_path, "got = (SEED, OTHER, started)", keep=["got"], params={"SEED": 7, "OTHER": 2},
+                   prelude=["raise RuntimeError('the prelude ran twice')"])
+    code, result = run(spec, namespace=namespace, warm=True)
+    assert (code, result["state"]) == (0, "SUCCEEDED"), result["error"]
+    assert serde.load(runtime.output_path(str(tmp_path), "got")) == (8, 2, "once")
+
+
+def test_a_failing_cell_fails_the_step_with_the_traceback_on_the_cells_own_lines(tmp_path, capsys):
+    spec = spec_of(tmp_path, "x = 1", "y = x + 1\n\nz = y / 0", outputs=["z"])
+    code, result = run(spec)
+    assert (code, result["state"], result["saved"]) == (1, "FAILED", {})
+    error = result["error"]
+    assert 'File "step s, cell 2", line 4, in <module>\n    z = y / 0' in error
+    assert error.endswith("ZeroDivisionError: division by zero\n")
+    assert capsys.readouterr().err == error  # said once, as it is
+
+
+def test_the_last_expression_of_a_cell_is_displayed_unless_silenced(tmp_path):
+    shown = []
+    spec = spec_of(tmp_path, "x = 21\nx * 2", "x;", "None", "print('printed')", "display('shown')")
+    assert run(spec, display=shown.append)[1]["state"] == "SUCCEEDED"
+    assert shown == [42, "shown"]  # display() in a cell is the caller's too
+
+
+def test_without_a_front_end_display_prints_text_and_last_values_are_not_shown(tmp_path, capsys):
+    spec = spec_of(tmp_path, "display('a', 3)\n41 + 1")
+    assert run(spec)[1]["state"] == "SUCCEEDED"
+    assert capsys.readouterr().out == "'a'\n3\n"
+
+
+@pytest.mark.parametrize("needed_by, why", [
+    ({"maybe": ["b", "c"]}, "but step(s) b, c read it."),
+    ({}, "but it is declared with --outputs/--metrics."),
+])
+def test_an_output_left_unassigned_fails_the_step_saying_who_needs_it(tmp_path, needed_by, why):
+    spec = spec_of(tmp_path, "if False:\n    maybe = 1", outputs=["maybe"], needed_by=needed_by)
+    code, result = run(spec)
+    assert (code, result["state"]) == (1, "FAILED")
+    assert result["error"] == (
+        f"Step 's' did not assign 'maybe', {why} Make sure every path through the step's code assigns it."
+    )
+
+
+def test_a_kept_value_that_cannot_be_saved_is_skipped_with_the_reason(tmp_path):
+    spec = spec_of(
+        tmp_path,
+        "import threading\nclass Bad:\n    def __reduce__(self):\n        raise TypeError('no copies')\n"
+        "gen = (n for n in range(3))\nbad = Bad()\nlock = [threading.Lock()]\ncount = 3",
+        keep=["gen", "bad", "lock", "count"],
+    )
+    code, result = run(spec)
+    assert (code, result["state"], list(result["saved"])) == (0, "SUCCEEDED", ["count"])
+    assert result["skipped"] == {
+        "gen": "a generator that cannot be kept: it is a generator (a paused computation)",
+        "bad": "a __main__.Bad that cannot be pickled (cloudpickle: TypeError: no copies; dill: TypeError: no copies)",
+        "lock": "a list that cannot be kept: it holds a lock (_thread.lock)",
+    }
+    assert not (tmp_path / "outputs" / "gen.pkl").exists() and not (tmp_path / "outputs" / "bad.pkl").exists()
+
+
+def test_a_value_that_must_be_passed_on_and_cannot_be_fails_the_step_saying_what_to_pass(tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    opened = spec_of(tmp_path / "a", f"log = {{'handle': open({str(tmp_path / 'notes.txt')!r}, 'a')}}", outputs=["log"])
+    code, result = run(opened)
+    assert (code, result["state"]) == (1, "FAILED")
+    assert result["error"].startswith(
+        "Step 's' cannot pass on 'log' (a dict): it holds an open file (_io.TextIOWrapper), a live resource of "
+        "the step's own process that a copy in another step would not be. Pass what it stands for instead"
+    )
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+    generator = spec_of(tmp_path / "b", "numbers = (n for n in range(3))", outputs=["numbers"])
+    assert run(generator)[1]["error"].startswith(
+        "Step 's' cannot pass on 'numbers' (a generator): it is a generator (a paused computation), a live resource"
+    )
+    unpicklable = spec_of(tmp_path / "c", "class Bad:\n    def __reduce__(self):\n        raise TypeError('no')\nbad = Bad()",
+                          outputs=["bad"])
+    assert run(unpicklable)[1]["error"] == (
+        "Step 's' cannot save 'bad' (a __main__.Bad): neither cloudpickle nor dill can serialize it "
+        "(cloudpickle: TypeError: no; dill: TypeError: no). Recreate it in the step that uses it, or pass "
+        "something that pickles instead (a path, a config, the data it holds)."
+    )
+
+
+def test_a_value_that_cannot_be_written_fails_the_step_naming_the_folder(tmp_path):
+    (tmp_path / "outputs" / "x.pkl.partial").mkdir(parents=True)  # where the value would be written
+    code, result = run(spec_of(tmp_path, "x = 1", outputs=["x"]))
+    assert (code, result["state"]) == (1, "FAILED")
+    assert result["error"].startswith(f"Step 's' could not save 'x' (a int) in {tmp_path}: Is a directory. Free space")
+
+
+def test_metrics_are_numbers_reported_as_floats(tmp_path):
+    code, result = run(spec_of(tmp_path, "accuracy = 0.9\nepochs = 3", metrics=["accuracy", "epochs"]))
+    assert code == 0 and result["metrics"] == {"accuracy": 0.9, "epochs": 3.0}
+    assert type(result["metrics"]["epochs"]) is float
+
+
+@pytest.mark.parametrize("value, said", [
+    ("True", "got a bool (True)"),
+    ("'x' * 200", f"got a str ({'x' * 200!r:.80})"),
+    ("[0.5]", "got a list ([0.5])"),
+])
+def test_a_metric_that_is_not_a_number_fails_the_step(tmp_path, value, said):
+    code, result = run(spec_of(tmp_path, f"score = {value}", metrics=["score"]))
+    assert (code, result["state"], result["metrics"]) == (1, "FAILED", {})
+    assert result["error"] == f"Step 's': metric 'score' must be a number, {said}. Report one number per metric."
+
+
+def test_a_damaged_input_fails_the_step_naming_it_its_producer_and_the_fix(tmp_path):
+    value = tmp_path / "x.pkl"
+    value.write_bytes(b"")
+    named = spec_of(tmp_path / "b", "y = x", inputs={"x": str(value)}, producers={"x": "a"})
+    code, result = run(named)
+    assert (code, result["state"]) == (1, "FAILED")
+    assert result["error"] == (
+        f"Step 's' cannot load its input 'x' (saved by step 'a'): the file is empty ({value}). "
+        "Run the pipeline again to remake it."
+    )
+    unnamed = spec_of(tmp_path / "c", "y = x", inputs={"x": str(tmp_path / "gone.pkl")})
+    assert run(unnamed)[1]["error"].startswith("Step 's' cannot load its input 'x': the file is missing (")
+
+
+def test_an_input_made_with_a_library_the_step_lacks_says_so(tmp_path):
+    value = tmp_path / "x.pkl"
+    value.write_bytes(pickle.dumps(json.JSONDecodeError).replace(b"json", b"jsom"))
+    code, result = run(spec_of(tmp_path / "b", "y = x", inputs={"x": str(value)}, producers={"x": "a"}))
+    assert (code, result["state"]) == (1, "FAILED")
+    assert result["error"] == (
+        "Step 's' cannot load its input 'x' (saved by step 'a'): ModuleNotFoundError: No module named 'jsom'. "
+        "Its producer saved it with a library this step's environment lacks, or a different version."
+    )
+
+
+def test_a_result_that_cannot_be_written_is_one_line_and_exit_status_1(tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "result.json.partial").mkdir()  # the result is written aside first
+    assert runtime.run_step(spec_of(tmp_path / "s", "x = 1")) == 1
+    assert capsys.readouterr().err == f"Step 's' could not write its result in {tmp_path / 's'}: Is a directory.\n"
+
+
+def test_the_preludes_classes_and_functions_are_saved_by_name(tmp_path):
+    prelude = "class Config:\n    rate = 0.1\ndef helper(v):\n    return v * 2"
+    spec = spec_of(tmp_path, "def local(v):\n    return v\ncfg = Config()\nfs = [helper, local]",
+                   prelude=[prelude], outputs=["cfg", "fs"])
+    assert run(spec)[1]["state"] == "SUCCEEDED"
+    consumer = runtime.new_namespace()  # another step: its prelude defines the same names anew
+    runtime.run_prelude(consumer, {}, [part(f"%%prelude\n{prelude}")])
+    cfg = serde.load(runtime.output_path(str(tmp_path), "cfg"), consumer)
+    helper, local = serde.load(runtime.output_path(str(tmp_path), "fs"), consumer)
+    assert type(cfg) is consumer["Config"] and helper is consumer["helper"]
+    assert local(5) == 5 and local is not consumer.get("local")  # defined in the step: saved as it is
+
+
+def test_the_step_runs_as_main_and_the_callers_main_is_back_afterwards(tmp_path):
+    before = sys.modules["__main__"]
+    spec = spec_of(tmp_path, "import sys\nname = __name__\nsame = sys.modules['__main__'].__dict__ is globals()",
+                   keep=["name", "same"])
+    assert run(spec)[1]["state"] == "SUCCEEDED"
+    assert sys.modules["__main__"] is before
+    assert serde.load(runtime.output_path(str(tmp_path), "name")) == "__main__"
+    assert serde.load(runtime.output_path(str(tmp_path), "same")) is True
+
+
+@pytest.fixture
+def fresh_shell():
+    """The step's IPython shell is a process-wide singleton: one per test, gone after it."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    yield
+    InteractiveShell.clear_instance()
+
+
+def test_shell_and_magic_lines_run_in_the_steps_own_namespace(tmp_path, monkeypatch, fresh_shell):
+    monkeypatch.setenv("KFM_RUNTIME_TEST", "unset")  # %env below changes this process's environment
+    spec = spec_of(tmp_path, "listing = !echo a b\n%env KFM_RUNTIME_TEST=1\nimport os\nenv = os.environ['KFM_RUNTIME_TEST']",
+                   keep=["listing", "env"])
+    code, result = run(spec)
+    assert (code, result["state"]) == (0, "SUCCEEDED"), result["error"]
+    assert serde.load(runtime.output_path(str(tmp_path), "listing")) == ["a b"]
+    assert serde.load(runtime.output_path(str(tmp_path), "env")) == "1"
+
+
+def test_an_error_in_a_magic_line_fails_the_step(tmp_path, fresh_shell):
+    code, result = run(spec_of(tmp_path, "%time x = 1 / 0\ny = 2", keep=["y"]))
+    assert (code, result["state"]) == (1, "FAILED") and result["saved"] == {}
+    assert result["error"].endswith("ZeroDivisionError: division by zero\n")
