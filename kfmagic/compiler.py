@@ -24,7 +24,7 @@ from typing import NamedTuple
 from . import component, runtime, serde, step_options
 from .analysis import analyze
 from .errors import KfmagicError, PlanError
-from .plan import arguments, kept, kfp_name
+from .plan import RUNTIME_TASK, arguments, kept, kfp_name
 from .packages import requirements
 from .portability import shell_lines
 
@@ -121,10 +121,27 @@ def _installs(target, step):
     return target.install and step.options.get("install") is not False
 
 
+def _runtime_source(plan):
+    """The runtime task's function: it hands every step kfmagic's runtime and the %%prelude, which the
+    pipeline carries once rather than once per step (a cluster refuses a workflow past ~1 MiB)."""
+    shared = {"sources": _sources(), "prelude": [vars(part) for part in plan.prelude]}
+    packed = base64.b64encode(zlib.compress(json.dumps(shared).encode(), 9)).decode()
+    return (
+        f"def {RUNTIME_TASK}({RUNTIME_TASK}: Output[Artifact]):\n"
+        '    """kfmagic\'s runtime and the notebook\'s %%prelude, handed to every step of the pipeline."""\n'
+        "    import os\n"
+        f"    os.makedirs(os.path.dirname({RUNTIME_TASK}.path) or '.', exist_ok=True)\n"
+        f"    with open({RUNTIME_TASK}.path, 'w') as file:\n"
+        f"        file.write({packed!r})\n"
+    )
+
+
 def _component_source(function_name, plan, step):
-    """The component function's text: its KFP signature, the step's code and the embedded runtime."""
+    """The component function's text: its KFP signature, the step's code, and how it takes the
+    runtime and the prelude from the runtime task's artifact."""
     names = arguments(step)
-    signature = [f"{names[var]}: Input[Artifact]" for var in step.inputs]
+    signature = [f"{RUNTIME_TASK}: Input[Artifact]"]
+    signature += [f"{names[var]}: Input[Artifact]" for var in step.inputs]
     signature += [f"{names[name]}: {_param_type(name, plan.params[name]).__name__}" for name in step.params]
     signature += [f"{var}: Output[Artifact]" for var in (*step.outputs, *kept(step))]
     if step.metrics:
@@ -132,7 +149,6 @@ def _component_source(function_name, plan, step):
     signature.append(f"{component.DISPLAY_OUTPUT}: Output[HTML]")
     spec = {
         "step": step.name,
-        "prelude": [vars(part) for part in plan.prelude],
         "parts": [vars(part) for part in step.parts],
         "params": {name: names[name] for name in step.params},
         "json_params": [name for name in step.params if isinstance(plan.params[name], (list, dict))],
@@ -145,48 +161,54 @@ def _component_source(function_name, plan, step):
     }
     return (
         f"def {function_name}({', '.join(signature)}):\n"
-        f'    """kfmagic step {step.name!r}: its cells, run by kfmagic\'s runtime (embedded below)."""\n'
+        f'    """kfmagic step {step.name!r}: its cells, run by kfmagic\'s runtime (from the runtime task)."""\n'
         "    _kfm_args = dict(locals())\n"
         f"    _kfm_step = {spec!r}\n"
         "    import base64, json, zlib\n"
-        f"    _kfm_sources = json.loads(zlib.decompress(base64.b64decode({_packed_sources()!r})))\n"
+        f"    with open({RUNTIME_TASK}.path) as _kfm_file:\n"
+        "        _kfm_shared = json.loads(zlib.decompress(base64.b64decode(_kfm_file.read())))\n"
         "    _kfm_driver = {'__name__': 'kfmagic_component'}\n"
-        "    exec(compile(_kfm_sources['component.py'], 'kfmagic/component.py', 'exec'), _kfm_driver)\n"
-        "    _kfm_driver['main'](_kfm_args, _kfm_step, _kfm_sources)\n"
+        "    exec(compile(_kfm_shared['sources']['component.py'], 'kfmagic/component.py', 'exec'), _kfm_driver)\n"
+        "    _kfm_driver['main'](_kfm_args, dict(_kfm_step, prelude=_kfm_shared['prelude']), _kfm_shared['sources'])\n"
     )
 
 
 @functools.lru_cache(maxsize=1)
-def _packed_sources_of(stamp):
+def _sources_of(stamp):
     sources = {}
     for name, module in EMBEDDED.items():
         with open(module.__file__) as file:
             sources[name] = file.read()
-    return base64.b64encode(zlib.compress(json.dumps(sources).encode(), 9)).decode()
+    return sources
 
 
-def _packed_sources():
-    """runtime.py, serde.py and component.py as read now, compressed: each step carries them."""
-    return _packed_sources_of(tuple(os.path.getmtime(module.__file__) for module in EMBEDDED.values()))
+def _sources():
+    """runtime.py, serde.py and component.py as they are now: what every step runs."""
+    return _sources_of(tuple(os.path.getmtime(module.__file__) for module in EMBEDDED.values()))
 
 
-def _make_component(plan, step, target, packages):
+def _component(function_name, source, image, packages, install):
     """A kfp component from generated source; linecache lets kfp's inspect.getsource find the text."""
     from kfp import dsl
     from kfp.dsl import HTML, Artifact, Input, Metrics, Output
 
-    function_name = _function_name(step.name)
-    source = _component_source(function_name, plan, step)
-    filename = f"<kfmagic step {step.name}>"
+    filename = f"<kfmagic {function_name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "Metrics": Metrics, "HTML": HTML}
     exec(compile(source, filename, "exec"), namespace)
-    install = _installs(target, step)
     return dsl.component(
-        namespace[function_name],
-        base_image=step.options.get("image") or target.image or default_image(),
-        packages_to_install=packages.requirements[step.name] if install else None,
+        namespace[function_name], base_image=image, packages_to_install=packages if install else None,
         install_kfp_package=install,
+    )
+
+
+def _make_component(plan, step, target, packages):
+    function_name = _function_name(step.name)
+    install = _installs(target, step)
+    return _component(
+        function_name, _component_source(function_name, plan, step),
+        step.options.get("image") or target.image or default_image(),
+        packages.requirements[step.name] if install else None, install,
     )
 
 
@@ -238,14 +260,18 @@ def pipeline_function(plan, target, packages=None):
     if packages is None and any(_installs(target, step) for step in plan.steps):
         packages = plan_packages(plan)
     components = {step.name: _make_component(plan, step, target, packages) for step in plan.steps}
+    shared = _component(RUNTIME_TASK, _runtime_source(plan), target.image or default_image(), [], target.install)
     names = list(plan.params)
 
     def body(*values):
         params = dict(zip(names, values))
         tasks = {}
+        runtime_task = shared()
+        runtime_task.set_display_name("kfmagic runtime")
         for step in plan.steps:
             argument = arguments(step)
-            given = {argument[var]: tasks[producer].outputs[var] for var, producer in step.inputs.items()}
+            given = {RUNTIME_TASK: runtime_task.outputs[RUNTIME_TASK]}
+            given.update({argument[var]: tasks[producer].outputs[var] for var, producer in step.inputs.items()})
             given.update({argument[name]: params[name] for name in step.params})
             task = components[step.name](**given)
             for upstream in step.upstream:

@@ -145,7 +145,7 @@ def main(args, step, sources):
     """
     runtime = load_runtime(sources)
     result_dir = _result_dir(step["step"])
-    out_dir = tempfile.mkdtemp(prefix="kfmagic-", dir=result_dir)
+    out_dir = tempfile.mkdtemp(prefix="kfmagic-scratch-", dir=result_dir)
     try:
         _run(args, step, runtime, result_dir, out_dir)
     finally:

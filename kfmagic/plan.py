@@ -16,8 +16,10 @@ from .errors import CellSyntaxError, PlanError
 
 # Names a step may read that no step provides: the step's runtime or Python supplies them.
 RUNTIME_NAMES = frozenset({"get_ipython", "display", "In", "Out", "exit", "quit"})
-# Names of a compiled step's own outputs (component.py): no variable may take them.
-RESERVED = (METRICS_OUTPUT, DISPLAY_OUTPUT)
+# The compiled pipeline's task that hands every step kfmagic's runtime and the prelude (compiler.py).
+RUNTIME_TASK = "kfmagic_runtime"
+# Names of a compiled step's own inputs and outputs (component.py): no variable may take them.
+RESERVED = (METRICS_OUTPUT, DISPLAY_OUTPUT, RUNTIME_TASK)
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,9 @@ def _kubeflow_problems(steps):
     problems, seen = [], {}
     for step in steps:
         other = seen.setdefault(kfp_name(step.name), step.name)
-        if other != step.name:
+        if kfp_name(step.name) == kfp_name(RUNTIME_TASK):
+            problems.append(f"Step {step.name!r}: the name is kfmagic's own task in Kubeflow; rename the step.")
+        elif other != step.name:
             problems.append(
                 f"Steps {other!r} and {step.name!r} both become the Kubeflow task {kfp_name(step.name)!r} "
                 "('_' and '-' are the same there): rename one."

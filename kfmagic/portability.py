@@ -94,6 +94,26 @@ def _modified(out_dir):
         return 0
 
 
+# A cluster stores the Argo workflow Kubeflow Pipelines makes of the IR (about three times its size)
+# as one object: etcd refuses one over 1.5 MiB by default, Argo a workflow over 1 MiB compressed.
+WORKFLOW_PER_IR_BYTE = 3
+WORKFLOW_WARNING_BYTES = int(1.2 * 2**20)
+
+
+def size_warnings(path):
+    """A warning when the compiled pipeline at `path` comes near what a cluster accepts."""
+    size = os.path.getsize(path)
+    if size * WORKFLOW_PER_IR_BYTE < WORKFLOW_WARNING_BYTES:
+        return []
+    return [
+        f"The compiled pipeline is {size / 1024:,.0f} KB. Kubeflow Pipelines makes an Argo workflow of it about "
+        f"{WORKFLOW_PER_IR_BYTE} times that size, and clusters refuse objects over 1.5 MiB (\"etcdserver: request is "
+        "too large\") or workflows over 1 MiB compressed (\"workflow is longer than maximum allowed size\"). "
+        "Split the notebook into smaller pipelines, or move code many steps share into the %%prelude (carried "
+        "once) or into a module built into --image."
+    ]
+
+
 def _size_text(size):
     return f"{size / 2**20:.0f} MiB" if size < 2**30 else f"{size / 2**30:.1f} GiB"
 

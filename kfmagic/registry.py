@@ -131,12 +131,12 @@ class Pipeline:
         kernel magics, modules no installed package provides).
         """
         from .compiler import Target, compile_plan, plan_packages
-        from .portability import warnings_for
+        from .portability import size_warnings, warnings_for
 
         plan = self.plan()
         packages = plan_packages(plan)
         path = compile_plan(plan, path or f"{self.name}.yaml", Target(image=self.image), packages)
-        problems = list(plan.warnings) + warnings_for(plan, os.getcwd())
+        problems = list(plan.warnings) + warnings_for(plan, os.getcwd()) + size_warnings(path)
         if packages.prelude_unknown:
             problems.append(
                 f"The %%prelude imports {', '.join(packages.prelude_unknown)}, which no installed package provides "

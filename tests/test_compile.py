@@ -55,7 +55,7 @@ def test_kernel_compiles_one_component_per_step_with_artifacts_params_and_option
     assert "wrote out/p.yaml" in out[-1]
     spec, platform = load_ir(tmp_path / "out" / "p.yaml")
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"load", "train-model", "report", "prepared"}
+    assert set(tasks) == {"kfmagic-runtime", "load", "train-model", "report", "prepared"}
     assert set(spec["components"]) == {f"comp-{t}" for t in tasks}
     # each variable crossing an edge: an artifact of its own, output of the producer, input of each reader
     load_outputs = spec["components"]["comp-load"]["outputDefinitions"]["artifacts"]
@@ -65,7 +65,7 @@ def test_kernel_compiles_one_component_per_step_with_artifacts_params_and_option
     assert train_inputs["artifacts"]["data"]["taskOutputArtifact"] == {"outputArtifactKey": "data", "producerTask": "load"}
     assert train_inputs["artifacts"]["weights"]["taskOutputArtifact"]["producerTask"] == "load"
     assert tasks["report"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]["producerTask"] == "load"
-    assert tasks["report"]["dependentTasks"] == ["load", "train-model"]  # --after, no data
+    assert tasks["report"]["dependentTasks"] == ["kfmagic-runtime", "load", "train-model"]  # --after, no data
     # parameters typed from their defaults, wired only where read
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {k: v["parameterType"] for k, v in params.items()} == {
@@ -74,7 +74,7 @@ def test_kernel_compiles_one_component_per_step_with_artifacts_params_and_option
     assert params["flags"]["defaultValue"] == '{"a": true}'  # lists and dicts travel as exact JSON text
     assert train_inputs["parameters"] == {"scale": {"componentInputParameter": "scale"}}
     assert set(tasks["report"]["inputs"]["parameters"]) == {"label", "flags"}
-    assert "inputs" not in tasks["load"]
+    assert set(tasks["load"]["inputs"]) == {"artifacts"} and set(tasks["load"]["inputs"]["artifacts"]) == {"kfmagic_runtime"}
     metrics = spec["components"]["comp-train-model"]["outputDefinitions"]["artifacts"]["kfmagic_metrics"]
     assert metrics["artifactType"]["schemaTitle"] == "system.Metrics"
     assert "kfmagic_metrics" not in load_outputs
@@ -273,9 +273,10 @@ def test_after_edges_without_data_are_dependent_tasks(tmp_path):
         "%%step d\nz = y * 2",
         "%%step e --after a d\nprint('end')",
     )["root"]["dag"]["tasks"]
-    assert "dependentTasks" not in tasks["a"] and "inputs" not in tasks["b"]
+    shared = "kfmagic-runtime"  # every step takes kfmagic's runtime from it
+    assert tasks["a"]["dependentTasks"] == [shared] and set(tasks["b"]["inputs"]["artifacts"]) == {"kfmagic_runtime"}
     assert {name: tasks[name]["dependentTasks"] for name in "bcde"} == {
-        "b": ["a"], "c": ["a", "b"], "d": ["c"], "e": ["a", "d"],
+        "b": ["a", shared], "c": ["a", "b", shared], "d": ["c", shared], "e": ["a", "d", shared],
     }
 
 
@@ -316,13 +317,14 @@ def test_parameters_are_typed_and_wired_only_into_the_steps_that_read_them(tmp_p
 def test_a_value_a_step_changes_is_its_input_var_in_and_its_output(tmp_path):
     spec = compiled(tmp_path, "%%step make\nitems = [1]", "%%step grow\nitems.append(2)", "%%step use\ntotal = sum(items)")
     tasks, components = spec["root"]["dag"]["tasks"], spec["components"]
+    runtime = {"kfmagic_runtime": {"taskOutputArtifact": {"producerTask": "kfmagic-runtime", "outputArtifactKey": "kfmagic_runtime"}}}
     assert tasks["grow"]["inputs"]["artifacts"] == {
-        "items_in": {"taskOutputArtifact": {"producerTask": "make", "outputArtifactKey": "items"}},
+        "items_in": {"taskOutputArtifact": {"producerTask": "make", "outputArtifactKey": "items"}}, **runtime,
     }
     assert tasks["use"]["inputs"]["artifacts"] == {
-        "items": {"taskOutputArtifact": {"producerTask": "grow", "outputArtifactKey": "items"}},
+        "items": {"taskOutputArtifact": {"producerTask": "grow", "outputArtifactKey": "items"}}, **runtime,
     }
-    assert set(components["comp-grow"]["inputDefinitions"]["artifacts"]) == {"items_in"}
+    assert set(components["comp-grow"]["inputDefinitions"]["artifacts"]) == {"items_in", "kfmagic_runtime"}
     assert set(components["comp-grow"]["outputDefinitions"]["artifacts"]) == {"items", "kfmagic_output"}
 
 
@@ -335,3 +337,28 @@ def test_a_local_module_is_blamed_on_the_step_that_imports_it_and_its_receivers_
     said = capsys.readouterr().err
     assert "Step 'a' imports localmod" in said and "nor will the pods of 'b', 'c', which receive values" in said
     assert "Step 'b' imports" not in said and "Step 'c' imports" not in said
+
+
+def _chain(steps, code_bytes=0):
+    filler = f"\nnote = {'x' * code_bytes!r}" if code_bytes else ""
+    return ["%%prelude\nimport math", "%%step s0\nx0 = 0", *(f"%%step s{i}\nx{i} = x{i - 1} + 1{filler}" for i in range(1, steps))]
+
+
+def test_the_runtime_and_prelude_are_carried_once_and_a_step_costs_little_beyond_its_code(tmp_path, capsys):
+    path = pipeline_of(*_chain(100)).compile(str(tmp_path / "p.yaml"))
+    text = open(path).read()
+    cells = sum(len(c) for c in _chain(100))
+    assert len(text.encode()) < 100 * 4096 + cells and len(text.encode()) < 400 * 1024
+    spec = load_ir(path)[0]
+    runtime = executor(spec, "kfmagic-runtime")["command"][-1]
+    packed = max(runtime.split("'"), key=len)  # the runtime and prelude, compressed, in the one task
+    assert len(packed) > 5000 and text.count(packed[:200]) == 1
+    assert "import math" not in executor(spec, "s1")["command"][-1]  # the prelude is the runtime task's
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_a_pipeline_near_what_a_cluster_accepts_is_warned_about_with_the_fix(tmp_path, capsys):
+    pipeline_of(*_chain(120, code_bytes=2000)).compile(str(tmp_path / "p.yaml"))
+    said = capsys.readouterr().err
+    assert "The compiled pipeline is" in said and "etcdserver: request is too large" in said
+    assert "Split the notebook into smaller pipelines" in said

@@ -435,7 +435,7 @@ def private_tmp(tmp_path, monkeypatch):
     return folder
 
 
-KFMAGIC_SCRATCH = "kfmagic-"
+KFMAGIC_SCRATCH = "kfmagic-scratch-"
 
 
 def test_a_kfp_local_run_leaves_no_scratch_folder(tmp_path, monkeypatch, private_tmp):

@@ -152,4 +152,6 @@ def test_the_demo_notebook_gives_the_same_results_under_kfp_local(tmp_path):
     assert result["score"] == result["local_score"]
     assert "wrote wine-classifiers.yaml" in cell_text(nb.cells[-1])
     spec = load_ir(tmp_path / "wine-classifiers.yaml")[0]
-    assert set(spec["root"]["dag"]["tasks"]) == {"load", "prepare", "train-svm", "train-forest", "train-logreg", "compare"}
+    assert set(spec["root"]["dag"]["tasks"]) == {
+        "kfmagic-runtime", "load", "prepare", "train-svm", "train-forest", "train-logreg", "compare",
+    }

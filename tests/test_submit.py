@@ -139,7 +139,7 @@ def test_a_failing_step_fails_the_submitted_run_and_its_descendants_never_start(
     ]
     # the cluster never started them: no task of theirs exists there; the kernel calls them skipped
     reported = {task["display_name"]: task["state"] for task in kfp_server.get_run(run.id)["run_details"]["task_details"]}
-    assert reported == {"first": "SUCCEEDED", "boom": "FAILED"}
+    assert reported == {"kfmagic runtime": "SUCCEEDED", "first": "SUCCEEDED", "boom": "FAILED"}
     assert "[after] skipped" in printed.getvalue() and "[later] skipped" in printed.getvalue()
     assert "ValueError: bad value 42" in kfp_server.run_log(run.id)  # the step really ran and raised
 
