@@ -3,6 +3,7 @@ it (kfmagic.modules), and what the plan makes of it: local modules of the notebo
 packages, relative star imports, and modules whose source cannot tell (None: may bind anything).
 """
 
+import hashlib
 import textwrap
 
 import pytest
@@ -54,9 +55,14 @@ def test_star_imports_of_star_imports_are_followed_through_packages_and_relative
     write(tmp_path, "pkg/sub.py", "from .. import deep\nfrom .inner.leaf import *\nsub_name = 1\n")
     write(tmp_path, "pkg/other.py", "other_name = 1\n")
     write(tmp_path, "pkg/inner/__init__.py", "")
-    write(tmp_path, "pkg/inner/leaf.py", "from ..other import *\nleaf_name = 1\n")
-    assert star_names("pkg", str(tmp_path)) == ("top", "deep", "sub_name", "leaf_name", "other_name")
-    assert star_names("pkg.inner.leaf", str(tmp_path)) == ("leaf_name", "other_name")
+    write(tmp_path, "pkg/inner/leaf.py", "from ..other import *\nfrom .sibling import *\nfrom .Xtra import *\nleaf_name = 1\n")
+    write(tmp_path, "pkg/inner/sibling.py", "sibling_name = 1\n")
+    write(tmp_path, "pkg/inner/Xtra.py", "x_name = 1\n")
+    write(tmp_path, "pkg/up.py", "from ..outside import *\n")  # one level up from pkg: the top
+    write(tmp_path, "outside.py", "outside_name = 1\n")
+    assert star_names("pkg", str(tmp_path)) == ("top", "deep", "sub_name", "leaf_name", "other_name", "sibling_name", "x_name")
+    assert star_names("pkg.inner.leaf", str(tmp_path)) == ("leaf_name", "other_name", "sibling_name", "x_name")
+    assert star_names("pkg.up", str(tmp_path)) == ("outside_name",)
 
 
 def test_the_notebooks_folder_is_searched_before_installed_modules(tmp_path):
@@ -84,6 +90,10 @@ def test_a_nested_star_import_that_cannot_be_read_makes_the_whole_import_unknown
     assert star_names("outer", str(tmp_path)) is None
     write(tmp_path, "past.py", "from ... import *\n")  # beyond the top: an import error at run time
     assert star_names("past", str(tmp_path)) is None
+    write(tmp_path, "pkg/__init__.py", "top = 1\n")
+    write(tmp_path, "pkg/inner/__init__.py", "")
+    write(tmp_path, "pkg/inner/far.py", "from .... import *\nfar = 1\n")  # three levels up from pkg.inner
+    assert star_names("pkg.inner.far", str(tmp_path)) is None
 
 
 def test_star_imports_nested_deeper_than_any_real_module_are_not_followed(tmp_path):
@@ -114,3 +124,14 @@ def test_the_plan_knows_what_a_local_star_import_binds_and_what_it_does_not(tmp_
         "Step 'a' reads 'unscaled', but no step, prelude or parameter provides it. Assign it in an earlier step, "
         "import or define it in the %%prelude, or declare it in %%params."
     ]
+
+
+def test_a_local_modules_digest_follows_its_text(tmp_path):
+    from kfmagic.modules import module_source
+
+    path = write(tmp_path, "helpers.py", "def scale(v):\n    return v * 2\n")
+    first = module_source("helpers", str(tmp_path))
+    assert first == hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_text("def scale(v):\n    return v * 3\n")
+    assert module_source("helpers", str(tmp_path)) not in (None, first)
+    assert module_source("sys", str(tmp_path)) is None and module_source("no_such_module_anywhere", str(tmp_path)) is None

@@ -45,6 +45,7 @@ def test_values_the_cluster_takes_are_kept_as_written(line, given):
                    "e.g. --env LOG_LEVEL=debug."),
     ("--env A-B=1", "--env A-B=1: write NAME=VALUE"),
     ("--env A=1 A=2", "--env A=2: A is given twice; give it once."),
+    ("--env URL=a=b URL=c", "--env URL=c: URL is given twice; give it once."),
     ("--secret a:b:c:d", "--secret a:b:c:d: write SECRET_NAME:KEY:ENV_VAR, "
                          "e.g. --secret aws-creds:access_key:AWS_ACCESS_KEY_ID."),
     ("--secret a::C", "--secret a::C: write SECRET_NAME:KEY:ENV_VAR"),

@@ -1,0 +1,181 @@
+"""The `%pipeline` grammar and the rest of kfmagic.syntax's line handling: what each subcommand's line
+means, the reference it shows, where an open quote is said to be, which words are credentials and
+how messages hide them, where an unmarked cell defined a name, and what a %%params cell declares.
+
+The %pipeline parser is built afresh here (`_pipeline_parser`, as at import) so that the tests
+exercise what builds it, not only the copy built once when kfmagic was imported.
+"""
+
+import argparse
+
+import pytest
+from IPython.core.error import UsageError
+
+from kfmagic import syntax
+from kfmagic.errors import CellSyntaxError
+
+
+@pytest.fixture(scope="module")
+def grammar():
+    return syntax._pipeline_parser()
+
+
+def parsed(grammar, line):
+    return vars(grammar[0].parse_args(line.split()))
+
+
+@pytest.mark.parametrize("line, meaning", [
+    ("init wine --experiment demos --notebook nb.ipynb --image img:1",
+     {"command": "init", "name": "wine", "experiment": "demos", "notebook": "nb.ipynb", "image": "img:1"}),
+    ("init wine", {"command": "init", "name": "wine", "experiment": None, "notebook": None, "image": None}),
+    ("show", {"command": "show"}), ("check", {"command": "check"}), ("reset", {"command": "reset"}),
+    ("run", {"command": "run", "param": [], "workers": None, "runner": None, "wait": False, "cache": True,
+             "start_from": None, "isolate": False}),
+    ("run --param a=1 --param b=2 --workers 3 --runner kfp-local --wait --no-cache --from train --isolate",
+     {"param": ["a=1", "b=2"], "workers": 3, "runner": "kfp-local", "wait": True, "cache": False,
+      "start_from": "train", "isolate": True}),
+    ("run --local", {"runner": "local"}), ("run --runner kfp", {"runner": "kfp"}),
+    ("compile -o out.yaml", {"command": "compile", "output": "out.yaml"}), ("compile --output x.yaml", {"output": "x.yaml"}),
+    ("compile", {"output": None}),
+    ("config --host http://h --namespace ns --experiment e --token t",
+     {"command": "config", "host": "http://h", "namespace": "ns", "experiment": "e", "token": "t",
+      "token_path": None, "cookies": None}),
+    ("config --token-path /f", {"token_path": "/f", "token": None}), ("config --cookies c=1", {"cookies": "c=1"}),
+    ("status", {"command": "status", "run_id": None}), ("status r1", {"run_id": "r1"}),
+    ("cancel", {"command": "cancel", "run_id": None}), ("cancel r2", {"run_id": "r2"}),
+    ("remove train", {"command": "remove", "name": "train"}),
+])
+def test_each_subcommand_line_means_what_the_reference_says(grammar, line, meaning):
+    found = parsed(grammar, line)
+    assert {key: found.get(key, "<absent>") for key in meaning} == meaning
+
+
+@pytest.mark.parametrize("line, error", [
+    ("", "the following arguments are required: SUBCOMMAND"),
+    ("frob", "argument SUBCOMMAND: invalid choice: 'frob'"),
+    ("init", "the following arguments are required: name"),
+    ("remove", "the following arguments are required: name"),
+    ("run --workers many", "argument --workers: invalid int value: 'many'"),
+    ("run --runner cloud", "argument --runner: invalid choice: 'cloud' (choose from 'local', 'kfp-local', 'kfp')"),
+    ("run --runner kfp --local", "argument --local: given twice in this line (--local and --runner set the same "
+                                 "thing); give one of them once."),
+    ("run --local --runner kfp", "argument --runner: given twice in this line (--runner and --local set the same "
+                                 "thing); give one of them once."),
+    ("run --wait --wait", "argument --wait: given twice in this line; give it once."),
+    ("run --no-cache --no-cache", "argument --no-cache: given twice in this line; give it once."),
+    ("run --isolate --isolate", "argument --isolate: given twice in this line; give it once."),
+    ("run --from a --from b", "argument --from: given twice in this line; give it once."),
+    ("init a --experiment x --experiment y", "argument --experiment: given twice in this line; give it once."),
+    ("compile -o a --output b", "argument -o/--output: given twice in this line; give it once."),
+    ("config --host a --host b", "argument --host: given twice in this line; give it once."),
+    ("config --token a --cookies b", "argument --cookies: not allowed with argument --token"),
+    ("config --token-path a --token b", "argument --token: not allowed with argument --token-path"),
+    ("status a b", "unrecognized arguments: b"),
+])
+def test_a_line_the_grammar_refuses_says_which_argument_and_why(grammar, line, error):
+    with pytest.raises(UsageError) as caught:
+        grammar[0].parse_args(line.split())
+    assert error in str(caught.value)
+
+
+def test_the_reference_lists_every_subcommand_and_the_form_of_each_value(grammar):
+    _, reference, subcommands = grammar
+    assert subcommands == ("init", "show", "check", "run", "compile", "config", "status", "cancel", "remove", "reset")
+    for usage in (
+        "%pipeline SUBCOMMAND ...", "%pipeline init [--experiment EXPERIMENT] [--notebook PATH]", "name",
+        "[--param NAME=VALUE] [--workers WORKERS]", "[--runner {local,kfp-local,kfp}] [--local] [--wait]",
+        "[--from STEP]", "%pipeline compile [-o PATH]", "-o PATH, --output PATH", "[--token TOKEN | --token-path FILE | --cookies COOKIES]",
+        "%pipeline status [RUN]", "%pipeline cancel [RUN]", "%pipeline remove name", "%pipeline reset",
+    ):
+        assert usage in reference, usage
+    listed = [reference.index(f"\n    {name}  ") for name in subcommands]  # each with its one-line help
+    assert listed == sorted(listed)
+
+
+def test_the_run_and_connection_options_are_the_same_on_any_parser():
+    parser = syntax.add_connection_arguments(syntax.add_run_arguments(argparse.ArgumentParser(prog="kfmagic run")))
+    found = vars(parser.parse_args(["--param", "a=1", "--local", "--host", "h", "--token-path", "f"]))
+    assert found == {"param": ["a=1"], "workers": None, "runner": "local", "wait": False, "cache": True,
+                     "start_from": None, "isolate": False, "host": "h", "namespace": None, "experiment": None,
+                     "token": None, "token_path": "f", "cookies": None}
+
+
+@pytest.mark.parametrize("line, said", [
+    ('init "wine', 'the " opened in word 2 is never closed'),
+    ('init ab"cd', 'the " opened in word 2 is never closed'),
+    ('init x\\ y "z', 'the " opened in word 3 is never closed'),
+    ("config --env=A 'x", "the ' opened after --env is never closed"),
+    ("config --token=Zq9secret 'x", "the ' opened after --token is never closed"),
+    ("init wine\\", "the line ends with a \\ in word 2 that escapes nothing"),
+])
+def test_an_open_quote_or_a_dangling_backslash_is_placed_without_showing_values(line, said):
+    with pytest.raises(CellSyntaxError) as caught:
+        syntax.parse_pipeline_line(line)
+    assert said in str(caught.value) and "Zq9secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("option", [
+    "--token", "--TOKEN", "--tok", "--toekn", "--tokn", "-t", "--auth-token", "--cookies", "--cookie", "--co",
+    "--cokie", "-c", "--session-cookie",
+])
+def test_credential_options_and_their_misspellings_hold_secrets(option):
+    assert syntax.secret_values([option, "Zq9"]) == ["Zq9"]
+    assert syntax.secret_values([f"{option}=Zq9", "stray"]) == ["Zq9", "stray"]
+
+
+@pytest.mark.parametrize("option", ["--token-path", "--token-p", "--token-", "--host", "--namespace", "--experiment", "--image"])
+def test_other_options_hold_no_secret(option):
+    assert syntax.secret_values([option, "visible"]) == []
+    assert syntax.secret_values([f"{option}=visible", "next"]) == []
+
+
+def test_the_words_after_a_credential_are_secret_until_the_next_option():
+    words = ["config", "--host=h", "--token", "T1", "T2", "--namespace", "ns", "--cookies=C1", "C2"]
+    assert syntax.secret_values(words) == ["T1", "T2", "C1", "C2"]
+
+
+def test_a_secret_inside_a_longer_one_does_not_leave_the_rest_showing():
+    words = ["--token", "x-zz", "zz"]
+    assert syntax.redact("bad words x-zz and zz, not xzz", words) == "bad words *** and ***, not xzz"
+
+
+def test_a_pipeline_line_error_names_the_subcommand_only_when_there_is_one():
+    with pytest.raises(CellSyntaxError) as caught:
+        syntax.parse_pipeline_line("frob --x")
+    assert str(caught.value).startswith("%pipeline: argument SUBCOMMAND: invalid choice: 'frob'")
+    with pytest.raises(CellSyntaxError) as caught:
+        syntax.parse_pipeline_line("run --workers x")
+    assert str(caught.value) == "%pipeline run: argument --workers: invalid int value: 'x'\nSee %pipeline? for the options."
+
+
+def test_the_last_unmarked_cell_that_assigns_a_name_is_the_one_named():
+    cells = [(1, "x = 1"), (2, "x = 2\ny = 1"), (3, "def (:"), (4, "%%step a\nx = 3"), (5, ""), (6, "print(x)")]
+    assert syntax.last_assigner("x", cells) == 2
+    assert syntax.last_assigner("y", cells) == 2
+    assert syntax.last_assigner("z", cells) is None
+
+
+def test_a_params_cell_declares_literal_defaults_annotated_or_not():
+    assert syntax.parse_params("rate: float = 0.1\nname = 'x'\na = b = [1, {'k': True}]") == {
+        "rate": 0.1, "name": "x", "a": [1, {"k": True}], "b": [1, {"k": True}]
+    }
+
+
+@pytest.mark.parametrize("code, said", [
+    ("\nx = 1\nprint(x)", "%%params line 3: `print(x)` is not a parameter. Each line must assign a literal to a "
+                          "name, e.g. `learning_rate = 0.1`; move other code to a step or the %%prelude."),
+    ("\nrate: float", "%%params line 2: `rate: float` is not a parameter."),
+    ("\nd['k'] = 1", "%%params line 2: `d['k'] = 1` is not a parameter."),
+    ("\nsize = (1, 2)", "%%params line 2: `size = (1, 2)`: a parameter's default must be a literal int, float, str, "
+                        "bool, or a list/dict of these, not an expression. Write the tuple as a list."),
+    ("\nseed = None", "%%params line 2: `seed = None`: a parameter's default must be a literal int, float, str, "
+                      "bool, or a list/dict of these, not an expression. None has no parameter type: give a value "
+                      "of the type the parameter takes."),
+    ("\nn = 2 * 3", "%%params line 2: `n = 2 * 3`: a parameter's default must be a literal"),
+    ("\nm = {1: 'a'}", "%%params line 2: `m = {1: 'a'}`: a parameter's default must be a literal"),
+    ("\nx = (", "%%params line 2: '(' was never closed"),
+])
+def test_what_a_params_cell_cannot_declare_is_one_message_naming_the_line(code, said):
+    with pytest.raises(CellSyntaxError) as caught:
+        syntax.parse_params(code)
+    assert str(caught.value).startswith(said)
