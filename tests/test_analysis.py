@@ -403,3 +403,102 @@ def test_code_info_is_frozen_tuples():
     assert info == expected  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.reads = ()
+
+
+def test_an_analysis_error_keeps_its_message_when_pickled():
+    import pickle
+
+    with pytest.raises(AnalysisError) as caught:
+        analyze("x = (1,")
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (copy.message, str(copy)) == (caught.value.message, str(caught.value))
+
+
+# (id, source, field, expected): one rule each, read from the CodeInfo field that shows it (as sets).
+RULES = [
+    # calls that look like IPython's rewrite of a magic but are not one
+    ("magic-wrong-arity", "get_ipython().run_line_magic('time')", "reads", {"get_ipython"}),
+    ("magic-of-another-object", "other().run_line_magic('time', 'x = f()')", "assigns", set()),
+    ("magic-of-an-attribute-call", "a.shell().run_line_magic('time', 'x = 1')", "assigns", set()),
+    ("magic-line-not-literal", "get_ipython().run_line_magic('time', line)", "reads", {"get_ipython", "line"}),
+    # %prun's options as IPython's getopt reads them, with any spacing; `--` ends them
+    ("prun-two-spaces", to_python("%prun -q  z = g(w)\n"), "assigns", {"z"}),
+    ("prun-value-two-spaces", to_python("%prun -s cumulative  z = g(w)\n"), "assigns", {"z"}),
+    ("prun-double-dash", to_python("%prun -- -offset\n"), "reads", {"get_ipython", "offset"}),
+    ("time-is-not-prun", to_python("%time -f(x)\n"), "reads", {"get_ipython", "f", "x"}),
+    # %%time / %%capture bodies run here, their own % lines (indented too) are skipped
+    ("time-body-magic-lines", to_python("%%time\nfor i in r:\n    %time f(i)\n%env A=1\nx = h()\n"), "assigns", {"i", "x"}),
+    ("capture-without-a-name", to_python("%%capture\nx = 1\n"), "assigns", {"x"}),
+    ("time-line-binds-nothing", "get_ipython().run_cell_magic('time', 'note', 'x = 1\\n')", "assigns", {"x"}),
+    # what a statement reads now, and what runs later
+    ("lambda-body-is-no-statement-read", "out = sorted(xs, key=lambda v: v * w)", "statement_reads", {"sorted", "xs"}),
+    ("lambda-body-read-when-passed", "out = sorted(xs, key=lambda v: v * w)", "reads", {"sorted", "xs", "w"}),
+    ("local-annotation-not-evaluated", "def f():\n    y: Thing = 1\n    return y\nf()", "reads", set()),
+    ("comprehension-vars-not-function-locals", "def f():\n    ys = [v for v in xs]\n    total = len(ys)\n    return total\nout = f()",
+     "reads", {"xs", "len"}),
+    ("nested-comprehension-vars-do-not-leak", "def f():\n    out = [[a for a in r] for r in rows]\n    return r\nval = f()",
+     "reads", {"rows", "r"}),
+    ("only-dunders-dropped", "y = __private + trailing__", "reads", {"__private", "trailing__"}),
+    ("function-dunders-dropped", "def f():\n    return __name__, __secret\nf()", "reads", {"__secret"}),
+    ("mutual-recursion-ends", "def f():\n    return g()\ndef g():\n    return f() + w\nf()", "reads", {"w"}),
+    ("every-function-called-is-followed", "def f():\n    return g() + x\ndef g():\n    return w\nf()", "reads", {"x", "w"}),
+    ("a-function-binding-a-global-binds-it", "def f():\n    global g\n    g = 1\nf()\nprint(g)", "reads", {"print"}),
+    ("a-rebound-function-name-is-not-the-function", "def f():\n    return x\nf = len\nf()", "reads", {"len"}),
+    ("class-body-does-not-enclose-methods",
+     "def outer():\n    rate = 2\n    class K:\n        def m(self):\n            return rate\n    return K().m()\nv = outer()",
+     "reads", set()),
+    ("class-body-comprehension-lambda", "class K:\n    vals = [lambda: w for i in r]", "statement_reads", {"r"}),
+    ("methods-after-a-nested-class-belong-to-the-class",
+     "class K:\n    class Inner:\n        pass\n    def m(self):\n        return w\nk = K()", "function_reads",
+     {("K", ("w",)), ("k", ("K",))}),
+    ("two-classes", "class A:\n    pass\nclass B:\n    def m(self):\n        return w", "function_reads", {("B", ("w",))}),
+    # other names for the same object
+    ("an-element-shares-its-container", "row = table[0]\nrow.append(1)", "mutates", {"row", "table"}),
+    ("a-conditional-value-shares-both", "d = a if c else b\nd.append(1)", "mutates", {"d", "a", "b"}),
+    ("values-of-a-dict-share-it", "for df in frames.values():\n    df['x'] = 1", "mutates", {"df", "frames"}),
+    ("a-param-rebound-to-its-element-is-still-the-argument", "def f(df):\n    df = df[0]\n    df['y'] = 1\nf(frame)",
+     "mutates", {"frame"}),
+    ("unpacked-pairs-share-one-each", "left, right = [a_list, b_list]\nleft.append(1)", "mutates", {"left", "a_list"}),
+    ("starred-unpacking-shares-all", "first, *rest = [a, b, c]\nfirst.append(1)", "mutates", {"first", "a", "b", "c"}),
+    ("awaited-calls-in-a-discarded-comprehension", "[await queue.put(x) for x in xs]", "mutates", {"queue"}),
+    # what an assignment's value holds, to be run later
+    ("a-lambda-after-a-call-belongs-to-the-target", "ops = [f(1), lambda: scale]", "function_reads", {("ops", ("scale",))}),
+    ("stored-after-a-lambda", "ops = {'g': show, 'f': lambda: x}", "carries", {("ops", ("show",), ())}),
+    ("stored-beside-a-call", "pair = [other, Model(k)]", "carries", {("pair", ("k", "other"), ("Model",))}),
+    ("stored-beside-a-list", "pair = [a, [b]]", "carries", {("pair", ("b", "a"), ())}),
+    ("function-locals-carry-nothing", "def f():\n    h = show\n    return h\nf()", "carries", set()),
+    # star imports and functions that change their arguments
+    ("relative-star-import", "from . import *", "star_imports", {"."}),
+    ("a-decorated-function-may-do-anything", "@cache\ndef fill(d):\n    d['x'] = 1", "mutating_functions", set()),
+    ("a-nested-function-is-no-cells-function", "def outer():\n    def inner(d):\n        d.append(1)\n    return inner",
+     "mutating_functions", set()),
+    ("a-decorated-redefinition-replaces-it", "def fill(d):\n    d.append(1)\n@wrap\ndef fill(d):\n    return d",
+     "mutating_functions", set()),
+    ("a-nested-decorated-namesake-does-not",
+     "def fill(d):\n    d.append(1)\ndef outer():\n    @wrap\n    def fill(x):\n        return x\n    return fill",
+     "mutating_functions", {("fill", ("d",), ("d",))}),
+]
+
+
+@pytest.mark.parametrize("source, field, expected", [case[1:] for case in RULES], ids=[case[0] for case in RULES])
+def test_rules(source, field, expected):
+    assert set(getattr(analyze(source), field)) == expected
+
+
+CLEAN = (("clean", ("df",), ("df",)),)  # from an earlier cell: `def clean(df): df[...] = ...`
+
+
+@pytest.mark.parametrize("source, mutates", [
+    ("clean(frame)", {"frame"}),
+    ("clean(frames.train)", {"frames"}),
+    ("clean(df=frames.train)", {"frames"}),
+    ("clean(df=[a, b])", {"a", "b"}),
+    ("clean(*rows, df=frame)", {"frame"}),
+    ("def apply(clean, df):\n    clean(df)\napply(print, frame)", set()),  # a parameter named clean is not it
+])
+def test_calling_a_function_of_an_earlier_cell_changes_what_it_changes(source, mutates):
+    assert set(analyze(source, CLEAN).mutates) == mutates
+
+
+def test_arguments_after_a_starred_one_are_still_read():
+    assert analyze("clean(*rows, df=frame)", CLEAN).reads == ("clean", "rows", "frame")
