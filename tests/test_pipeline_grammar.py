@@ -15,7 +15,7 @@ from kfmagic import syntax
 from kfmagic.errors import CellSyntaxError
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def grammar():
     return syntax._pipeline_parser()
 
@@ -133,6 +133,7 @@ def test_other_options_hold_no_secret(option):
 def test_the_words_after_a_credential_are_secret_until_the_next_option():
     words = ["config", "--host=h", "--token", "T1", "T2", "--namespace", "ns", "--cookies=C1", "C2"]
     assert syntax.secret_values(words) == ["T1", "T2", "C1", "C2"]
+    assert syntax.secret_values(["--token", "-starts-with-a-dash", "--host", "h"]) == ["-starts-with-a-dash"]
 
 
 def test_a_secret_inside_a_longer_one_does_not_leave_the_rest_showing():
