@@ -14,6 +14,13 @@ def pipeline():
     return current_pipeline()
 
 
+def open_run(run_id):
+    """Run RUN_ID, started anywhere (another kernel, the CLI): by kfmagic's id, a run of this folder's
+    `.kfmagic/runs`; by the cluster's, a run of the configured Kubeflow Pipelines. Its `metrics`,
+    `load(name, step=None)` and `logs(step)` work as for a run of this kernel."""
+    return pipeline().open_run(run_id)
+
+
 def load_ipython_extension(ipython):
     from .magics import load
 

@@ -24,7 +24,7 @@ KALE_TERMS = (
     "(This notebook is read from its Kale tags: `--after S` is the tag prev:S, a step is the tag step:NAME, "
     "the %%prelude the imports/functions cells, %%params the pipeline-parameters cell.)"
 )
-CONFIG_OPTIONS = ("host", "namespace", "experiment", "token", "token_path", "cookies")
+CONFIG_OPTIONS = ("host", "namespace", "experiment", "token", "token_path", "cookies", "store")
 TOKEN_WARNING = (
     "--token puts the token on the command line, where every user of this machine can read it (ps, "
     f"/proc); give it in a file instead: --token-path FILE, or the file named by ${TOKEN_PATH_ENV}."
@@ -135,9 +135,9 @@ def _parser():
     cancel_parser.add_argument("run_id", metavar="RUN", help="The run's id (printed when it was submitted).")
     cancel_parser.set_defaults(handler=cancel)
     for sub in (run_parser, compile_parser, cancel_parser):
-        syntax.add_connection_arguments(
-            sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)")
-        )
+        group = syntax.add_connection_arguments(sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)"))
+        if sub is not cancel_parser:
+            syntax.add_store_argument(group)
     convert_parser = command(
         "convert", convert, "Rewrite a Kubeflow Kale-tagged notebook with kfmagic magics (the same pipeline)."
     )

@@ -2,9 +2,14 @@
 
 One lightweight Python component per step, made from generated source: its signature declares one
 artifact per variable that crosses an edge (named after the variable), the parameters the step
-reads, a Metrics output for `--metrics` and an HTML output for what the cells display. Its body
-carries kfmagic's runtime as text (runtime.py, serde.py and component.py, read from the package
-when compiling), so the image needs no kfmagic and runs the very runtime a local run uses.
+reads, a Metrics output for `--metrics` and an HTML output for what the cells display. A first
+task carries kfmagic's runtime as text (runtime.py, serde.py and component.py, read from the package
+when compiling) and the %%prelude, once, as an artifact every step takes, so the image needs no
+kfmagic and runs the very runtime a local run uses.
+
+With a run store (store.py), the pipeline takes two more parameters, `kfmagic_store` (where its
+runs keep their records) and `kfmagic_run_id` (kfmagic's id of the run, which the kernel knows),
+and the runtime task hands them to every step, whose pod writes its records there.
 """
 
 import base64
@@ -21,7 +26,7 @@ import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from . import component, runtime, serde, step_options
+from . import component, runtime, serde, step_options, store
 from .analysis import analyze
 from .errors import KfmagicError, PlanError
 from .plan import RUNTIME_TASK, arguments, kept, kfp_name
@@ -37,6 +42,9 @@ KNOWN_OPTIONS = {
 # Lists and dicts travel as JSON text: KFP's own LIST/STRUCT parameters turn every number into a
 # float (protobuf Struct), and a step must get the very values a local run gets.
 _PARAM_TYPES = ((bool, bool), (int, int), (float, float), (str, str), (list, str), (dict, str))
+# The pipeline's parameters that say where a run keeps its records, with a run store.
+STORE_PARAM, RUN_ID_PARAM = "kfmagic_store", "kfmagic_run_id"
+RUNTIME_DISPLAY_NAME = "kfmagic runtime"  # the runtime task's name in the KFP UI
 
 
 def default_image():
@@ -49,11 +57,13 @@ class Target:
     """Where the compiled pipeline runs.
 
     On a cluster each step pip-installs kfp (its lightweight-component launcher) and the step's
-    pinned packages; kfp.local in this very environment (`install=False`) needs neither.
+    pinned packages; kfp.local in this very environment (`install=False`) needs neither. `store`:
+    the run store's URL (checked by store.check_url), where each step's pod writes its records.
     """
 
     image: str | None = None
     install: bool = True
+    store: str | None = None
 
 
 def _function_name(step_name):
@@ -82,9 +92,10 @@ class Packages(NamedTuple):
     receivers: dict  # step -> the steps that receive values it made (and so need its modules too)
 
 
-def plan_packages(plan):
+def plan_packages(plan, store_url=None):
     """The Packages of every step: what its prelude, its cells and the cells of the steps its
-    values come from import (each cell analysed once), pinned to the versions installed here."""
+    values come from import (each cell analysed once), and what writing to the run store at
+    `store_url` takes (fsspec and its backend), pinned to the versions installed here."""
     imports = {}
 
     def modules_of(parts):
@@ -93,7 +104,7 @@ def plan_packages(plan):
                 imports[part.code] = analyze(part.code).imports
             yield from imports[part.code]
 
-    prelude_modules = list(modules_of(plan.prelude))
+    prelude_modules = list(modules_of(plan.prelude)) + (store.modules(store_url) if store_url else [])
     prelude_unknown = requirements(dict.fromkeys(prelude_modules))[1]
     prelude_shell = any(shell_lines(part.code) for part in plan.prelude)
     pinned, unknown, receivers = {}, {}, {}
@@ -121,18 +132,29 @@ def _installs(target, step):
     return target.install and step.options.get("install") is not False
 
 
-def _runtime_source(plan):
+def _runtime_source(plan, store_url):
     """The runtime task's function: it hands every step kfmagic's runtime and the %%prelude, which the
-    pipeline carries once rather than once per step (a cluster refuses a workflow past ~1 MiB)."""
-    shared = {"sources": _sources(), "prelude": [vars(part) for part in plan.prelude]}
+    pipeline carries once rather than once per step (a cluster refuses a workflow past ~1 MiB), and
+    with a store, where the run keeps its records: a second line, the run's id being kfmagic's (else,
+    for a run started elsewhere, the cluster's)."""
+    shared = {
+        "sources": _sources(), "prelude": [vars(part) for part in plan.prelude],
+        "steps": [[step.name, list(step.assigns)] for step in plan.steps],
+    }
     packed = base64.b64encode(zlib.compress(json.dumps(shared).encode(), 9)).decode()
+    given = f", {STORE_PARAM}: str, {RUN_ID_PARAM}: str, kfmagic_job_id: str" if store_url else ""
+    where = (
+        f"        file.write('\\n' + json.dumps({{'location': {STORE_PARAM}, 'run_id': {RUN_ID_PARAM} or kfmagic_job_id}}))\n"
+        if store_url else ""
+    )
     return (
-        f"def {RUNTIME_TASK}({RUNTIME_TASK}: Output[Artifact]):\n"
+        f"def {RUNTIME_TASK}({RUNTIME_TASK}: Output[Artifact]{given}):\n"
         '    """kfmagic\'s runtime and the notebook\'s %%prelude, handed to every step of the pipeline."""\n'
-        "    import os\n"
+        "    import json, os\n"
         f"    os.makedirs(os.path.dirname({RUNTIME_TASK}.path) or '.', exist_ok=True)\n"
         f"    with open({RUNTIME_TASK}.path, 'w') as file:\n"
         f"        file.write({packed!r})\n"
+        f"{where}"
     )
 
 
@@ -166,10 +188,11 @@ def _component_source(function_name, plan, step):
         f"    _kfm_step = {spec!r}\n"
         "    import base64, json, zlib\n"
         f"    with open({RUNTIME_TASK}.path) as _kfm_file:\n"
-        "        _kfm_shared = json.loads(zlib.decompress(base64.b64decode(_kfm_file.read())))\n"
+        "        _kfm_packed, _, _kfm_store = _kfm_file.read().partition('\\n')\n"
+        "    _kfm_shared = json.loads(zlib.decompress(base64.b64decode(_kfm_packed)))\n"
         "    _kfm_driver = {'__name__': 'kfmagic_component'}\n"
         "    exec(compile(_kfm_shared['sources']['component.py'], 'kfmagic/component.py', 'exec'), _kfm_driver)\n"
-        "    _kfm_driver['main'](_kfm_args, dict(_kfm_step, prelude=_kfm_shared['prelude']), _kfm_shared['sources'])\n"
+        "    _kfm_driver['main'](_kfm_args, _kfm_step, _kfm_shared, _kfm_store)\n"
     )
 
 
@@ -250,24 +273,26 @@ def pipeline_function(plan, target, packages=None):
     `packages`: the plan's Packages when already found (found here if a step installs any)."""
     from kfp import dsl
 
-    for step in plan.steps:  # an option the compiler does not know would be dropped: refuse instead
-        unknown = sorted(set(step.options) - KNOWN_OPTIONS)
-        if unknown:
-            raise PlanError([
-                f"Step {step.name!r}: option(s) {', '.join('--' + o.replace('_', '-') for o in unknown)} cannot be "
-                "expressed in a Kubeflow pipeline; remove them before compiling."
-            ])
+    _refuse_what_cannot_compile(plan)
     if packages is None and any(_installs(target, step) for step in plan.steps):
-        packages = plan_packages(plan)
+        packages = plan_packages(plan, target.store)
     components = {step.name: _make_component(plan, step, target, packages) for step in plan.steps}
-    shared = _component(RUNTIME_TASK, _runtime_source(plan), target.image or default_image(), [], target.install)
-    names = list(plan.params)
+    shared = _component(RUNTIME_TASK, _runtime_source(plan, target.store), target.image or default_image(), [], target.install)
+    defaults = pipeline_arguments(plan.params)
+    if target.store:
+        defaults.update({STORE_PARAM: store.pipeline_location(target.store, plan.name), RUN_ID_PARAM: ""})
+    names = list(defaults)
 
     def body(*values):
         params = dict(zip(names, values))
         tasks = {}
-        runtime_task = shared()
-        runtime_task.set_display_name("kfmagic runtime")
+        if target.store:
+            runtime_task = shared(
+                **{name: params[name] for name in (STORE_PARAM, RUN_ID_PARAM)}, kfmagic_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+            )
+        else:
+            runtime_task = shared()
+        runtime_task.set_display_name(RUNTIME_DISPLAY_NAME)
         for step in plan.steps:
             argument = arguments(step)
             given = {RUNTIME_TASK: runtime_task.outputs[RUNTIME_TASK]}
@@ -284,9 +309,27 @@ def pipeline_function(plan, target, packages=None):
     body.__signature__ = inspect.Signature([
         inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
                           annotation=_param_type(name, default))
-        for name, default in pipeline_arguments(plan.params).items()
+        for name, default in defaults.items()
     ])
     return dsl.pipeline(name=kfp_name(plan.name), description=f"kfmagic pipeline {plan.name}")(body)
+
+
+def _refuse_what_cannot_compile(plan):
+    """A step option the compiler does not know would be dropped, and a parameter named like kfmagic's
+    own would clash with them: refused, every one."""
+    problems = []
+    for step in plan.steps:
+        unknown = sorted(set(step.options) - KNOWN_OPTIONS)
+        if unknown:
+            problems.append(
+                f"Step {step.name!r}: option(s) {', '.join('--' + o.replace('_', '-') for o in unknown)} cannot be "
+                "expressed in a Kubeflow pipeline; remove them before compiling."
+            )
+    for name in (STORE_PARAM, RUN_ID_PARAM):
+        if name in plan.params:
+            problems.append(f"Parameter {name!r}: the name is kfmagic's own pipeline parameter; rename it.")
+    if problems:
+        raise PlanError(problems)
 
 
 def compile_plan(plan, path, target=Target(), packages=None):

@@ -1,10 +1,12 @@
 """The driver inside a compiled step's KFP component: kfmagic's runtime between KFP's artifacts.
 
-The component's code carries this file's text and that of runtime.py and serde.py (see
-compiler.py), so the step image needs no kfmagic. `main` builds the runtime from that text, runs
+The pipeline's runtime task hands every step this file's text and that of runtime.py and serde.py
+(see compiler.py), so the step image needs no kfmagic. `main` builds the runtime from that text, runs
 the step with the runtime exactly as a local run does, then hands KFP what it produced: each saved
 variable as its own artifact, the metrics as a Metrics artifact, and what the cells displayed as
-an HTML artifact. Stdlib only; imports nothing from kfmagic.
+an HTML artifact. With a run store (store.py), it also writes there what the kernel reads: the
+step's result record, its log (stdout and stderr as the process wrote them) and the values it
+saved. Stdlib only (fsspec, for the store, is imported in the pod); imports nothing from kfmagic.
 """
 
 import base64
@@ -15,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import types
 
@@ -23,6 +26,10 @@ RESULT_DIR_ENV = "KFMAGIC_RESULT_DIR"
 STARTED_FILE = "started"
 METRICS_OUTPUT = "kfmagic_metrics"
 DISPLAY_OUTPUT = "kfmagic_output"
+# A run store's files (besides runtime.py's result and outputs): each step's log, and the plan's
+# steps in order with what each assigns (which step has a name's last value).
+LOG_FILE = "log.txt"
+STEPS_FILE = "steps.json"
 _MISSING = object()
 
 
@@ -137,23 +144,33 @@ def _result_dir(step):
     return result_dir
 
 
-def main(args, step, sources):
-    """Run one step inside its KFP component. `args` are the component's arguments by name.
+def main(args, step, shared, store=""):
+    """Run one step inside its KFP component. `args` are the component's arguments by name;
+    `shared` is what the runtime task hands every step (runtime sources, prelude, the plan's steps);
+    `store` the run store it was given, as JSON text ("" for none).
 
     The runtime works in a scratch folder (in the run's folder on kfp-local, so its values move to
     the artifacts without a copy), removed whatever happens: a step leaves nothing in the temp dir.
     """
-    runtime = load_runtime(sources)
+    runtime = load_runtime(shared["sources"])
+    step = dict(step, prelude=shared["prelude"])
     result_dir = _result_dir(step["step"])
     out_dir = tempfile.mkdtemp(prefix="kfmagic-scratch-", dir=result_dir)
+    log_path, result = os.path.join(result_dir or out_dir, LOG_FILE), None
     try:
-        _run(args, step, runtime, result_dir, out_dir)
+        with _Log(log_path):
+            result = _run(args, step, runtime, result_dir, out_dir)
     finally:
+        if store:
+            write_store(json.loads(store), step["step"], shared.get("steps", []), result, log_path)
         shutil.rmtree(out_dir, ignore_errors=True)
+    if result["state"] != "SUCCEEDED":
+        raise SystemExit(1)  # the runtime or _hand_over has printed why; KFP marks the task failed
 
 
 def _run(args, step, runtime, result_dir, out_dir):
-    """The step run by the runtime in `out_dir`, then what it made handed to KFP (and to `result_dir`)."""
+    """The step run by the runtime in `out_dir`, then what it made handed to KFP (and to
+    `result_dir`); returns its result."""
     started = time.time()
     if result_dir:
         runtime.write_private(os.path.join(result_dir, STARTED_FILE), str(started))
@@ -185,8 +202,101 @@ def _run(args, step, runtime, result_dir, out_dir):
     if result_dir:
         # whole, so a watcher never reads a result without artifact paths
         runtime.write_private(os.path.join(result_dir, runtime.RESULT_FILE), json.dumps(result))
-    if result["state"] != "SUCCEEDED":
-        raise SystemExit(1)  # the runtime or _hand_over has printed why; KFP marks the task failed
+    return result
+
+
+class _Log:
+    """The step's stdout and stderr as its process writes them (its `!commands` and C libraries
+    too: the file descriptors are copied), kept in `path` while they still reach the pod's log."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        _flush()
+        self.file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb", buffering=0)
+        self.lock, self.originals, self.copiers = threading.Lock(), {}, []
+        for fd in (1, 2):
+            read, write = os.pipe()
+            self.originals[fd] = os.dup(fd)
+            os.dup2(write, fd)
+            os.close(write)
+            copier = threading.Thread(target=self._copy, args=(read, self.originals[fd]), daemon=True)
+            copier.start()
+            self.copiers.append(copier)
+        return self
+
+    def _copy(self, read, original):
+        """Everything from `read` on to `original` at once, and into the log a whole line at a time (so
+        stdout's and stderr's lines never cut into each other there)."""
+        partial = b""
+        try:
+            while chunk := os.read(read, 1 << 16):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(original, view):]
+                lines, newline, partial = (partial + chunk).rpartition(b"\n")
+                if newline:
+                    with self.lock:
+                        self.file.write(lines + newline)
+        except OSError:
+            pass  # the pod's own output went away: the log keeps what came
+        finally:
+            if partial:
+                with self.lock:
+                    self.file.write(partial)
+            os.close(read)
+
+    def __exit__(self, *exc):
+        _flush()
+        for fd, original in self.originals.items():
+            os.dup2(original, fd)  # the pipe's end closes: its copier reads to the end and stops
+        for copier in self.copiers:
+            copier.join(timeout=5)  # unless something the step started still holds it
+        for original in self.originals.values():
+            os.close(original)
+        self.file.close()
+        return False
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def write_store(store, step, steps, result, log_path):
+    """What the kernel reads of this step into the run's store (`{"location", "run_id"}`): its values,
+    its log, the plan's steps, and last its result (so a result there means the rest is too).
+
+    A store that cannot be written leaves the step as it ran: one line on stderr (the pod's log) says why.
+    """
+    where = f"{store['location']}/{store['run_id']}"
+    try:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(where)
+        folder = f"{root}/{step}"
+        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            fs.makedirs(f"{folder}/outputs", exist_ok=True)  # object stores have no folders to make
+        saved = result["saved"] if result else {}
+        for var, info in saved.items():
+            fs.put_file(info["path"], f"{folder}/outputs/{var}.pkl")
+        if os.path.exists(log_path):
+            fs.put_file(log_path, f"{folder}/{LOG_FILE}")
+        fs.pipe_file(f"{root}/{STEPS_FILE}", json.dumps(steps).encode())
+        if result:
+            record = dict(result, saved={var: {k: v for k, v in info.items() if k != "path"} for var, info in saved.items()})
+            fs.pipe_file(f"{folder}/result.json", json.dumps(record).encode())
+    except Exception as error:  # whatever the storage library raises: the step's outcome stands
+        said = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        print(
+            f"kfmagic: step {step!r} could not write its records to the run store {where}: {type(error).__name__}"
+            f"{': ' + said if said else ''}. The step's outcome stands, but the notebook cannot read its values, "
+            "metrics or log.", file=sys.stderr,
+        )
 
 
 def _hand_over(args, step, runtime, out_dir, result):

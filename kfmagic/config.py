@@ -1,9 +1,11 @@
-"""Where the Kubeflow Pipelines API is and how to authenticate, and errors that say what to do.
+"""Where the Kubeflow Pipelines API is, how to authenticate, where cluster runs keep their records
+(the run store), and errors that say what to do.
 
 Settings live in the kernel's memory only: a token or cookie is never written to a file, a log,
 a compiled pipeline or displayed output (`repr` hides them). Without settings, kfp's own
 defaults apply: KF_PIPELINES_ENDPOINT, KF_PIPELINES_SA_TOKEN_PATH, and inside a cluster the
-in-cluster service address.
+in-cluster service address; the run store is KFMAGIC_STORE's, if set (its credentials are the
+storage's own environment variables, read by fsspec).
 """
 
 import json
@@ -32,6 +34,7 @@ class Connection:
     token: str | None = field(default=None, repr=False)
     token_path: str | None = None
     cookies: str | None = field(default=None, repr=False)
+    store: str | None = None  # the run store's URL (store.py)
 
     def __post_init__(self):
         given = [name for name in ("token", "token_path", "cookies") if getattr(self, name)]
@@ -41,6 +44,19 @@ class Connection:
             )
         if self.token_path and not os.path.exists(self.token_path):
             raise KfmagicError(f"--token-path {self.token_path}: no such file.")
+        if self.store:
+            from .store import check_url
+
+            object.__setattr__(self, "store", check_url(self.store))
+
+    @property
+    def run_store(self):
+        """Where cluster runs keep their records: the configured store, else KFMAGIC_STORE's, else None."""
+        from .store import STORE_ENV, check_url
+
+        if self.store:
+            return self.store
+        return check_url(os.environ[STORE_ENV], where=f"${STORE_ENV}") if os.environ.get(STORE_ENV) else None
 
     @property
     def endpoint(self):
@@ -63,7 +79,11 @@ class Connection:
         )
         where = self.endpoint or "the in-cluster address"
         extra = "".join(f", {k} {v}" for k, v in (("namespace", self.namespace), ("experiment", self.experiment)) if v)
-        return f"Kubeflow Pipelines at {where} ({auth}{extra})"
+        try:
+            stored = f"; runs keep their records in {self.run_store}" if self.run_store else ""
+        except KfmagicError as error:
+            stored = f"; no run store: {error}"
+        return f"Kubeflow Pipelines at {where} ({auth}{extra}){stored}"
 
     def __repr__(self):
         return f"<Connection: {self.describe()}>"

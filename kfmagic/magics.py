@@ -167,11 +167,13 @@ class KfMagics(Magics):
             print(f"wrote {pipeline.compile(args.output)}")
         elif args.command == "config":
             connection = pipeline.configure(
-                args.host, args.namespace, args.experiment, args.token, args.token_path, args.cookies
+                args.host, args.namespace, args.experiment, args.token, args.token_path, args.cookies, args.store
             )
             print(f"%pipeline run submits to {connection.describe()}.")
         elif args.command == "cancel":
             return pipeline.cancel(args.run_id)
+        elif args.command == "logs":
+            print(pipeline.logs(args.step, args.run_id), end="")
         elif args.command == "status":
             return pipeline.status(args.run_id)
         elif args.command == "remove":

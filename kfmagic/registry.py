@@ -117,8 +117,14 @@ class Pipeline:
         )
 
     def check(self):
-        """Every problem of the pipeline, nothing run: raises PlanError, else returns the plan."""
-        return self.plan()
+        """Every problem of the pipeline, nothing run: raises PlanError, else returns the plan. Warns
+        (on stderr) of what would not work in a step's pod, as `compile` does (files read by a relative
+        path, big values, kernel magics)."""
+        from .portability import warnings_for
+
+        plan = self.plan()
+        warn(warnings_for(plan, os.path.dirname(self.notebook_path) if self.notebook_path else os.getcwd()))
+        return plan
 
     def show(self):
         """A displayable summary: step table, inputs with their producers, params, DAG."""
@@ -134,8 +140,9 @@ class Pipeline:
         from .portability import size_warnings, warnings_for
 
         plan = self.plan()
-        packages = plan_packages(plan)
-        path = compile_plan(plan, path or f"{self.name}.yaml", Target(image=self.image), packages)
+        store_url = self._connection().run_store
+        packages = plan_packages(plan, store_url)
+        path = compile_plan(plan, path or f"{self.name}.yaml", Target(image=self.image, store=store_url), packages)
         problems = list(plan.warnings) + warnings_for(plan, os.getcwd()) + size_warnings(path)
         if packages.prelude_unknown:
             problems.append(
@@ -156,11 +163,13 @@ class Pipeline:
         warn(problems)
         return path
 
-    def configure(self, host=None, namespace=None, experiment=None, token=None, token_path=None, cookies=None):
-        """Where `run` submits: a Kubeflow Pipelines host and how to authenticate (kept in memory only)."""
+    def configure(self, host=None, namespace=None, experiment=None, token=None, token_path=None, cookies=None,
+                  store=None):
+        """Where `run` submits: a Kubeflow Pipelines host and how to authenticate (kept in memory only),
+        and the run store where cluster runs keep their records (default: $KFMAGIC_STORE)."""
         from .config import Connection
 
-        self.connection = Connection(host, namespace, experiment, token, token_path, cookies)
+        self.connection = Connection(host, namespace, experiment, token, token_path, cookies, store)
         return self.connection
 
     def _connection(self):
@@ -253,6 +262,36 @@ class Pipeline:
         from .backends import get_backend
 
         return get_backend("kfp").cancel(connection, known.id if known is not None else run_id)
+
+    def open_run(self, run_id):
+        """Run RUN_ID, started anywhere: a run of this folder's `.kfmagic/runs` by its kfmagic id (a local
+        or kfp-local run, or a submission), else a run of the configured Kubeflow Pipelines by its id."""
+        from .backends import get_backend
+        from .backends.base import open_run_dir, read_info, run_folder
+        from .config import Connection
+        from .workspace import RUNS_DIR
+
+        folder = run_folder(os.getcwd(), run_id)
+        if folder is not None:
+            info = read_info(folder)
+            if info["runner"] != "kfp":
+                return open_run_dir(folder)
+            connection = self._connection() if self._connection().endpoint else Connection(host=info.get("host"))
+            return get_backend("kfp").fetch(connection, info["id"])
+        if not self._connection().endpoint:
+            raise KfmagicError(
+                f"open_run({run_id!r}): no run of that id in {os.path.join(os.getcwd(), RUNS_DIR)}, and no "
+                "Kubeflow Pipelines host is configured to ask (`%pipeline config --host URL`, or KF_PIPELINES_ENDPOINT)."
+            )
+        return get_backend("kfp").fetch(self._connection(), run_id)
+
+    def logs(self, step, run_id=None):
+        """What step STEP printed (stdout and stderr) in the last run, or in run RUN_ID (`open_run`)."""
+        if run_id is None or (self.last_run is not None and self.last_run.id == run_id):
+            if self.last_run is None:
+                raise KfmagicError(f"%pipeline logs {step}: no run yet in this kernel; name one: %pipeline logs {step} RUN_ID.")
+            return self.last_run.logs(step)
+        return self.open_run(run_id).logs(step)
 
     def status(self, run_id=None):
         """The last run (refreshed if it runs on Kubeflow), or run RUN_ID of the configured cluster."""

@@ -180,6 +180,17 @@ def add_connection_arguments(parser):
     return parser
 
 
+def add_store_argument(parser):
+    """Where cluster runs keep their records: `%pipeline config` and `kfmagic run|compile` take it."""
+    parser.add_argument(
+        "--store", action=Once, metavar="URL",
+        help="Run store of cluster runs, where each step writes its result, log and values for the notebook to "
+        "read: s3://BUCKET/PREFIX (S3, MinIO), gs://BUCKET/PREFIX (default: $KFMAGIC_STORE). Credentials come "
+        "from the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS).",
+    )
+    return parser
+
+
 def _pipeline_parser():
     parser = MagicArgumentParser(prog="pipeline", description="Build, check and run the notebook's pipeline.")
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
@@ -199,13 +210,18 @@ def _pipeline_parser():
     compile_.add_argument(
         "-o", "--output", action=Once, metavar="PATH", help="Where to write it (default: <pipeline name>.yaml)."
     )
-    add_connection_arguments(
-        commands.add_parser("config", help="Where Kubeflow Pipelines is, and how to sign in (kept in memory only).")
-    )
+    add_store_argument(add_connection_arguments(
+        commands.add_parser("config", help="Where Kubeflow Pipelines is, how to sign in (kept in memory only), and the run store.")
+    ))
     status = commands.add_parser("status", help="State of the last run, or of run RUN on the cluster.")
     status.add_argument("run_id", nargs="?", metavar="RUN", help="A run id (default: the last run).")
     cancel = commands.add_parser("cancel", help="Stop the last run, or run RUN, on Kubeflow Pipelines.")
     cancel.add_argument("run_id", nargs="?", metavar="RUN", help="A run id (default: the last run).")
+    logs = commands.add_parser("logs", help="What step STEP printed (stdout and stderr) in the last run, or in run RUN.")
+    logs.add_argument("step", metavar="STEP", help="The step.")
+    logs.add_argument(
+        "run_id", nargs="?", metavar="RUN", help="A run id: kfmagic's (a folder of .kfmagic/runs) or the cluster's (default: the last run)."
+    )
     remove = commands.add_parser("remove", help="Unregister a step (all its cells).")
     remove.add_argument("name", help="The step to remove.")
     commands.add_parser("reset", help="Unregister every step, the prelude and the params.")

@@ -1,17 +1,25 @@
 """What every backend shares: its settings, the Run it returns (states with KFP's names,
-durations, metrics, loadable values), and how a run starts, reads step results and is cancelled."""
+durations, metrics, loadable values, logs), and how a run starts, reads step results, is cancelled
+and is opened again from its folder. A Run reads its records through its store (store.py): its
+own folder here, object storage for a run on Kubeflow Pipelines (backends/kfp.py)."""
 
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 
 from .. import runtime, serde, workspace
+from ..component import LOG_FILE
 from ..errors import KfmagicError, RunFailed
+from ..store import FolderStore
+from . import RUNNERS
 
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 RUN_FILE = "run.json"
+# A run's id names its folder: nothing read from a file or the network may name another.
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 
 @dataclass(frozen=True)
@@ -115,14 +123,10 @@ class Run:
         Without `step`, the value comes from the last step (in plan order) that assigns `name`:
         the value it would have after running the notebook top to bottom.
         """
-        if step is not None and step not in self.steps:
-            raise KfmagicError(f"run.load({name!r}, step={step!r}): no step {step!r} in this run. Steps: {', '.join(self.steps)}.")
-        if step is None:
-            writers = [s.name for s in self.steps.values() if name in s.assigns or name in s.saved]
-            step = writers[-1] if writers else None
+        step = self._step_of(name, step)
         found = self.steps.get(step)
         if found is not None and name in found.saved:
-            return self._load_saved(name, found)
+            return self._load_saved(name, found, self._value_file(found, name))
         if found is None:
             saved = sorted({var for s in self.steps.values() for var in s.saved})
             raise KfmagicError(f"run.load({name!r}): no step of this run assigns {name!r}. Saved values: {', '.join(saved) or 'none'}.")
@@ -134,10 +138,22 @@ class Run:
             why = f"no later step reads it; add `--outputs {name}` to step {step!r} to keep it"
         raise KfmagicError(f"run.load({name!r}): step {step!r} has the value, but did not save it: {why}.")
 
-    def _load_saved(self, name, step):
-        """The value of `name` that `step` saved, read only from inside this run's folder; else one
-        message naming the run, the step and the variable, and what to do."""
-        path = step.saved[name]["path"]
+    def _step_of(self, name, step):
+        """The step `load` reads `name` from: `step`, else the last (in plan order) that assigns it, else None."""
+        if step is not None and step not in self.steps:
+            raise KfmagicError(f"run.load({name!r}, step={step!r}): no step {step!r} in this run. Steps: {', '.join(self.steps)}.")
+        if step is None:
+            writers = [s.name for s in self.steps.values() if name in s.assigns or name in s.saved]
+            step = writers[-1] if writers else None
+        return step
+
+    def _value_file(self, step, name):
+        """The file holding the value of `name` that `step` saved (here: where its result says)."""
+        return step.saved[name]["path"]
+
+    def _load_saved(self, name, step, path):
+        """The value of `name` that `step` saved, in file `path`, read only from inside this run's
+        folder; else one message naming the run, the step and the variable, and what to do."""
         where = f"run.load({name!r}): the value of {name!r} saved by step {step.name!r} of run {self.id}"
         if not (self.run_dir and workspace.inside(path, self.run_dir)):
             raise KfmagicError(
@@ -159,6 +175,40 @@ class Run:
                 f"if those are here, the file is damaged ({path}): run the pipeline again to remake it."
             ) from None
 
+    def _store(self, what):
+        """Where this run's records are read from (`what` reads them: for a message): its folder."""
+        return FolderStore(self.run_dir)
+
+    def logs(self, step):
+        """What step STEP printed, stdout and stderr as they came: its log in the run's store."""
+        what = f"logs of step {step!r}"
+        if step not in self.steps:
+            raise KfmagicError(f"{what}: no step {step!r} in run {self.id}. Steps: {', '.join(self.steps) or 'none'}.")
+        path = self._store(what).fetch(step, LOG_FILE, fresh=True)
+        if path is not None:
+            with open(path, encoding="utf-8", errors="replace") as file:
+                return file.read()
+        found = self.steps[step]
+        earlier = self._cached_log(found)
+        if earlier is not None:
+            return earlier
+        if found.state in ("PENDING", "RUNNING"):
+            raise KfmagicError(f"{what}: step {step!r} of run {self.id} has not ended yet and has no log yet; ask again later.")
+        if found.state in ("SKIPPED", "CANCELED"):
+            raise KfmagicError(f"{what}: step {step!r} of run {self.id} did not run ({found.state}), so it has no log.")
+        raise KfmagicError(f"{what}: run {self.id} kept no log of step {step!r} (in {self._store(what).where}).")
+
+    def _cached_log(self, step):
+        """The log of the earlier run whose outputs a cached step reused, with a note saying so; or None."""
+        earlier = step.cached_from
+        if not (earlier and RUN_ID.match(earlier) and self.run_dir):
+            return None
+        path = os.path.join(os.path.dirname(self.run_dir), earlier, step.name, LOG_FILE)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return f"(step {step.name!r} reused the outputs of run {earlier}: its log from that run)\n" + file.read()
+
     def failure_message(self):
         failed = [s for s in self.steps.values() if s.state == "FAILED"]
         not_run = [s.name for s in self.steps.values() if s.state in ("SKIPPED", "CANCELED", "PENDING")]
@@ -175,10 +225,12 @@ class Run:
         return "\n".join(lines)
 
     def write_info(self, **extra):
-        """Write run.json in the run's directory: what ran, with which parameters, and where."""
+        """Write run.json in the run's directory: what ran (its steps in order, with what each
+        assigns), with which parameters, and where."""
+        steps = [[step.name, list(step.assigns)] for step in self.steps.values()]
         workspace.write_private_json(
             os.path.join(self.run_dir, RUN_FILE),
-            {"id": self.id, "pipeline": self.pipeline, "params": self.params, "runner": self.runner, **extra},
+            {"id": self.id, "pipeline": self.pipeline, "params": self.params, "runner": self.runner, "steps": steps, **extra},
             f"the record of run {self.id} ({RUN_FILE})",
         )
 
@@ -229,6 +281,78 @@ def latest_run_dir(workdir, pipeline_name, runner):
     return max(found, key=os.path.getmtime, default=None)
 
 
+def run_folder(workdir, run_id):
+    """The folder of run `run_id` under `workdir`'s runs (a plain name, a real folder), or None."""
+    if not (isinstance(run_id, str) and RUN_ID.match(run_id)):
+        return None
+    folder = os.path.join(workdir, workspace.RUNS_DIR, run_id)
+    return folder if os.path.isdir(folder) and not os.path.islink(folder) else None
+
+
+def read_info(run_dir):
+    """The run.json of the run in `run_dir`, checked to be what kfmagic writes; KfmagicError otherwise."""
+    path = os.path.join(run_dir, RUN_FILE)
+    try:
+        with open(path, encoding="utf-8") as file:
+            info = json.load(file)
+    except (OSError, ValueError) as error:
+        raise KfmagicError(f"Run folder {run_dir} has no readable {RUN_FILE} ({error}); it is not a run kfmagic made.") from None
+    good = (
+        isinstance(info, dict) and isinstance(info.get("id"), str) and isinstance(info.get("pipeline"), str)
+        and info.get("runner") in RUNNERS and isinstance(info.get("params", {}), dict)
+        and steps_listed(info.get("steps", [])) is not None
+    )
+    if not good:
+        raise KfmagicError(f"{path} is not what kfmagic writes (a run's id, pipeline, runner and steps); it was not opened.")
+    return info
+
+
+def steps_listed(steps):
+    """[(step, assigns)] from a run's list of [step, [variable, ...]] (run.json, a store's steps.json),
+    or None if it is not such a list."""
+    if not isinstance(steps, list):
+        return None
+    listed = []
+    for entry in steps:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and RUN_ID.match(entry[0])
+                and isinstance(entry[1], list) and all(isinstance(var, str) and var.isidentifier() for var in entry[1])):
+            return None
+        listed.append((entry[0], tuple(entry[1])))
+    return listed
+
+
+def open_run_dir(run_dir):
+    """The run kept in `run_dir` (local or kfp-local, run by any kernel or the CLI), as a Run read from
+    its run.json and its steps' results. Its state is what those say: SUCCEEDED when every step
+    succeeded, FAILED when one failed, CANCELED if it was stopped, else RUNNING (still running, or
+    its process was killed)."""
+    info = read_info(run_dir)
+    listed = steps_listed(info.get("steps")) or [(name, ()) for name in FolderStore(run_dir).steps()]
+    steps = {name: StepRun(name, assigns) for name, assigns in listed}
+    for step in steps.values():
+        out_dir = os.path.join(run_dir, step.name)
+        result = read_result(out_dir)
+        if result is not None:
+            step.apply_result(result, out_dir)
+        elif os.path.exists(os.path.join(out_dir, LOG_FILE)):
+            step.state, step.started = "RUNNING", os.path.getmtime(os.path.join(out_dir, LOG_FILE))
+    record = Run(info["id"], info["pipeline"], info["runner"], steps, dict(info.get("params", {})), run_dir=run_dir)
+    states = {step.state for step in steps.values()}
+    if "FAILED" in states:
+        record.state = "FAILED"
+    elif states <= {"SUCCEEDED"}:
+        record.state = "SUCCEEDED"
+    else:
+        record.state = "CANCELED" if info.get("state") == "CANCELED" else "RUNNING"
+    ended = {"FAILED": {"PENDING": "SKIPPED"}, "CANCELED": {"PENDING": "CANCELED", "RUNNING": "CANCELED"}}
+    for step in steps.values():
+        step.state = ended.get(record.state, {}).get(step.state, step.state)
+    times = [t for step in steps.values() for t in (step.started, step.finished) if t]
+    record.started = min(times, default=os.path.getmtime(run_dir))
+    record.finished = max(times, default=record.started) if record.state != "RUNNING" else None
+    return record
+
+
 def step_runs(plan):
     """A PENDING StepRun per step of `plan`, in plan order."""
     return {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
@@ -256,5 +380,10 @@ def interrupted(record, progress, message):
         elif step.state == "PENDING":
             step.state = "CANCELED"
     record.state, record.finished = "CANCELED", now
+    if record.run_dir:
+        try:  # so that the run opened again (open_run) says it was stopped
+            record.write_info(state="CANCELED")
+        except KfmagicError:
+            pass  # the disk is full: the run ends all the same
     progress.finish(record)
     return RunFailed(message, record)

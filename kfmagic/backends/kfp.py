@@ -3,18 +3,29 @@
 Uploads the pipeline (or a new version of the pipeline of that name), files the run under an
 experiment it creates if needed, and returns a RemoteRun: the same Run as a local run, refreshed
 from the API. Its `wait` ends on every final state, CANCELED included.
+
+With a run store (store.py), the run is given kfmagic's own id for it (the submission's folder
+name) and where to keep its records; its steps' pods write their results, logs and values there,
+and the RemoteRun reads its metrics, values and logs from there, as a local run's from its folder.
+A run is found again from its id on the cluster by those two parameters (`fetch`).
 """
 
 import contextlib
 import io
+import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
-from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
+from .. import store, workspace
+from ..compiler import RUN_ID_PARAM, RUNTIME_DISPLAY_NAME, STORE_PARAM, Target, compile_plan, kfp_name, pipeline_arguments
+from ..component import LOG_FILE, STEPS_FILE
 from ..config import calling
 from ..errors import KfmagicError, RunFailed
-from .base import FINAL_STATES, Run, StepRun, new_run_dir, step_runs
+from ..plan import RUNTIME_TASK
+from ..runtime import OUTPUTS_DIR, RESULT_FILE
+from .base import FINAL_STATES, RUN_ID, Run, StepRun, new_run_dir, read_result, step_runs, steps_listed
 
 POLL_SECONDS = 2.0
 DEFAULT_EXPERIMENT = "Default"
@@ -32,6 +43,9 @@ class RemoteRun(Run):
     connection: object = field(default=None, repr=False)
     task_names: dict = field(default_factory=dict)  # kfp task or display name -> step
     _client: object = field(default=None, repr=False)
+    store: object = field(default=None, repr=False)  # store.ObjectStore of its records; None: submitted without one
+    _recorded: set = field(default_factory=set, repr=False)  # steps whose final record was read from the store
+    _shown: set = field(default_factory=set, repr=False)  # steps whose log `wait` has shown (None: it cannot)
 
     @property
     def client(self):
@@ -71,19 +85,127 @@ class RemoteRun(Run):
         progress.start(self)
         while self.refresh().state not in FINAL_STATES:
             progress.update(self)
+            self._show_ended(progress)
             if deadline is not None and time.time() > deadline:
                 progress.finish(self)
                 raise KfmagicError(f"Run {self.id} is still {self.state} after {timeout:g}s: {self.url}")
             time.sleep(interval)
+        self._show_ended(progress)
+        if self.store is not None:
+            try:
+                self._read_records("the run's results")
+            except KfmagicError as error:
+                print(f"warning: {error}", file=sys.stderr)
         progress.finish(self)
         return self
 
+    def _show_ended(self, progress):
+        """What each ended step printed (its log in the store), shown as a local run streams it; a store
+        that cannot be read is said once, and nothing more is tried."""
+        if self.store is None or self._shown is None:
+            return
+        for step in [s for s in self.steps.values() if s.state in FINAL_STATES and s.name not in self._shown]:
+            self._shown.add(step.name)
+            try:
+                path = self.store.fetch(step.name, LOG_FILE, fresh=True)
+            except KfmagicError as error:
+                print(f"warning: the steps' output cannot be shown: {error}", file=sys.stderr)
+                self._shown = None
+                return
+            if path is not None:
+                with open(path, encoding="utf-8", errors="replace") as file:
+                    for line in file.read().splitlines():
+                        progress.output(step.name, "stdout", line)
+
+    @property
+    def metrics(self):
+        """{step: {metric: value}}, read from the run's store (a step that left no record there is named)."""
+        self._read_records("run.metrics")
+        unrecorded = [s.name for s in self.steps.values() if s.state == "SUCCEEDED" and s.name not in self._recorded]
+        if unrecorded:
+            print(
+                f"warning: step(s) {', '.join(unrecorded)} of run {self.id} left no record in the run store "
+                f"{self.store.where}, so their metrics are not known here (their logs on Kubeflow say why: {self.url}).",
+                file=sys.stderr,
+            )
+        return super().metrics
+
     def load(self, name, step=None):
-        raise KfmagicError(
-            f"run.load({name!r}): run {self.id} ran on Kubeflow, so its values are artifacts in the cluster's "
-            f"object storage (see {self.url}). To get values in the kernel, run here: "
-            "`%pipeline run --local` or `--runner kfp-local`."
-        )
+        self._read_records(f"run.load({name!r})")
+        found = self.steps.get(self._step_of(name, step))
+        if found is not None and found.state == "SUCCEEDED" and found.name not in self._recorded:
+            raise KfmagicError(
+                f"run.load({name!r}): step {found.name!r} of run {self.id} left no record in the run store "
+                f"{self.store.where}: its pod could not write there (its log on Kubeflow says why: {self.url})."
+            )
+        return super().load(name, step)
+
+    def logs(self, step):
+        records = self._store(f"logs of step {step!r}")
+        if self.state not in FINAL_STATES:
+            self.refresh()
+        self._adopt_steps(records)
+        return super().logs(step)
+
+    def _store(self, what):
+        if self.store is None:
+            raise KfmagicError(
+                f"{what}: run {self.id} ran on Kubeflow without a run store, so its results stay in the cluster "
+                f"(its page: {self.url}). To read the values, metrics and logs of cluster runs here, give a store "
+                "before submitting: `%pipeline config --host URL --store s3://BUCKET/PREFIX` (or set KFMAGIC_STORE; "
+                f"gs:// for GCS), with {store.INSTALL_HINT} and the store's credentials in the environment, here and in "
+                f"the steps' pods ({store.CREDENTIALS_HINT}). Or run here: `%pipeline run --local`."
+            )
+        return self.store
+
+    def _read_records(self, what):
+        """Each ended step's record (its error, metrics and saved values) from the run's store, once;
+        the cluster's word on how the task ended stands."""
+        records = self._store(what)
+        if self.state not in FINAL_STATES:
+            self.refresh()
+        self._adopt_steps(records)
+        for step in self.steps.values():
+            if step.name in self._recorded or step.state not in ("SUCCEEDED", "FAILED"):
+                continue
+            path = records.fetch(step.name, RESULT_FILE, fresh=True)
+            if path is None:
+                continue
+            state, error = step.state, step.error
+            step.apply_result(read_result(os.path.dirname(path)), os.path.dirname(path))
+            step.state, step.error = state, step.error or error
+            self._recorded.add(step.name)
+
+    def _adopt_steps(self, records):
+        """A run opened by its id knows its steps from the cluster's task names; the store's list of the
+        plan's steps gives their names, order and what each assigns (which has a name's last value)."""
+        if self._recorded or any(step.assigns for step in self.steps.values()):
+            return
+        path = records.fetch(STEPS_FILE, fresh=True)
+        listed = steps_listed(_read_json(path)) if path else None
+        if not listed:
+            return
+        steps = {}
+        for name, assigns in listed:
+            known = self.steps.pop(name, None) or self.steps.pop(kfp_name(name), None) or StepRun(name)
+            known.name, known.assigns = name, assigns
+            steps[name] = known
+            self.task_names[kfp_name(name)] = name
+        for label, known in self.steps.items():  # tasks shown under a --display-name
+            steps.setdefault(label, known)
+        self.steps = steps
+        for step in self.steps.values():
+            if self.state in FINAL_STATES and step.state == "PENDING":
+                step.state = "SKIPPED" if self.state != "CANCELED" else "CANCELED"
+
+    def _value_file(self, step, name):
+        path = self.store.fetch(step.name, OUTPUTS_DIR, f"{name}.pkl")
+        if path is None:
+            raise KfmagicError(
+                f"run.load({name!r}): the run store {self.store.where} has no value {name!r} of step {step.name!r}, "
+                "though the step's record says it saved one: the store was changed since. Run the pipeline again."
+            )
+        return path
 
     def failure_message(self):
         return super().failure_message() + f"\nOn Kubeflow: {self.url}"
@@ -103,15 +225,30 @@ def _quiet_kfp():
         auth.is_ipython = is_ipython
 
 
+def _read_json(path):
+    """What the JSON file at `path` holds, or None if it is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except ValueError:
+        return None
+
+
 def run(plan, params, *, workdir, workers, progress, settings):
     """Compile, upload and start `plan` on the cluster; returns the RemoteRun (ended if `settings.wait`).
 
-    Of `settings` (base.Settings), the image, the connection and `wait` apply; `workers` does not.
+    Of `settings` (base.Settings), the image, the connection (with its run store) and `wait` apply;
+    `workers` does not.
     """
     connection, stamp = settings.connection, time.strftime("%Y%m%d-%H%M%S")
-    # the compiled package and run.json; the folder's name is unique, so it names the pipeline version too
+    store_url = connection.run_store
+    # the compiled package and run.json; the folder's name is unique, so it names the pipeline version
+    # too, and is kfmagic's id of the run: where its records go in the store
     submission, submit_dir = new_run_dir(workdir, plan.name, suffix="kfp")
-    package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), Target(image=settings.image))
+    package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), Target(image=settings.image, store=store_url))
+    arguments = pipeline_arguments(params)
+    if store_url:
+        arguments.update({STORE_PARAM: store.pipeline_location(store_url, plan.name), RUN_ID_PARAM: submission})
     client = connection.client()
     name = kfp_name(plan.name)
     with calling(connection, f"uploading pipeline {name!r}"), _quiet_kfp():
@@ -128,7 +265,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
         experiment_id = client.create_experiment(experiment, namespace=connection.namespace).experiment_id
     with calling(connection, "creating the run"), _quiet_kfp():
         api_run = client.run_pipeline(
-            experiment_id=experiment_id, job_name=f"{name} {stamp}", params=pipeline_arguments(params),
+            experiment_id=experiment_id, job_name=f"{name} {stamp}", params=arguments,
             pipeline_id=pipeline_id, version_id=version_id, enable_caching=None if settings.cache else False,
         )
     steps = step_runs(plan)
@@ -138,7 +275,12 @@ def run(plan, params, *, workdir, workers, progress, settings):
         api_run.run_id, plan.name, "kfp", steps, dict(params), run_dir=submit_dir, state="PENDING",
         url=connection.run_url(api_run.run_id), connection=connection, task_names=task_names, _client=client,
     )
-    record.write_info(host=connection.endpoint, url=record.url, experiment=experiment)
+    if store_url:
+        record.store = store.ObjectStore(store.run_location(arguments[STORE_PARAM], submission), submit_dir)
+    record.write_info(
+        host=connection.endpoint, url=record.url, experiment=experiment, kfmagic_run_id=submission,
+        store=record.store.where if record.store else None,
+    )
     print(f"Submitted run {record.id} of pipeline {name!r} (experiment {experiment!r}): {record.url}")
     if not settings.wait:
         return record.refresh()
@@ -159,13 +301,25 @@ def cancel(connection, run_id):
     return fetch(connection, run_id)
 
 
-def fetch(connection, run_id):
-    """A RemoteRun for any run id on the cluster (`%pipeline status RUN`)."""
+def fetch(connection, run_id, workdir=None):
+    """A RemoteRun for any run id on the cluster (`%pipeline status RUN`, `open_run`). A run that kept
+    its records in a run store reads them from where its parameters say, downloading what it reads into
+    `.kfmagic/runs/<its kfmagic id>/` under `workdir` (default: here)."""
     record = RemoteRun(run_id, "", "kfp", {}, {}, url=connection.run_url(run_id), connection=connection)
     with calling(connection, f"reading run {run_id}"):
         api_run = record.client.get_run(run_id)
     record.pipeline = api_run.display_name or ""
-    record.params = dict((api_run.runtime_config.parameters or {}) if api_run.runtime_config else {})
+    params = dict((api_run.runtime_config.parameters or {}) if api_run.runtime_config else {})
+    location, kfmagic_id = params.pop(STORE_PARAM, None), params.pop(RUN_ID_PARAM, None) or run_id
+    record.params = params
     details = api_run.run_details.task_details if api_run.run_details else None
-    record.task_names = {task.display_name: task.display_name for task in details or () if task.display_name}
+    runtime_task = {kfp_name(RUNTIME_TASK), RUNTIME_DISPLAY_NAME}
+    record.task_names = {
+        task.display_name: task.display_name for task in details or () if task.display_name and task.display_name not in runtime_task
+    }
+    if isinstance(location, str) and location:
+        if not RUN_ID.match(str(kfmagic_id)):
+            raise KfmagicError(f"Run {run_id}: its {RUN_ID_PARAM} parameter {kfmagic_id!r} is not an id kfmagic makes.")
+        record.run_dir = os.path.join(workspace.runs_dir(workdir or os.getcwd()), kfmagic_id)
+        record.store = store.ObjectStore(store.run_location(location, kfmagic_id), record.run_dir)
     return record.refresh()

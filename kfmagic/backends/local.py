@@ -1,5 +1,6 @@
 """The embedded default: every step in a fresh Python process on this machine, independent steps
-in parallel, values passed as files under `.kfmagic/runs/<run-id>/` in the working directory.
+in parallel, values passed as files under `.kfmagic/runs/<run-id>/` in the working directory, and
+each step's output (stdout and stderr, as the lines arrive) kept in `<run-id>/<step>/log.txt`.
 
 Processes are started through the run's supervisor (launcher.py): a step is finished when its
 process exits, and what it left behind is stopped then.
@@ -14,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .. import cache, runtime, workspace
+from ..component import LOG_FILE
 from ..errors import KfmagicError
 from .base import read_result, start_run
 from .launcher import step_env, supervised
@@ -105,19 +107,24 @@ class _Scheduler:
         self.progress, self.workdir, self.settings, self.reused = progress, workdir, settings, reused
         self.workers, self.limited = workers or DEFAULT_WORKERS, workers is not None
         self.pending, self.running, self.env, self.keys, self.warmed = list(plan.steps), {}, step_env(), {}, False
+        self.logs = {}  # step -> its open log file
         if not settings.cache:  # every step will run: the prelude can start now, while the run is set up
             self._warm_up()
         self.specs = write_specs(plan, record.params, record.run_dir)
 
     def run(self):
-        while self.pending or self.running:
-            self._start_ready()
-            if self.running:
-                self._handle(self._next_event())
-            for name in [name for name, process in self.running.items() if process.drained()]:
-                self._finish(name, self.running.pop(name))
-            if self.running and self.launcher.stopped.is_set():
-                self._lost()
+        try:
+            while self.pending or self.running:
+                self._start_ready()
+                if self.running:
+                    self._handle(self._next_event())
+                for name in [name for name, process in self.running.items() if process.drained()]:
+                    self._finish(name, self.running.pop(name))
+                if self.running and self.launcher.stopped.is_set():
+                    self._lost()
+        finally:
+            for name in list(self.logs):
+                self._close_log(name)
 
     def _start_ready(self):
         steps = self.record.steps
@@ -168,11 +175,36 @@ class _Scheduler:
         self._warm_up()
         self.running[step.name] = _Process()
         self.record.steps[step.name].state, self.record.steps[step.name].started = "RUNNING", time.time()
+        self._open_log(step.name)
         argv = [sys.executable, "-m", "kfmagic.runtime", self.specs[step.name]]
         isolate = self.settings.isolate or bool(step.options.get("isolate"))
         self.launcher.start(step.name, argv, self.workdir, self.env, spec=self.specs[step.name], isolate=isolate)
 
+    def _open_log(self, name):
+        """The step's log file, 0600, written line by line as the output arrives (`%pipeline logs`)."""
+        path = os.path.join(os.path.dirname(self.specs[name]), LOG_FILE)
+        with workspace.writing(f"the log of step {name!r}", path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, workspace.PRIVATE_FILE_MODE)
+        self.logs[name] = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+
+    def _log(self, name, line):
+        log = self.logs.get(name)
+        if log is not None:
+            try:
+                log.write(line + "\n")
+            except OSError:  # a full disk: the run goes on (and says so where it matters); the log stops here
+                self._close_log(name)
+
+    def _close_log(self, name):
+        log = self.logs.pop(name, None)
+        try:
+            if log is not None:
+                log.close()
+        except OSError:
+            pass
+
     def _finish(self, name, process):
+        self._close_log(name)
         out_dir = os.path.dirname(self.specs[name])
         done = self.record.steps[name]
         _read_result(done, process.returncode, out_dir, process.stderr_tail)
@@ -205,6 +237,7 @@ class _Scheduler:
         if kind == "line":
             if stream_name == "stderr":
                 process.stderr_tail.append(detail)
+            self._log(name, detail)
             self.progress.output(name, stream_name, detail)
         elif kind == "eof":
             process.open_streams.discard(stream_name)
@@ -219,6 +252,7 @@ class _Scheduler:
         self.launcher.close()
         for name in list(self.running):
             del self.running[name]
+            self._close_log(name)
             step = self.record.steps[name]
             step.state, step.finished = "FAILED", time.time()
             step.error = f"Step {name!r} was stopped: the run's supervisor process ended unexpectedly."
