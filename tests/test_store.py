@@ -12,6 +12,9 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
+import time
 import types
 
 import pytest
@@ -230,21 +233,32 @@ def test_with_a_store_the_pipeline_takes_where_to_write_and_the_pods_install_the
 
 
 def test_logs_of_local_runs_are_kept_as_they_come_and_open_run_reads_a_cli_run(tmp_path, monkeypatch):
-    """A local run keeps each step's stdout and stderr in its folder (0600) as the lines arrive; a run the
-    CLI made is opened by its kfmagic id: state, metrics, values and logs."""
-    from kfmagic import cli
+    """A local run keeps each step's stdout and stderr in its folder (0600) while the step still runs; a
+    run the CLI made is opened by its kfmagic id: state, metrics, values and logs."""
     from nbformat import write
 
     monkeypatch.chdir(tmp_path)
+    go = tmp_path / "go"
     write(make_notebook([
-        "%%step first\nimport sys\nprint('out one')\nprint('err one', file=sys.stderr)\nvalue = 20",
+        "%%step first\nimport os, sys, time\nprint('out one')\nprint('err one', file=sys.stderr)\nvalue = 20\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.05)",
         "%%step second --metrics double\ndouble = value * 2\n!echo shell says hi",
     ]), str(tmp_path / "nb.ipynb"))
-    assert cli.main(["run", "nb.ipynb"]) == 0
-    run_id = os.listdir(tmp_path / ".kfmagic" / "runs")[0]
-    log = tmp_path / ".kfmagic" / "runs" / run_id / "first" / "log.txt"
-    assert log.read_text() == "out one\nerr one\n" and stat.S_IMODE(log.stat().st_mode) == 0o600
-    opened = Pipeline().open_run(run_id)
+    cli = subprocess.Popen([sys.executable, "-m", "kfmagic.cli", "run", "nb.ipynb"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        log, deadline = None, time.time() + 30
+        while time.time() < deadline and not (log and log.exists() and log.read_text() == "out one\nerr one\n"):
+            found = list((tmp_path / ".kfmagic" / "runs").glob("*/first/log.txt"))
+            log = found[0] if found else None
+            time.sleep(0.05)
+        assert log.read_text() == "out one\nerr one\n" and not go.exists()  # the step is still waiting
+        go.touch()
+        assert cli.wait(timeout=30) == 0
+    finally:
+        cli.kill()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    opened = Pipeline().open_run(log.parent.parent.name)
     assert (opened.runner, opened.state, opened.metrics) == ("local", "SUCCEEDED", {"second": {"double": 40.0}})
     assert opened.load("value") == 20 and opened.logs("second") == "shell says hi\n"
     with pytest.raises(KfmagicError, match=r"open_run\('nope'\): no run of that id in .*\.kfmagic/runs, and no "
@@ -252,3 +266,36 @@ def test_logs_of_local_runs_are_kept_as_they_come_and_open_run_reads_a_cli_run(t
         Pipeline().open_run("nope")
     with pytest.raises(KfmagicError, match=r"^%pipeline logs first: no run yet in this kernel; name one"):
         Pipeline().logs("first")
+
+
+def test_the_command_line_compiles_with_a_store_and_refuses_one_it_cannot_use(tmp_path, capsys):
+    pytest.importorskip("s3fs", reason="the run store's S3 backend (pip install 'kfmagic[store]')")
+    import yaml
+    from kfmagic import cli
+    from nbformat import write
+
+    write(make_notebook(["%pipeline init shipped", "%%step only\nx = 1"]), str(tmp_path / "nb.ipynb"))
+    out = str(tmp_path / "out.yaml")
+    assert cli.main(["compile", str(tmp_path / "nb.ipynb"), "--store", "s3://bucket/runs", "-o", out]) == 0
+    defaults = yaml.safe_load(open(out))["root"]["inputDefinitions"]["parameters"]
+    assert defaults["kfmagic_store"]["defaultValue"] == "s3://bucket/runs/shipped"
+    assert cli.main(["compile", str(tmp_path / "nb.ipynb"), "--store", "bucket/runs", "-o", out]) == 1
+    assert "kfmagic compile: --store bucket/runs: give the run store as a URL" in capsys.readouterr().err
+
+
+def test_check_warns_once_of_a_file_a_step_reads_that_its_pod_will_not_have(tmp_path, capsys):
+    from kfmagic import cli
+    from nbformat import write
+
+    write(make_notebook([
+        "%%step load\ntext = open('data/train.csv').read()\nmore = open('data/train.csv').read()",
+        "%%step use\nsize = len(text)",
+    ]), str(tmp_path / "nb.ipynb"))
+    assert cli.main(["check", str(tmp_path / "nb.ipynb")]) == 0
+    shown = capsys.readouterr()
+    assert shown.out.strip() == "pipeline pipeline: 2 steps, no problems found."
+    assert shown.err.splitlines() == [
+        "warning: Step 'load' opens 'data/train.csv', a path relative to the notebook's folder: the step's pod will "
+        "not have that file. Ship it with the pipeline: put it on a volume (`--volume PVC:/data`, then open "
+        "'/data/...'), build it into the step's --image, or read it from object storage (s3://, gs://)."
+    ]
