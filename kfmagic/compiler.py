@@ -332,6 +332,19 @@ def _refuse_what_cannot_compile(plan):
         raise PlanError(problems)
 
 
+def store_warnings(plan, target):
+    """What a run store changes for the compiled pipeline that a step asked otherwise: with one, every
+    run's steps write their records under that run, so Kubeflow's cache reuses none of them."""
+    if not target.store:
+        return []
+    return [
+        f"Step {step.name!r} asks for --cache, but with a run store ({target.store}) each run's steps write their "
+        "records under that run, so Kubeflow runs every step (one reused from its cache would leave none). Drop "
+        "--cache, or configure no store."
+        for step in plan.steps if step.options.get("cache") is True
+    ]
+
+
 def compile_plan(plan, path, target=Target(), packages=None):
     """Write the plan's IR YAML to `path` with kfp's Compiler; returns the path.
 

@@ -136,14 +136,14 @@ class Pipeline:
         Warns (on stderr) of what would not work in a step's pod (relative paths, big values,
         kernel magics, modules no installed package provides).
         """
-        from .compiler import Target, compile_plan, plan_packages
+        from .compiler import Target, compile_plan, plan_packages, store_warnings
         from .portability import size_warnings, warnings_for
 
         plan = self.plan()
-        store_url = self._connection().run_store
-        packages = plan_packages(plan, store_url)
-        path = compile_plan(plan, path or f"{self.name}.yaml", Target(image=self.image, store=store_url), packages)
-        problems = list(plan.warnings) + warnings_for(plan, os.getcwd()) + size_warnings(path)
+        target = Target(image=self.image, store=self._connection().run_store)
+        packages = plan_packages(plan, target.store)
+        path = compile_plan(plan, path or f"{self.name}.yaml", target, packages)
+        problems = list(plan.warnings) + warnings_for(plan, os.getcwd()) + size_warnings(path) + store_warnings(plan, target)
         if packages.prelude_unknown:
             problems.append(
                 f"The %%prelude imports {', '.join(packages.prelude_unknown)}, which no installed package provides "

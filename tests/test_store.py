@@ -152,6 +152,10 @@ def test_a_failed_step_s_error_and_log_come_from_the_store_and_finished_values_l
     with pytest.raises(KfmagicError, match=r"run.load\('value'\): step 'boom' has the value, but did not save it: "
                                            r"the step did not finish \(FAILED\)"):
         run.load("value")
+    # opened again by kfmagic's id (its submission's folder here), from a pipeline that knows no cluster
+    opened = Pipeline().open_run(os.path.basename(run.run_dir))
+    assert (opened.id, opened.state, opened.load("x")) == (run.id, "FAILED", 41)
+    assert [(s.name, s.state) for s in opened.steps.values()] == [("first", "SUCCEEDED"), ("boom", "FAILED"), ("after", "SKIPPED")]
 
 
 def test_a_store_the_pods_cannot_write_is_one_line_in_their_log_and_the_run_succeeds(s3, kfp_server, tmp_path, monkeypatch):
@@ -203,10 +207,10 @@ def test_a_store_url_kfmagic_cannot_use_is_one_message_without_its_credentials(u
     assert str(error.value).startswith(message) and SECRET not in str(error.value)
 
 
-def test_with_a_store_the_pipeline_takes_where_to_write_and_the_pods_install_the_store_client(tmp_path, monkeypatch):
+def test_with_a_store_the_pipeline_takes_where_to_write_and_the_pods_install_the_store_client(tmp_path, monkeypatch, capsys):
     """Compiled for a cluster (pip installs on): fsspec and s3fs pinned to the kernel's versions in every
-    step, the two parameters given to the runtime task only (no per-step cost), and nothing of the
-    store without one."""
+    step, the two parameters given to the runtime task only (no per-step cost), nothing of the store
+    without one, and a step asking for Kubeflow's cache told it will not get it."""
     pytest.importorskip("s3fs", reason="the run store's S3 backend (pip install 'kfmagic[store]')")
     import fsspec
     import s3fs
@@ -214,10 +218,16 @@ def test_with_a_store_the_pipeline_takes_where_to_write_and_the_pods_install_the
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KFMAGIC_STORE", raising=False)
-    pipeline = pipeline_of("%%step a\nx = 1", "%%step b\ny = x + 1")
+    pipeline = pipeline_of("%%step a\nx = 1", "%%step b --cache\ny = x + 1")
     plain = yaml.safe_load(open(pipeline.compile("plain.yaml")))
+    assert "--cache" not in capsys.readouterr().err
     pipeline.configure(store="s3://bucket/prefix/")
     stored = yaml.safe_load(open(pipeline.compile("stored.yaml")))
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: Step 'b' asks for --cache, but with a run store (s3://bucket/prefix) each run's steps write their "
+        "records under that run, so Kubeflow runs every step (one reused from its cache would leave none). Drop "
+        "--cache, or configure no store."
+    ]
     assert stored["root"]["inputDefinitions"]["parameters"] == {
         "kfmagic_run_id": {"defaultValue": "", "isOptional": True, "parameterType": "STRING"},
         "kfmagic_store": {"defaultValue": "s3://bucket/prefix/stored", "isOptional": True, "parameterType": "STRING"},

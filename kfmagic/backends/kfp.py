@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 from .. import store, workspace
-from ..compiler import RUN_ID_PARAM, RUNTIME_DISPLAY_NAME, STORE_PARAM, Target, compile_plan, kfp_name, pipeline_arguments
+from ..compiler import (
+    RUN_ID_PARAM, RUNTIME_DISPLAY_NAME, STORE_PARAM, Target, compile_plan, kfp_name, pipeline_arguments, store_warnings,
+)
 from ..component import LOG_FILE, STEPS_FILE
 from ..config import calling
 from ..errors import KfmagicError, RunFailed
@@ -245,7 +247,10 @@ def run(plan, params, *, workdir, workers, progress, settings):
     # the compiled package and run.json; the folder's name is unique, so it names the pipeline version
     # too, and is kfmagic's id of the run: where its records go in the store
     submission, submit_dir = new_run_dir(workdir, plan.name, suffix="kfp")
-    package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), Target(image=settings.image, store=store_url))
+    target = Target(image=settings.image, store=store_url)
+    package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), target)
+    for warning in store_warnings(plan, target):
+        print(f"warning: {warning}", file=sys.stderr)
     arguments = pipeline_arguments(params)
     if store_url:
         arguments.update({STORE_PARAM: store.pipeline_location(store_url, plan.name), RUN_ID_PARAM: submission})
