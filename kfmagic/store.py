@@ -111,7 +111,8 @@ class FolderStore:
         self.where = run_dir
 
     def fetch(self, *parts, fresh=False):
-        """The local path of `<step>/<file>` in the run, or None if the run has none."""
+        """The local path of `<step>/<file>` in the run, or None if the run has none (always the
+        current file: `fresh` is for stores that keep copies)."""
         path = os.path.join(self.local_dir, *_checked(parts))
         return path if os.path.lexists(path) else None
 
@@ -158,24 +159,13 @@ class ObjectStore:
                 _download(source, os.path.dirname(local), local)
         return local
 
-    def steps(self):
-        """The steps that have written records to the run's store."""
-        with self._reading("the list of its steps"):
-            fs, root = self._filesystem()
-            try:
-                entries = fs.ls(root, detail=True, refresh=True)
-            except FileNotFoundError:
-                return []
-        names = (entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.get("type") == "directory")
-        return sorted(name for name in names if _STEP_NAME.match(name))
-
     def _reading(self, what):
         return _StoreErrors(self.where, what)
 
 
 def _download(source, folder, local):
     """`source` copied whole into `local`, 0600: written aside, then renamed."""
-    with workspace.writing("a value downloaded from the run store", local):
+    with workspace.writing("a file downloaded from the run store", local):
         fd, partial = tempfile.mkstemp(dir=folder, prefix=".download.", suffix=".partial")
         try:
             with os.fdopen(fd, "wb") as file:
