@@ -73,11 +73,16 @@ def _layers(plan):
 
 def _fit(cells, limit):
     """Column widths whose table fits `limit` (two spaces between columns). A column gives way
-    down to its longest item (a name, or `var <- step`, with its comma), at most 22 wide and at
-    least 8, the one with the most to spare first; only then do items break. Headers wrap."""
+    down to its longest item (a name, or `var <- step`, with its comma) up to 22 wide, else its
+    longest piece of one (`<- step,`) up to 24, and to 8 at least, the one with the most to spare
+    first; only past that do names break. Headers wrap."""
     columns = list(zip(*cells))
     widths = [max(map(len, column)) for column in columns]
-    floors = [max(8, min(22, max(len(item) for cell in column[1:] for item in _items(cell)))) for column in columns]
+    floors = []
+    for column in columns:
+        items = [item for cell in column[1:] for item in _items(cell)]
+        pieces = [piece for item in items for piece in _pieces(item)]
+        floors.append(max(8, min(22, max(map(len, items))), min(24, max(map(len, pieces)))))
     while sum(widths) + 2 * (len(widths) - 1) > limit:
         spare = [width - floor for width, floor in zip(widths, floors)]
         column = spare.index(max(spare)) if max(spare) > 0 else widths.index(max(widths))
@@ -93,13 +98,21 @@ def _items(cell):
     return [item + "," for item in items[:-1]] + items[-1:]
 
 
+def _pieces(item):
+    """Where an item too long for its column breaks: before its `<-`, else at its spaces."""
+    var, arrow, rest = item.partition(" <- ")
+    return [var, f"<- {rest}"] if arrow else item.split(" ")
+
+
 def _wrap_items(cell, width):
-    """A cell's lines within `width`, broken between its comma-separated items; an item longer
-    than the column breaks at its own spaces (before a `<-` rather than after it)."""
-    kept = " ".join(
-        item.replace(" ", "\xa0") if len(item) <= width else item.replace("<- ", "<-\xa0") for item in _items(cell)
-    )
-    return [line.replace("\xa0", " ") for line in textwrap.wrap(kept, width, break_on_hyphens=False)] or [""]
+    """A cell's lines within `width`, broken between its comma-separated items, and an item
+    longer than the column before its `<-`."""
+    units = []
+    for item in _items(cell):
+        pieces = [item] if len(item) <= width else _pieces(item)
+        units.append(" ".join(piece.replace(" ", "\xa0") for piece in pieces))
+    lines = textwrap.wrap(" ".join(units), width, break_on_hyphens=False)
+    return [line.replace("\xa0", " ") for line in lines] or [""]
 
 
 def _table(headers, rows):
