@@ -193,8 +193,9 @@ class RemoteRun(Run):
             known.name, known.assigns = name, assigns
             steps[name] = known
             self.task_names[kfp_name(name)] = name
-        for label, known in self.steps.items():  # tasks shown under a --display-name
-            steps.setdefault(label, known)
+        for label, known in self.steps.items():  # tasks shown under a --display-name (not kfmagic's own)
+            if label not in (kfp_name(RUNTIME_TASK), RUNTIME_DISPLAY_NAME):
+                steps.setdefault(label, known)
         self.steps = steps
         for step in self.steps.values():
             if self.state in FINAL_STATES and step.state == "PENDING":
@@ -318,13 +319,14 @@ def fetch(connection, run_id, workdir=None):
     location, kfmagic_id = params.pop(STORE_PARAM, None), params.pop(RUN_ID_PARAM, None) or run_id
     record.params = params
     details = api_run.run_details.task_details if api_run.run_details else None
-    runtime_task = {kfp_name(RUNTIME_TASK), RUNTIME_DISPLAY_NAME}
-    record.task_names = {
-        task.display_name: task.display_name for task in details or () if task.display_name and task.display_name not in runtime_task
-    }
+    record.task_names = {task.display_name: task.display_name for task in details or () if task.display_name}
     if isinstance(location, str) and location:
         if not RUN_ID.match(str(kfmagic_id)):
             raise KfmagicError(f"Run {run_id}: its {RUN_ID_PARAM} parameter {kfmagic_id!r} is not an id kfmagic makes.")
         record.run_dir = os.path.join(workspace.runs_dir(workdir or os.getcwd()), kfmagic_id)
         record.store = store.ObjectStore(store.run_location(location, kfmagic_id), record.run_dir)
-    return record.refresh()
+    record.refresh()
+    if record.store is not None:
+        with contextlib.suppress(KfmagicError):  # a store out of reach here: its steps are read when asked for
+            record._adopt_steps(record.store)
+    return record
