@@ -2,8 +2,8 @@
 
 Every view has an HTML form for notebook front-ends and a text form (at most 100 columns) for
 terminals and logs. The DAG is an SVG drawn here, needing no system binary: layers top to bottom,
-a wide layer wrapped over several rows of a grid, edges routed through the gaps between rows and
-the gutters between columns, so no edge crosses a box.
+a wide layer wrapped over several rows, edges routed through the gaps between rows and the
+margins at the sides, so no edge crosses a box.
 
 A run in a notebook has one live display: the full view is sent once, then only what changed
 (states, times, metrics, new log lines) at most a few times a second, as a small script that
@@ -288,11 +288,8 @@ class PlanView:
             for i, step in enumerate(layer):
                 prefix = f"[{depth + 1}]" if i == 0 else " " * len(f"[{depth + 1}]")
                 arrow = f"  <- {_upstream_text(step)}" if step.upstream else ""
-                lines.append(_wrap(f"{prefix} {step.name}{arrow}", len(prefix) + len(step.name) + 6))
+                lines.append(_wrap(f"{prefix} {step.name}{arrow}", min(len(prefix) + len(step.name) + 6, 40)))
         return "\n".join(lines)
-
-    def dag_svg(self):
-        return dag_svg(self.plan)
 
     def _footer(self):
         params = ", ".join(f"{name}={value!r}" for name, value in self.plan.params.items()) or "none"
@@ -309,7 +306,7 @@ class PlanView:
         footer = "".join(f"<div>{html.escape(line)}</div>" for line in self._footer())
         return (
             f"<div class='kfm'>{_STYLE}<b>pipeline {html.escape(self.plan.name)}</b>{_html_table(self._HEADERS, rows)}"
-            f"<div>{self.dag_svg()}</div>{_legend()}{footer}"
+            f"<div>{dag_svg(self.plan)}</div>{_legend()}{footer}"
             "<div class='kfm-note'>(…) kept because the step is last; * inferred from data</div></div>"
         )
 
@@ -341,18 +338,13 @@ def _step_cells(step):
     return _step_state(step), time_text, _metrics_text(step)
 
 
-def _step_rows(run):
-    for step in run.steps.values():
-        yield step, [step.name, _step_state(step), _duration(step.duration), _metrics_text(step)]
-
-
 _RUN_HEADERS = ["step", "state", "time", "metrics"]
 
 
 def run_text(run):
     title = f"run {run.id} ({run.runner}): {_STATE_WORDS.get(run.state, run.state.lower())} in {_duration(run.duration)}"
     link = f"\n{run.url}" if getattr(run, "url", None) else ""  # a run on Kubeflow: its page in the UI
-    return title + "\n" + _table(_RUN_HEADERS, [row for _, row in _step_rows(run)]) + link
+    return title + "\n" + _table(_RUN_HEADERS, [[step.name, *_step_cells(step)] for step in run.steps.values()]) + link
 
 
 def _ended(run):
@@ -371,7 +363,7 @@ def _log_html(lines, dropped, opened=False):
     )
 
 
-def _run_html(run, plan=None, key=None, logs=None):
+def run_html(run, plan=None, key=None, logs=None):
     """A run as HTML: title, progress bar, the DAG coloured by state (with `plan`), and per step
     its state, time, metrics and output. `key` gives the elements the ids live patches address."""
     steps = list(run.steps.values())
@@ -408,10 +400,6 @@ def _run_html(run, plan=None, key=None, logs=None):
 
 def _progress_text(run):
     return f"{_ended(run)}/{len(run.steps)} steps ended, {_duration(run.duration)}"
-
-
-def run_html(run):
-    return _run_html(run)
 
 
 class TextProgress:
@@ -493,7 +481,7 @@ class NotebookProgress:
         self.index = {name: i for i, name in enumerate(run.steps)}
         self.sent = {name: _step_cells(step) for name, step in run.steps.items()}
         self.sent_header = self._header(run)
-        view = _PATCH_SCRIPT + _run_html(run, self.plan, self.key)
+        view = _PATCH_SCRIPT + run_html(run, self.plan, self.key)
         self.view = display({"text/html": view, "text/plain": run_text(run)}, raw=True, display_id=True)
         self.patch = display({"text/plain": ""}, raw=True, display_id=True)
         self.sent_at = time.monotonic()
@@ -508,7 +496,7 @@ class NotebookProgress:
 
     def finish(self, run):
         logs = {name: (log.lines, log.count - len(log.lines)) for name, log in self.logs.items()}
-        self.view.update({"text/html": _run_html(run, self.plan, logs=logs), "text/plain": run_text(run)}, raw=True)
+        self.view.update({"text/html": run_html(run, self.plan, logs=logs), "text/plain": run_text(run)}, raw=True)
         self.patch.update({"text/plain": ""}, raw=True)
         _flush_streams()
 
@@ -563,12 +551,10 @@ def _flush_streams():
 def _renders_html(shell):
     """Whether the kernel's front-end shows a live HTML display: notebook front-ends (JupyterLab,
     Notebook 7, VS Code) send each cell's id with its request; nbclient, papermill and jupyter
-    console send none, and keep or print outputs as text, where a line per change reads best."""
-    kernel = getattr(shell, "kernel", None)
-    try:
-        request = kernel.get_parent("shell") if kernel is not None else {}
-    except Exception:  # an ipykernel without get_parent (before 6): no way to tell, so text
-        return False
+    console send none, and keep or print outputs as text, where a line per change reads best.
+    (An ipykernel before 6 cannot say which request runs: text.)"""
+    get_parent = getattr(getattr(shell, "kernel", None), "get_parent", None)
+    request = get_parent("shell") if get_parent is not None else None
     return bool((request or {}).get("metadata", {}).get("cellId"))
 
 
