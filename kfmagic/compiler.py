@@ -29,7 +29,7 @@ from typing import NamedTuple
 from . import component, runtime, serde, step_options, store
 from .analysis import analyze
 from .errors import KfmagicError, PlanError
-from .plan import RUNTIME_TASK, arguments, kept, kfp_name
+from .plan import RUN_ID_PARAM, RUNTIME_TASK, STORE_PARAM, arguments, kept, kfp_name
 from .packages import requirements
 from .portability import shell_lines
 
@@ -43,7 +43,6 @@ KNOWN_OPTIONS = {
 # float (protobuf Struct), and a step must get the very values a local run gets.
 _PARAM_TYPES = ((bool, bool), (int, int), (float, float), (str, str), (list, str), (dict, str))
 # The pipeline's parameters that say where a run keeps its records, with a run store.
-STORE_PARAM, RUN_ID_PARAM = "kfmagic_store", "kfmagic_run_id"
 RUNTIME_DISPLAY_NAME = "kfmagic runtime"  # the runtime task's name in the KFP UI
 
 
@@ -325,9 +324,6 @@ def _refuse_what_cannot_compile(plan):
                 f"Step {step.name!r}: option(s) {', '.join('--' + o.replace('_', '-') for o in unknown)} cannot be "
                 "expressed in a Kubeflow pipeline; remove them before compiling."
             )
-    for name in (STORE_PARAM, RUN_ID_PARAM):
-        if name in plan.params:
-            problems.append(f"Parameter {name!r}: the name is kfmagic's own pipeline parameter; rename it.")
     if problems:
         raise PlanError(problems)
 

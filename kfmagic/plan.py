@@ -20,6 +20,8 @@ RUNTIME_NAMES = frozenset({"get_ipython", "display", "In", "Out", "exit", "quit"
 RUNTIME_TASK = "kfmagic_runtime"
 # Names of a compiled step's own inputs and outputs (component.py): no variable may take them.
 RESERVED = (METRICS_OUTPUT, DISPLAY_OUTPUT, RUNTIME_TASK)
+# The compiled pipeline's own parameters, with a run store (compiler.py): no parameter may take them.
+STORE_PARAM, RUN_ID_PARAM = "kfmagic_store", "kfmagic_run_id"
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,7 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
                 needed_by=consumers.get(step_name, {}),
             )
         )
-    problems = _kubeflow_problems(planned)
+    problems = _kubeflow_problems(planned, params)
     if problems:
         raise PlanError(problems)
     return Plan(name, experiment, tuple(planned), prelude_parts, params, tuple(dict.fromkeys(warnings)))
@@ -298,10 +300,13 @@ def arguments(step):
     return {name: f"{name}_in" if name in outputs else name for name in (*step.inputs, *step.params)}
 
 
-def _kubeflow_problems(steps):
+def _kubeflow_problems(steps, params):
     """What the compiled pipeline could not be: reported by check and every runner alike, so a
     notebook that runs here also compiles."""
     problems, seen = [], {}
+    for name in (STORE_PARAM, RUN_ID_PARAM):
+        if name in params:
+            problems.append(f"Parameter {name!r}: the name is kfmagic's own pipeline parameter; rename it.")
     for step in steps:
         other = seen.setdefault(kfp_name(step.name), step.name)
         if kfp_name(step.name) == kfp_name(RUNTIME_TASK):

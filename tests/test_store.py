@@ -312,3 +312,15 @@ def test_check_warns_once_of_a_file_a_step_reads_that_its_pod_will_not_have(tmp_
         "not have that file. Ship it with the pipeline: put it on a volume (`--volume PVC:/data`, then open "
         "'/data/...'), build it into the step's --image, or read it from object storage (s3://, gs://)."
     ]
+
+
+def test_the_pipelines_own_parameter_names_are_refused_by_check_and_every_runner():
+    from kfmagic.errors import PlanError
+    from kfmagic.registry import Pipeline
+    from kfmagic.syntax import parse_cell
+
+    pipeline = Pipeline(name="reserved")
+    for text in ("%%params\nkfmagic_store = 'mine'", "%%step a\nx = kfmagic_store"):
+        pipeline.add(parse_cell(text))
+    with pytest.raises(PlanError, match="Parameter 'kfmagic_store': the name is kfmagic's own pipeline parameter"):
+        pipeline.check()
