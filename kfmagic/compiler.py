@@ -63,6 +63,7 @@ class Target:
     image: str | None = None
     install: bool = True
     store: str | None = None
+    cache: bool = True  # False: no task may be reused from Kubeflow's cache (`run --no-cache`)
 
 
 def _function_name(step_name):
@@ -292,6 +293,8 @@ def pipeline_function(plan, target, packages=None):
         else:
             runtime_task = shared()
         runtime_task.set_display_name(RUNTIME_DISPLAY_NAME)
+        if not target.cache:
+            runtime_task.set_caching_options(False)
         for step in plan.steps:
             argument = arguments(step)
             given = {RUNTIME_TASK: runtime_task.outputs[RUNTIME_TASK]}
@@ -301,7 +304,7 @@ def pipeline_function(plan, target, packages=None):
             for upstream in step.upstream:
                 if upstream not in step.inputs.values():
                     task.after(tasks[upstream])
-            _apply_options(task, step.options)
+            _apply_options(task, step.options if target.cache else dict(step.options, cache=False))
             tasks[step.name] = task
 
     body.__name__ = plan.name.replace("-", "_")

@@ -301,3 +301,16 @@ def test_conflicting_or_missing_credentials_are_one_message(given, message):
     with pytest.raises(KfmagicError) as error:
         Pipeline().configure(host="http://kfp.example", **given)
     assert type(error.value) is KfmagicError and str(error.value) == message
+
+
+def test_no_cache_reaches_the_cluster_in_the_uploaded_pipeline(kfp_server, tmp_path, monkeypatch):
+    """kfp.Client drops enable_caching for a run of an uploaded version: --no-cache is compiled in."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_of("%%step a --no-install\nx = 1", "%%step b --no-install --cache\ny = x + 1")
+    pipeline.configure(host=kfp_server.url)
+    for cache, expected in ((True, {True}), (False, {False})):
+        run = pipeline.run(cache=cache, wait=True, progress=TextProgress(io.StringIO()))
+        spec = yaml.safe_load(open(os.path.join(run.run_dir, "pipeline.yaml")))
+        assert {task["cachingOptions"].get("enableCache", False) for task in spec["root"]["dag"]["tasks"].values()} == expected

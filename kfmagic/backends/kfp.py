@@ -248,7 +248,8 @@ def run(plan, params, *, workdir, workers, progress, settings):
     # the compiled package and run.json; the folder's name is unique, so it names the pipeline version
     # too, and is kfmagic's id of the run: where its records go in the store
     submission, submit_dir = new_run_dir(workdir, plan.name, suffix="kfp")
-    target = Target(image=settings.image, store=store_url)
+    # --no-cache is compiled in: kfp.Client drops enable_caching for a run of an uploaded version
+    target = Target(image=settings.image, store=store_url, cache=settings.cache)
     package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), target)
     for warning in store_warnings(plan, target):
         print(f"warning: {warning}", file=sys.stderr)
@@ -272,7 +273,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     with calling(connection, "creating the run"), _quiet_kfp():
         api_run = client.run_pipeline(
             experiment_id=experiment_id, job_name=f"{name} {stamp}", params=arguments,
-            pipeline_id=pipeline_id, version_id=version_id, enable_caching=None if settings.cache else False,
+            pipeline_id=pipeline_id, version_id=version_id,
         )
     steps = step_runs(plan)
     task_names = {kfp_name(step.name): step.name for step in plan.steps}
