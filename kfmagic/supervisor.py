@@ -3,11 +3,12 @@
 `python -m kfmagic.supervisor FD`: FD is one end of a SOCK_SEQPACKET socket pair; the run loop
 (backends/launcher.py) holds the other. Messages are JSON objects, one per packet:
 
-  in:  {"op": "warm", "cwd", "params", "prelude"}  run the prelude here once (answer: {"op": "warm",
+  in:  {"op": "warm", "cwd", "prelude"}  run the prelude here once, from the file `prelude` names
+       (its parts and the params it starts from; answer: {"op": "warm",
        "fallback": why steps must start afresh, or null})
        {"op": "start", "name", "argv", "cwd", "env", "spec", "isolate"} + the step's stdout and stderr
        (passed fds): a fork of the warmed process running `spec`, else (isolate, or no warm start)
-       `argv` executed afresh
+       `argv` executed afresh, with `env` added to the supervisor's own environment
        {"op": "stop", "grace": seconds}   every step: SIGTERM together, SIGKILL after `grace`
        {"op": "kill"}                     every step and what it started: SIGKILL now
   out: {"op": "started", "name", "pid"}, {"op": "exited", "name", "returncode"} (negative: the
@@ -178,7 +179,9 @@ class Supervisor:
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 namespace = runtime.new_namespace()
-                runtime.run_prelude(namespace, message["params"], message["prelude"])
+                with open(message["prelude"]) as file:
+                    prelude = json.load(file)
+                runtime.run_prelude(namespace, prelude["params"], prelude["prelude"])
             why = _fork_unsafe()
         except BaseException as error:  # noqa: B036 - every step shows it, each running the prelude itself
             why = f"the prelude failed here ({type(error).__name__})"
@@ -195,7 +198,7 @@ class Supervisor:
     def start(self, message, fds):
         stdout, stderr = fds
         mark = {STEP_ENV: self._mark(message["name"])}
-        message["env"] = dict(message["env"], **mark)
+        message["env"] = dict(os.environ, **message["env"], **mark)  # the message holds what differs
         warm = self.warm is not None and not message.get("isolate")
         done_read, done_write = os.pipe() if warm else (None, None)  # a warm step says when it is done
         sys.stdout.flush()

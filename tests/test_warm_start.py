@@ -105,3 +105,10 @@ def test_signal_handlers_the_prelude_sets_hold_in_forked_steps(run):
 def test_what_a_step_opened_and_did_not_close_is_flushed_when_it_ends(run, tmp_path):
     result, _ = run("%%step a\nlog = open('log.txt', 'w')\nlog.write('kept')\nx = 1")
     assert result.state == "SUCCEEDED" and (tmp_path / "log.txt").read_text() == "kept"
+
+
+def test_a_large_prelude_is_warmed_too(run, capsys):
+    big = "table = " + repr("x" * 400_000)  # larger than one message between the run and its supervisor
+    warm, _ = run(f"{PRELUDE_ONCE}\n{big}", "%%step a\nt_a = (started, len(table))", "%%step b\nt_b = (started, len(table))")
+    assert warm.load("t_a") == warm.load("t_b") and warm.load("t_a")[1] == 400_000
+    assert "fresh process" not in capsys.readouterr().err

@@ -20,7 +20,7 @@ import time
 from .. import component, workspace
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
 from .base import read_result, start_run
-from .launcher import step_env, supervised
+from .launcher import supervised
 
 PACKAGE_FILE = "pipeline.yaml"
 LOG_FILE = "kfp-local.log"
@@ -78,7 +78,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     run_dir, steps = record.run_dir, record.steps
     package = compile_plan(plan, os.path.join(run_dir, PACKAGE_FILE), Target(image=settings.image, install=False))
     scratch = workspace.private_dir(os.path.join(run_dir, "tmp"), "kfp.local's scratch folder")
-    env = dict(step_env(), TMPDIR=scratch, **{component.RESULT_DIR_ENV: run_dir})  # kfp's launcher makes temp folders
+    env = {"TMPDIR": scratch, component.RESULT_DIR_ENV: run_dir}  # kfp's launcher makes temp folders
     argv = [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))]
     events, task_output = queue.Queue(), _TaskOutput(plan)
     stopped = f"Run {record.id} interrupted: kfp.local was stopped. Its files are in {run_dir}."

@@ -62,18 +62,19 @@ class Launcher:
             threading.Thread(target=self._listen, daemon=True).start()
         return self.channel
 
-    def warm(self, prelude, params, cwd):
-        """Have the supervisor run the prelude once, so that steps start as forks of it; the answer
-        arrives as a ("warm", None, None, why not) event."""
+    def warm(self, prelude, cwd):
+        """Have the supervisor run the prelude once (`prelude`: a file holding its parts and the
+        params it starts from), so that steps start as forks of it; the answer arrives as a
+        ("warm", None, None, why not) event."""
         self._supervisor()
-        self._send({"op": "warm", "prelude": prelude, "params": params, "cwd": cwd})
+        self._send({"op": "warm", "prelude": prelude, "cwd": cwd})
 
-    def start(self, name, argv, cwd, env, spec=None, isolate=False):
-        """Start process `name` (a warm fork running `spec`, unless `isolate`, else `argv`); its
-        output lines, ends of output and exit arrive as events."""
+    def start(self, name, argv, cwd, env=None, spec=None, isolate=False):
+        """Start process `name` (a warm fork running `spec`, unless `isolate`, else `argv`, with
+        `env` added to step_env()); its output lines, ends of output and exit arrive as events."""
         readers, writers = zip(os.pipe(), os.pipe())
         try:
-            message = {"op": "start", "name": name, "argv": argv, "cwd": cwd, "env": env, "spec": spec, "isolate": isolate}
+            message = {"op": "start", "name": name, "argv": argv, "cwd": cwd, "env": env or {}, "spec": spec, "isolate": isolate}
             socket.send_fds(self._supervisor(), [json.dumps(message).encode()], list(writers))
         finally:
             for fd in writers:

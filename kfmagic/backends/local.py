@@ -21,6 +21,7 @@ from .base import read_result, start_run
 from .launcher import step_env, supervised
 
 _NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
+PRELUDE_FILE = "prelude.json"  # what the supervisor runs once, in the run's folder
 # Without --workers, every ready step starts (most wait on I/O or each other more than on a core),
 # up to this many at once, and none while the machine is short of memory.
 DEFAULT_WORKERS = 16
@@ -106,7 +107,7 @@ class _Scheduler:
         self.plan, self.record, self.launcher, self.events = plan, record, launcher, events
         self.progress, self.workdir, self.settings, self.reused = progress, workdir, settings, reused
         self.workers, self.limited = workers or DEFAULT_WORKERS, workers is not None
-        self.pending, self.running, self.env, self.keys, self.warmed = list(plan.steps), {}, step_env(), {}, False
+        self.pending, self.running, self.keys, self.warmed = list(plan.steps), {}, {}, False
         self.logs = {}  # step -> its open log file
         if not settings.cache:  # every step will run: the prelude can start now, while the run is set up
             self._warm_up()
@@ -168,7 +169,9 @@ class _Scheduler:
         if not self.warmed and not self.settings.isolate:
             every_step = set.intersection(*(set(s.params) for s in self.plan.steps))  # the prelude's, at least
             params = {name: self.record.params[name] for name in every_step}
-            self.launcher.warm([vars(part) for part in self.plan.prelude], params, self.workdir)
+            prelude = os.path.join(self.record.run_dir, PRELUDE_FILE)  # by file: messages stay small
+            workspace.write_private_json(prelude, {"prelude": [vars(part) for part in self.plan.prelude], "params": params}, "the prelude")
+            self.launcher.warm(prelude, self.workdir)
             self.warmed = True
 
     def _launch(self, step):
@@ -178,7 +181,7 @@ class _Scheduler:
         self._open_log(step.name)
         argv = [sys.executable, "-m", "kfmagic.runtime", self.specs[step.name]]
         isolate = self.settings.isolate or bool(step.options.get("isolate"))
-        self.launcher.start(step.name, argv, self.workdir, self.env, spec=self.specs[step.name], isolate=isolate)
+        self.launcher.start(step.name, argv, self.workdir, spec=self.specs[step.name], isolate=isolate)
 
     def _open_log(self, name):
         """The step's log file, 0600, written line by line as the output arrives (`%pipeline logs`)."""
