@@ -202,6 +202,10 @@ class Pipeline:
         values = plan.resolve_params(params or {})
         previous = self._resumed_run(plan, start_from, runner) if start_from is not None else None
         warn(plan.warnings)
+        if runner == "kfp":  # what works here but not in a pod: said before it is submitted
+            from .portability import warnings_for
+
+            warn(warnings_for(plan, os.getcwd()))
         try:
             run = backend.run(
                 plan,

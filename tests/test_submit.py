@@ -314,3 +314,12 @@ def test_no_cache_reaches_the_cluster_in_the_uploaded_pipeline(kfp_server, tmp_p
         run = pipeline.run(cache=cache, wait=True, progress=TextProgress(io.StringIO()))
         spec = yaml.safe_load(open(os.path.join(run.run_dir, "pipeline.yaml")))
         assert {task["cachingOptions"].get("enableCache", False) for task in spec["root"]["dag"]["tasks"].values()} == expected
+
+
+def test_a_submission_warns_of_what_a_pod_cannot_do(kfp_server, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.csv").write_text("1\n")
+    pipeline = pipeline_of("%%step read --no-install\ntext = open('data.csv').read()")
+    pipeline.configure(host=kfp_server.url)
+    pipeline.run(progress=TextProgress(io.StringIO()))
+    assert "warning: Step 'read' opens 'data.csv', a path relative to the notebook's folder" in capsys.readouterr().err
