@@ -212,7 +212,7 @@ class Pipeline:
                 values,
                 workdir=os.getcwd(),
                 workers=workers,
-                progress=progress or display.default_progress(),
+                progress=progress or display.default_progress(plan),
                 settings=Settings(
                     image=self.image, connection=self._connection(), wait=wait, isolate=isolate, cache=cache,
                     start_from=start_from, previous=previous,

@@ -4,6 +4,7 @@ disk, and no scratch folders left in the temp dir. Real runs, real processes, re
 
 import glob
 import json
+import io
 import os
 import pickle
 import random
@@ -36,7 +37,7 @@ def pipeline_of(*cells, name="dmg"):
 def run_of(pipeline, **kwargs):
     """The Run, whether it succeeded or not (a failed one carries its message as `.message`)."""
     try:
-        run = pipeline.run(progress=TextProgress(open(os.devnull, "w")), **kwargs)
+        run = pipeline.run(progress=TextProgress(io.StringIO()), **kwargs)
         run.message = ""
     except RunFailed as failure:
         run, run.message = failure.run, str(failure)
@@ -406,7 +407,7 @@ def test_a_run_that_cannot_create_its_folder_or_record_says_what_did_not_fit(sma
         fill(small_disk)
         expected = "the record of run dmg-"
     with pytest.raises(KfmagicError) as caught:
-        pipeline.run(progress=TextProgress(open(os.devnull, "w")))
+        pipeline.run(progress=TextProgress(io.StringIO()))
     assert not isinstance(caught.value, RunFailed)  # nothing started
     assert_one_message(str(caught.value), "No space left on device while writing", expected, "Free space")
 
@@ -417,7 +418,7 @@ def test_a_run_whose_specs_do_not_fit_names_the_step(small_disk, monkeypatch):
     assert run_of(pipeline).state == "SUCCEEDED"
     fill(small_disk, leave=1)  # room for the run's record, none for a spec
     with pytest.raises(KfmagicError) as caught:
-        pipeline.run(progress=TextProgress(open(os.devnull, "w")))
+        pipeline.run(progress=TextProgress(io.StringIO()))
     assert_one_message(str(caught.value), "No space left on device while writing", "step 'a'")
 
 

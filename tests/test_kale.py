@@ -1,6 +1,7 @@
 """Kubeflow Kale's tags read as kfmagic magics: tags -> registry, `convert` round trip, the example notebook."""
 
 import dataclasses
+import io
 import os
 import pickle
 import shutil
@@ -240,5 +241,5 @@ def test_printed_parameters_are_metrics_of_the_last_step_that_uses_them_as_in_ka
     assert warnings == []
     from kfmagic.display import TextProgress
 
-    run = pipeline.run(params={"d1": "2"}, progress=TextProgress(open(os.devnull, "w")))
+    run = pipeline.run(params={"d1": "2"}, progress=TextProgress(io.StringIO()))
     assert run.metrics == {"create_matrix": {"d1": 2.0, "d2": 6.0}, "sum_matrix": {"sum_result": 12.0}}

@@ -39,12 +39,15 @@ class _TaskOutput:
     def __init__(self, plan):
         self.steps = {kfp_name(step.name): step.name for step in plan.steps}
         self.step, self.in_executor_input = None, False
+        self.ended = set()  # steps whose every line has been read: their result may be shown now
 
     def step_of(self, line):
         text = _ANSI.sub("", line)
         if not text.startswith("    "):
             started = _TASK_START.search(text)
             if started or "finished with status" in text:
+                if not started and self.step:
+                    self.ended.add(self.step)
                 self.step = self.steps.get(started.group(1)) if started else None
             return None
         text = text[4:]
@@ -57,11 +60,13 @@ class _TaskOutput:
         return None
 
 
-def _refresh(steps, run_dir):
-    """Step states from the files each step's component writes as it starts and ends."""
+def _refresh(steps, run_dir, ended=None):
+    """Step states from the files each step's component writes as it starts and ends; a step's end
+    only once its output has all been read (`ended`; None: every step, once kfp.local is done)."""
     for name, step in steps.items():
         out_dir = os.path.join(run_dir, name)
-        result = read_result(out_dir) if step.state in ("PENDING", "RUNNING") else None
+        done = ended is None or name in ended
+        result = read_result(out_dir) if step.state in ("PENDING", "RUNNING") and done else None
         if result is not None:
             step.apply_result(result, out_dir)
         elif step.state == "PENDING" and os.path.exists(os.path.join(out_dir, component.STARTED_FILE)):
@@ -91,7 +96,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
                 kind, _, stream_name, detail = events.get(timeout=0.3)
             except queue.Empty:
                 kind = None
-            _refresh(steps, run_dir)
+            _refresh(steps, run_dir, task_output.ended)
             progress.update(record)
             if kind == "line":
                 log.write(detail + "\n")
