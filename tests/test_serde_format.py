@@ -178,3 +178,9 @@ def test_an_enum_of_the_notebook_is_found_by_its_name_where_it_is_loaded(tmp_pat
     step = {"__name__": "__main__"}
     [loaded] = serde.load(path, step)
     assert isinstance(step["Colour"], enum.EnumMeta) and loaded is step["Colour"].BLUE
+
+
+def test_a_file_that_is_only_a_trailer_has_a_broken_table(tmp_path):
+    path = tmp_path / "v.pkl"
+    path.write_bytes(pickle.dumps(1)[:8].ljust(8, b".") + b"KFMOOB01")  # 16 bytes: a header and the marker
+    assert damage_of(path) == "its table of buffers is broken (longer than the file)"
