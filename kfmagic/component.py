@@ -161,9 +161,11 @@ def main(args, step, shared, store=""):
         with _Log(log_path):
             result = _run(args, step, runtime, result_dir, out_dir)
     finally:
-        if store:
-            write_store(json.loads(store), step["step"], shared.get("steps", []), result, log_path)
-        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            if store:
+                write_store(json.loads(store), step["step"], shared.get("steps", []), result, log_path)
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
     if result["state"] != "SUCCEEDED":
         raise SystemExit(1)  # the runtime or _hand_over has printed why; KFP marks the task failed
 

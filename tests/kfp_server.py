@@ -1139,6 +1139,8 @@ class KfpServer:
             'result': str(meta / 'result.json'),
         }
         (meta / 'job.json').write_text(json.dumps(job, indent=2))
+        scratch = meta / 'tmp'  # a pod's own /tmp: what kfp.local and the tasks leave there stays in the run
+        scratch.mkdir(exist_ok=True)
         with open(meta / 'log.txt', 'wb') as log:
             proc = subprocess.Popen(
                 [self.python, os.path.abspath(__file__), _WORKER_FLAG,
@@ -1147,7 +1149,7 @@ class KfpServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=str(meta),
-                env=self._worker_env(),
+                env=dict(self._worker_env(), TMPDIR=str(scratch)),
                 start_new_session=True)
         run.proc = proc
         offset = 0
