@@ -412,6 +412,7 @@ def test_an_analysis_error_keeps_its_message_when_pickled():
         analyze("x = (1,")
     copy = pickle.loads(pickle.dumps(caught.value))
     assert (copy.message, str(copy)) == (caught.value.message, str(caught.value))
+    assert caught.value.args == (caught.value.message,)  # as any exception holds its message
 
 
 # (id, source, field, expected): one rule each, read from the CodeInfo field that shows it (as sets).
@@ -423,6 +424,7 @@ RULES = [
     ("magic-line-not-literal", "get_ipython().run_line_magic('time', line)", "reads", {"get_ipython", "line"}),
     # %prun's options as IPython's getopt reads them, with any spacing; `--` ends them
     ("prun-two-spaces", to_python("%prun -q  z = g(w)\n"), "assigns", {"z"}),
+    ("prun-spaces-first", to_python("%prun    -q z = g(w)\n"), "assigns", {"z"}),
     ("prun-value-two-spaces", to_python("%prun -s cumulative  z = g(w)\n"), "assigns", {"z"}),
     ("prun-double-dash", to_python("%prun -- -offset\n"), "reads", {"get_ipython", "offset"}),
     ("time-is-not-prun", to_python("%time -f(x)\n"), "reads", {"get_ipython", "f", "x"}),
@@ -447,7 +449,7 @@ RULES = [
     ("class-body-does-not-enclose-methods",
      "def outer():\n    rate = 2\n    class K:\n        def m(self):\n            return rate\n    return K().m()\nv = outer()",
      "reads", set()),
-    ("class-body-comprehension-lambda", "class K:\n    vals = [lambda: w for i in r]", "statement_reads", {"r"}),
+    ("class-body-comprehension-lambda", "class K:\n    vals = [lambda: w for i in r]", "reads", {"r", "w"}),
     ("methods-after-a-nested-class-belong-to-the-class",
      "class K:\n    class Inner:\n        pass\n    def m(self):\n        return w\nk = K()", "function_reads",
      {("K", ("w",)), ("k", ("K",))}),
@@ -502,3 +504,12 @@ def test_calling_a_function_of_an_earlier_cell_changes_what_it_changes(source, m
 
 def test_arguments_after_a_starred_one_are_still_read():
     assert analyze("clean(*rows, df=frame)", CLEAN).reads == ("clean", "rows", "frame")
+
+
+def test_errors_without_a_line_and_code_too_deep_say_so_in_full():
+    with pytest.raises(AnalysisError) as caught:
+        analyze("x = 1\0")
+    assert str(caught.value) == "source code string cannot contain null bytes"
+    with pytest.raises(AnalysisError) as caught:
+        analyze("x = " + " + ".join(["a"] * 1000))
+    assert str(caught.value) == "the code is nested too deeply to analyse; split the longest expression"

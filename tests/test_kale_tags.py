@@ -42,6 +42,7 @@ def test_options_become_flags_in_order_and_the_rest_is_said_once_per_tag():
         ("b = a", "step:b", "limit:amd.com/gpu:2", "cache:maybe", "label:team:ml", "annotation:owner:me"),
         ("c = b", "step:c", "cache:disabled", "limit:ephemeral-storage:1Gi", "papermill:other-tool"),
     ))
+    assert lines(tagged(("a = 1", "step:a", "limit:memory:1Gi", "limit:cpu:1")))[0] == ["%%step a --memory 1Gi --cpu 1"]
     assert found == [
         "%%step a --cpu 2 --memory 4Gi --gpu 1 --image py:3 --cache",
         "%%step b --gpu 2 --gpu-type amd.com/gpu",
@@ -83,10 +84,11 @@ def test_two_step_tags_on_one_cell_are_one_error_unless_they_name_one_step():
 
 
 def test_tags_that_are_not_a_list_of_text_are_not_tags():
-    nb = tagged(("x = 1", "step:a"), ("y = 1",))
+    nb = tagged(("x = 1", "step:a"), ("y = 1",), ("z = 1",))
     nb.cells[1].metadata["tags"] = "step:b"  # a string, not a list: no tag at all
+    nb.cells[2].metadata["tags"] = {"step:c": True}
     nb.cells[0].metadata["tags"] = ["step:a", 7, None]
-    assert lines(nb)[0] == ["%%step a", "%%step a"]
+    assert lines(nb)[0] == ["%%step a", "%%step a", "%%step a"]
 
 
 def test_renamed_steps_are_said_once_and_names_kept_as_written_are_not():
@@ -137,6 +139,7 @@ def test_caching_switched_off_for_the_pipeline_holds_where_a_step_does_not_say_o
     ({"docker_image": " img:1 "}, "%pipeline init pipeline --image img:1"),
     ({"base_image": "base:2"}, "%pipeline init pipeline --image base:2"),
     ({"docker_image": "docker:1", "base_image": "base:2"}, "%pipeline init pipeline --image docker:1"),
+    ({"docker_image": "registry/app:X"}, "%pipeline init pipeline --image registry/app:X"),
 ])
 def test_the_header_names_the_pipeline_its_experiment_and_image(settings, init):
     translation = kale.translate(tagged(("a = 1", "step:a"), **settings))
@@ -186,7 +189,7 @@ def test_metrics_go_to_the_last_step_that_assigns_them_or_uses_the_parameter():
     found, warnings = lines(tagged(
         ("rate = 0.5", "pipeline-parameters"), ("broken = (", "pipeline-parameters"), ("seed = 1", "pipeline-parameters"),
         ("acc = 1\nloss = 2", "step:a"), ("acc = rate * seed", "step:b"), ("def (", "step:c"),
-        ("print(acc)\nprint(rate, seed)\nloss", "pipeline-metrics"), ("print(unused)", "pipeline-metrics"),
+        ("loss\nprint(acc)\nprint(rate, seed)", "pipeline-metrics"), ("print(unused)", "pipeline-metrics"),
         ("z = 1", "pipeline-parameters"), ("print(z)", "pipeline-metrics"),
     ))
     assert found[3:6] == ["%%step a --metrics loss", "%%step b --metrics acc rate seed", "%%step c"]
@@ -213,7 +216,7 @@ def test_a_metrics_cell_that_cannot_be_read_is_a_warning():
     assert lines(tagged(("acc = 1", "step:a"), ("print(acc", "pipeline-metrics")))[1] == [
         "cell 2 (pipeline-metrics): cannot be read ('(' was never closed); its metrics are not reported."
     ]
-    deep = "print(" + "-" * 50_000 + "1)"
+    deep = "print(" + "-" * 5_000 + "1)"
     assert lines(tagged(("acc = 1", "step:a"), (deep, "pipeline-metrics")))[1] == [
         "cell 2 (pipeline-metrics): nested too deeply for Python's parser; its metrics are not reported."
     ]
@@ -222,6 +225,7 @@ def test_a_metrics_cell_that_cannot_be_read_is_a_warning():
 def test_convert_rewrites_tagged_cells_keeps_the_rest_and_removes_only_kales_tags():
     nb = tagged(
         "# Title",
+        ("untagged = 0",),
         ("before = 1", "papermill-tag"),
         ("import os", "imports", "parameters"),
         ("x = 1", "step:a", "limit:cpu:2", "pipeline_metrics_not_kale"),
@@ -230,18 +234,19 @@ def test_convert_rewrites_tagged_cells_keeps_the_rest_and_removes_only_kales_tag
         ("print(x)", "Pipeline Metrics"),
         pipeline_name="demo",
     )
+    del nb.cells[1]["metadata"]  # as some tools write a cell
     nb.nbformat, nb.nbformat_minor = 4, 5
     original = copy.deepcopy(nb)
     out, warnings = kale.convert(nb)
     assert nb == original  # the input is left as it was
-    assert [cell.cell_type for cell in out.cells] == ["code", "markdown", "code", "code", "code", "markdown", "code", "code"]
+    assert [cell.cell_type for cell in out.cells] == ["code", "markdown", "code", "code", "code", "code", "markdown", "code", "code"]
     assert out.cells[0].source == "%load_ext kfmagic\n%pipeline init demo" and "id" in out.cells[0]
     assert [cell.source for cell in out.cells[1:]] == [
-        "# Title", "before = 1", "%%prelude\nimport os", "%%step a --metrics x --cpu 2\nx = 1", "## between",
+        "# Title", "untagged = 0", "before = 1", "%%prelude\nimport os", "%%step a --metrics x --cpu 2\nx = 1", "## between",
         "%%step b --after a\ny = x", "print(x)",
     ]
-    assert [cell.metadata.get("tags") for cell in out.cells[1:]] == [
-        None, ["papermill-tag"], ["parameters"], ["pipeline_metrics_not_kale"], None, None, None
+    assert [cell.get("metadata", {}).get("tags") for cell in out.cells[1:]] == [
+        None, None, ["papermill-tag"], ["parameters"], ["pipeline_metrics_not_kale"], None, None, None
     ]
     assert warnings == ["Kale step 'B' is named 'b' (lowercase letters, digits, '-' and '_')."]
 
@@ -276,3 +281,11 @@ def test_an_assignment_in_a_metrics_cell_reports_no_metric():
 def test_a_metric_printed_in_two_cells_is_named_once():
     found, _ = lines(tagged(("acc = 1", "step:a"), ("print(acc)", "pipeline-metrics"), ("print(acc)", "pipeline-metrics")))
     assert found[0] == "%%step a --metrics acc"
+
+
+@pytest.mark.parametrize("raw, name", [
+    ("Load Data", "load_data"), ("__Load Data__", "load_data"), ("-Train-", "train"), ("a1", "a1"), ("1st", "step_1st"),
+    ("!!!", "step"), ("a" * 62 + "_b", "a" * 62), ("x" * 70, "x" * 63),
+])
+def test_kale_step_names_become_kfmagic_names(raw, name):
+    assert kale.step_name(raw) == name

@@ -290,9 +290,11 @@ def test_a_script_run_with_percent_run_that_fails_fails_the_step(tmp_path, fresh
 
 
 def test_line_magics_bind_names_in_the_step_write_no_history_and_need_no_gui(tmp_path, fresh_shell):
-    code, result = run(spec_of(tmp_path / "s", "%gui\n%time y = 2\nz = y + 1", keep=["y", "z"]))
+    cells = "%matplotlib inline\n%time y = 2\nz = y + 1\nnames = %who_ls"
+    code, result = run(spec_of(tmp_path / "s", cells, keep=["y", "z", "names"]))
     assert (code, result["state"]) == (0, "SUCCEEDED"), result["error"]
     assert serde.load(runtime.output_path(str(tmp_path / "s"), "z")) == 3
+    assert {"y", "z"} <= set(serde.load(runtime.output_path(str(tmp_path / "s"), "names")))  # the step's namespace
     ipython_dir = os.environ["IPYTHONDIR"]  # this test's own (conftest)
     assert not [name for _, _, names in os.walk(ipython_dir) for name in names if name.startswith("history")]
 
@@ -307,7 +309,9 @@ def test_a_spec_with_only_the_documented_fields_runs(tmp_path):
     spec.update(inputs={}, outputs=["ghost"], out_dir=str(tmp_path / "t"))
     assert run(spec)[1]["error"].startswith("Step 's' did not assign 'ghost', but it is declared with --outputs/--metrics.")
     spec.update(outputs=["y"], out_dir=str(tmp_path / "u"))
-    assert run(spec)[1]["saved"] == {"y": {"type": "int", "bytes": os.path.getsize(tmp_path / "u" / "outputs" / "y.pkl")}}
+    code, result = run(spec)
+    assert (code, result["state"]) == (0, "SUCCEEDED")
+    assert result["saved"] == {"y": {"type": "int", "bytes": os.path.getsize(tmp_path / "u" / "outputs" / "y.pkl")}}
 
 
 def test_a_name_to_keep_that_the_step_left_unassigned_does_not_stop_the_others(tmp_path):
