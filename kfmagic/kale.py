@@ -210,7 +210,7 @@ def _metric_names(text, where, found):
         return []
     names, lines = [], code.splitlines()
     for node in tree.body:
-        call = getattr(node, "value", None)
+        call = node.value if isinstance(node, ast.Expr) else None  # an assignment's value is no metric
         args = getattr(call, "args", None)
         if getattr(getattr(call, "func", None), "id", None) == "print" and args:
             names += [arg.id for arg in args if isinstance(arg, ast.Name)]
@@ -318,7 +318,8 @@ def _assign_metrics(steps, metrics, nb, texts, found):
             except (AnalysisError, SyntaxError):
                 continue  # the plan reports it
             if name in info.assigns or (name in params and name in info.reads):
-                cell.metrics.append(name)
+                if name not in cell.metrics:  # printed by two metrics cells: one metric
+                    cell.metrics.append(name)
                 break
         else:
             why = "no step uses that pipeline parameter" if name in params else "no step assigns it"
