@@ -188,6 +188,7 @@ class _Step(_Definitions):
     via: dict = field(default_factory=dict)  # a name read only by a function it calls -> (function, where it is defined)
     bound: set = field(default_factory=set)  # names its code binds (not only changes in place)
     imported: set = field(default_factory=set)  # names its imports bind: modules, not data to keep
+    assigned_by_calls: set = field(default_factory=set)  # names a function it calls assigns (`global mode`)
 
 
 def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
@@ -409,6 +410,9 @@ def _wire(steps, prelude, params, after_ancestors, explain_missing, problems):
                 source = prelude
             elif var in RUNTIME_NAMES or hasattr(builtins, var) or unknown_source or step.star_imports:
                 continue  # Python's, or a star import or unreadable code may provide it: fix that first
+            elif var in step.assigned_by_calls:
+                continue  # `setup()` then `print(mode)`: the function the step calls gives it (read before
+                # the call, it fails in the notebook alike)
             else:
                 problem = _missing_name(step, var, steps, explain_missing)
                 if problem:
@@ -444,6 +448,8 @@ def _call_through(step, name, source, owners, classes, prelude_names):
         if how == "assign" or var not in prelude_names:
             step.changes.add(var)
             step.assigns += [var] if var not in step.assigns else []
+        if how == "assign":
+            step.assigned_by_calls.add(var)
 
 
 def _collect_steps(cells, prelude, problems):
@@ -524,6 +530,7 @@ def _call_within(step, name, bound):
         assigned = [v for v, how in changes.items() if how == "assign"]
         bound.update(assigned)
         step.bound.update(assigned)
+        step.assigned_by_calls.update(assigned)
     return changed
 
 

@@ -540,13 +540,10 @@ def test_a_function_of_an_earlier_cell_of_the_step_binds_what_it_assigns_for_the
     assert plan.step("after").inputs == {"items": "s", "mode": "s"}
 
 
-@pytest.mark.xfail(strict=True, reason="plan: a name that a function from another cell assigns (`global mode`) is "
-                   "still read from upstream when the same cell calls the function and then reads it: a false "
-                   "'no step provides it' (the cell's analysis does not know what the function assigns)")
-@pytest.mark.parametrize("where", ["%%prelude", "%%step define", "%%step a"])
-def test_a_name_a_called_function_assigns_is_the_steps_own_in_the_cell_that_calls_it(where):
+@pytest.mark.parametrize("where, inputs", [("%%prelude", {}), ("%%step define", {"setup": "define"}), ("%%step a", {})])
+def test_a_name_a_called_function_assigns_is_the_steps_own_in_the_cell_that_calls_it(where, inputs):
     plan = pipeline_of(f"{where}\ndef setup():\n    global mode\n    mode = 'x'", "%%step a\nsetup()\nprint(mode)").plan()
-    assert plan.step("a").inputs == {}
+    assert plan.step("a").inputs == inputs
 
 
 def test_a_prelude_rebinding_through_a_function_adds_to_what_the_step_assigns():
