@@ -513,3 +513,12 @@ def test_errors_without_a_line_and_code_too_deep_say_so_in_full():
     with pytest.raises(AnalysisError) as caught:
         analyze("x = " + " + ".join(["a"] * 1000))
     assert str(caught.value) == "the code is nested too deeply to analyse; split the longest expression"
+
+
+@pytest.mark.parametrize("source", [
+    "def f():\n    try:\n        pass\n    except E as err:\n        pass\n    return err\nf()",
+    "def f():\n    from m import x\n    return x\nf()",
+    "def f(p):\n    match p:\n        case {'a': 1, **rest}:\n            return rest\nf(v)",
+])
+def test_names_a_function_binds_by_except_import_and_match_are_its_own(source):
+    assert set(analyze(source).reads) <= {"E", "v"}  # err, x and rest are not read from outside

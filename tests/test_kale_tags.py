@@ -285,3 +285,17 @@ def test_a_metric_printed_in_two_cells_is_named_once():
 ])
 def test_kale_step_names_become_kfmagic_names(raw, name):
     assert kale.step_name(raw) == name
+
+
+def test_a_name_only_a_cell_outside_the_pipeline_assigns_is_explained_with_its_tags():
+    nb = tagged(("before = 1",), ("x = 1", "step:a"), ("skipped = 2", "skip"), ("y = before + skipped", "step:b"))
+    with pytest.raises(KfmagicError) as caught:
+        notebook.from_notebook(nb)[0].plan()
+    assert caught.value.problems == [
+        "Step 'b' reads 'before', but no step, prelude or parameter provides it. The notebook's cell 1 assigns it, "
+        "but that cell is not part of the pipeline: no Kale tag puts it in a step. Tag it step:NAME, imports or functions.",
+        "Step 'b' reads 'skipped', but no step, prelude or parameter provides it. The notebook's cell 3 assigns it, "
+        "but that cell is not part of the pipeline: it is tagged skip. Tag it step:NAME, imports or functions instead.",
+    ]
+    assert [kale.is_skipped(cell) for cell in tagged(("a", "skip"), ("b", " Skip "), ("c", "block:skip"), ("d",),
+                                                     ("e", "step:one", "step:two")).cells] == [True, True, True, False, False]

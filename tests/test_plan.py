@@ -612,3 +612,9 @@ def test_the_plan_problems_name_what_exists_and_what_kfmagic_keeps_for_itself():
         "Step 'b': data_in, rows_in would name both an input and an output of its Kubeflow component; "
         "rename the variable."
     ]
+
+
+def test_downstream_is_every_step_that_depends_on_one_transitively():
+    plan = pipeline_of("%%step a\nx = 1", "%%step b\ny = x", "%%step c --after b\nz = 1", "%%step d\nw = 2",
+                       "%%step e\nprint(z, w)").plan()
+    assert (plan.downstream("a"), plan.downstream("d"), plan.downstream("e")) == ({"b", "c", "e"}, {"e"}, set())
