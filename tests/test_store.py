@@ -306,7 +306,7 @@ def test_check_warns_once_of_a_file_a_step_reads_that_its_pod_will_not_have(tmp_
     ]), str(tmp_path / "nb.ipynb"))
     assert cli.main(["check", str(tmp_path / "nb.ipynb")]) == 0
     shown = capsys.readouterr()
-    assert shown.out.strip() == "pipeline pipeline: 2 steps, no problems found."
+    assert shown.out.strip() == "the pipeline: 2 steps, no problems found."
     assert shown.err.splitlines() == [
         "warning: Step 'load' opens 'data/train.csv', a path relative to the notebook's folder: the step's pod will "
         "not have that file. Ship it with the pipeline: put it on a volume (`--volume PVC:/data`, then open "
