@@ -91,10 +91,7 @@ def find_run(workdir, pipeline, run_id, last_run=None):
     if run_id is not None:
         folder = run_folder(workdir, run_id)
         if folder is None:
-            raise KfmagicError(
-                f"No run {run_id!r} in {os.path.join(workdir, workspace.RUNS_DIR)}. `%pipeline runs` lists this "
-                "notebook's runs."
-            )
+            raise KfmagicError(f"No run {run_id!r} among the runs kept in {workdir}. `%pipeline runs` lists this notebook's runs.")
         return last_run if last_run is not None and last_run.run_dir == folder else _opened(folder)
     if last_run is not None:
         return last_run

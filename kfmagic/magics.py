@@ -151,7 +151,7 @@ class KfMagics(Magics):
 
     def pipeline(self, line):
         pipeline = current_pipeline()
-        if syntax.split_line(line) in ([], ["-h"], ["--help"]):
+        if syntax.asks_for_help(line):
             print(syntax.PIPELINE_SUMMARY)
             return None
         args = syntax.parse_pipeline_line(line)

@@ -344,6 +344,14 @@ def redact(message, words):
     return message
 
 
+def asks_for_help(line):
+    """Whether a `%pipeline` line is empty or asks for help: it gets the list of subcommands."""
+    try:
+        return split_line(line) in ([], ["-h"], ["--help"])
+    except CellSyntaxError:
+        return False  # parse_pipeline_line says what is wrong
+
+
 def parse_pipeline_line(line):
     """A `%pipeline` line as an argparse namespace; CellSyntaxError naming the subcommand and what
     is wrong, never showing a credential."""

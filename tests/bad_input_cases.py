@@ -109,7 +109,11 @@ KERNEL_CASES = [
     Case("params-augmented", "%%params\nq += 1", "%%params line 2: `q += 1` is not a parameter"),
     Case("params-second-line", "%%params\nq = 1\nr = q * 2", "%%params line 3: `r = q * 2`"),
     # %pipeline: every subcommand, bad arguments, repeated options, quotes, credentials
-    line_case("pipeline-no-subcommand", "%pipeline", "%pipeline: the following arguments are required: SUBCOMMAND"),
+    line_case("pipeline-no-subcommand", "%pipeline --verbose", "%pipeline: the following arguments are required: SUBCOMMAND"),
+    line_case("prune-no-keep", "%pipeline prune", "%pipeline prune: the following arguments are required: --keep"),
+    line_case("prune-keep-negative", "%pipeline prune --keep -1", "prune --keep -1: say how many of the newest runs to keep"),
+    line_case("pull-no-step", "%pipeline pull", "%pipeline pull: the following arguments are required: STEP"),
+    line_case("compare-unknown-run", "%pipeline compare nosuchrun", "No run 'nosuchrun' among the runs kept in"),
     line_case("pipeline-unknown-subcommand", "%pipeline frobnicate", "%pipeline: argument SUBCOMMAND: invalid choice: 'frobnicate'"),
     line_case("init-no-name", "%pipeline init", "%pipeline init: the following arguments are required: name"),
     line_case("init-bad-name", "%pipeline init Wine", "%pipeline init: 'Wine' is not a valid name"),
@@ -284,5 +288,9 @@ ARGS_CASES = [
     ArgsCase("workers-zero", ("run", "{nb}", "--workers", "0"), "--workers 0: at least one step must run at a time", 1),
     ArgsCase("token-path-missing", ("run", "{nb}", "--token-path", "/nonexistent/token"), "--token-path /nonexistent/token: no such file", 1),
     ArgsCase("convert-without-kale-tags", ("convert", "{nb}", "-o", "out.ipynb"), "no Kale tags to convert", 1),
+    ArgsCase("prune-no-keep", ("prune", "{nb}"), "kfmagic prune: error: the following arguments are required: --keep"),
+    ArgsCase("prune-keep-not-int", ("prune", "{nb}", "--keep", "all"), "argument --keep: invalid int value: 'all'"),
+    ArgsCase("prune-keep-negative", ("prune", "{nb}", "--keep", "-2"), "prune --keep -2: say how many of the newest runs to keep", 1),
+    ArgsCase("compare-unknown-run", ("compare", "{nb}", "nosuchrun"), "kfmagic compare: No run 'nosuchrun' among the runs kept in", 1),
     ArgsCase("compile-under-a-file", ("compile", "{nb}", "-o", "{nb}/pipeline.yaml"), "is a file, not a folder; give -o a path in a folder.", 1),
 ]

@@ -99,7 +99,7 @@ def test_compare_puts_params_and_metrics_side_by_side_and_plots_only_when_asked(
     chosen = ok(kernel, f"chosen = %pipeline compare {short(second)} {first}\nprint(repr(chosen))")
     assert chosen.splitlines()[1].split() == [short(second), short(first)]  # in the order asked, short ids too
     status, said = kernel.run("%pipeline compare nosuchrun")
-    assert status == "error" and "No run 'nosuchrun' in" in said and "`%pipeline runs` lists" in said
+    assert status == "error" and "No run 'nosuchrun' among the runs kept in" in said and "`%pipeline runs` lists" in said
     assert "Traceback" not in said and value(kernel, "c.data['runs']") == [first, second]
 
 
@@ -187,7 +187,7 @@ def test_pull_sets_what_a_failed_step_saw_and_the_failure_says_so(tmp_path):
         assert step_lines[-2:] == [
             "[b] IndexError: list index out of range", f"[b] (run {run_id}, step 'b' failed; its log: {log})",
         ]
-        assert status == "error" and f"`%pipeline pull b {run_id}` sets in the kernel what step 'b' saw" in said
+        assert status == "error" and f"`%pipeline pull b {run_id}` loads what step 'b' saw" in said
         assert "IndexError: list index out of range" in log.read_text()
 
         ok(kernel, "del x, k")

@@ -3,6 +3,7 @@ durations, metrics, loadable values, logs), and how a run starts, reads step res
 and is opened again from its folder. A Run reads its records through its store (store.py): its
 own folder here, object storage for a run on Kubeflow Pipelines (backends/kfp.py)."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -224,8 +225,8 @@ class Run:
             lines.append(f"Resume from the failed step with `--from {failed[0].name}`: what ran before it is reused.")
         if failed and self.runner in ("local", "kfp-local"):
             lines.append(
-                f"Debug it in the notebook: `%pipeline pull {failed[0].name} {self.id}` sets in the kernel what step "
-                f"{failed[0].name!r} saw (its inputs and parameters); then re-run its cell."
+                f"Debug it in the notebook: `%pipeline pull {failed[0].name} {self.id}` loads what step "
+                f"{failed[0].name!r} saw (its inputs and parameters); then re-run its cell there."
             )
         if self.run_dir:
             lines.append(f"Outputs of finished steps are kept in {self.run_dir}.")
@@ -410,7 +411,22 @@ def _hold(record):
     process ends, however it ends, so a run whose kernel died is not taken for a running one."""
     folder = os.open(record.run_dir, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    record.held = weakref.finalize(record, os.close, folder)
+    record.lock = weakref.finalize(record, os.close, folder)  # closed once, here or when the Run goes
+
+
+@contextlib.contextmanager
+def held(record):
+    """Around a run's processes: once they are done, however (an error included), it is not running."""
+    try:
+        yield
+    finally:
+        _release(record)
+
+
+def _release(record):
+    lock = getattr(record, "lock", None)
+    if lock is not None:
+        lock()
 
 
 def ended(record):
@@ -421,9 +437,7 @@ def ended(record):
         record.write_info(state=record.state, started=record.started, finished=record.finished, times=times)
     except KfmagicError:
         pass  # the disk is full: the run ends all the same, and is read back from its steps' files
-    held = getattr(record, "held", None)
-    if held is not None:
-        held()
+    _release(record)
 
 
 def is_running(run_dir):

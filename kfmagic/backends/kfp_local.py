@@ -19,7 +19,7 @@ import time
 
 from .. import component, workspace
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
-from .base import ended, read_result, start_run, tell_failures
+from .base import ended, held, read_result, start_run, tell_failures
 from .launcher import supervised
 
 PACKAGE_FILE = "pipeline.yaml"
@@ -88,7 +88,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     events, task_output, told = queue.Queue(), _TaskOutput(plan), set()
     stopped = f"Run {record.id} interrupted: kfp.local was stopped. Its files are in {run_dir}."
     log = os.fdopen(os.open(os.path.join(run_dir, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
-    with log, _tidied(run_dir, scratch), supervised(record, progress, events, stopped) as launcher:
+    with held(record), log, _tidied(run_dir, scratch), supervised(record, progress, events, stopped) as launcher:
         launcher.start("kfp-local", argv, workdir, env)
         returncode, open_streams = None, {"stdout", "stderr"}
         while returncode is None or open_streams:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .. import cache, runtime, workspace
 from ..component import LOG_FILE
 from ..errors import KfmagicError
-from .base import ended, read_result, start_run, tell_failures
+from .base import ended, held, read_result, start_run, tell_failures
 from .launcher import step_env, supervised
 
 _NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
@@ -302,7 +302,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
         f"Run {record.id} interrupted: its step processes were stopped. Outputs of finished steps are "
         f"kept in {record.run_dir}."
     )
-    with supervised(record, progress, events, stopped) as launcher:
+    with held(record), supervised(record, progress, events, stopped) as launcher:
         _Scheduler(plan, record, launcher, events, workers, progress, workdir, settings, reused).run()
     record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in record.steps.values()) else "FAILED"
     record.finished = time.time()
