@@ -95,7 +95,7 @@ def _fit(cells, limit):
     for column in columns:
         items = [item for cell in column[1:] for item in _items(cell)]
         pieces = [piece for item in items for piece in _pieces(item)]
-        floors.append(max(8, min(22, max(map(len, items))), min(24, max(map(len, pieces)))))
+        floors.append(max(8, min(22, max(map(len, items), default=0)), min(24, max(map(len, pieces), default=0))))
     while sum(widths) + 2 * (len(widths) - 1) > limit:
         spare = [width - floor for width, floor in zip(widths, floors)]
         column = spare.index(max(spare)) if max(spare) > 0 else widths.index(max(widths))
