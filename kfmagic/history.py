@@ -211,13 +211,14 @@ class RunsView:
         return "\n".join([self._title(), table, *map(display._wrap, self._footer())])
 
     def _repr_html_(self):
-        rows = [
-            [("", f"<code>{html.escape(cell)}</code>" if column == 0 else html.escape(cell))
-             for column, cell in enumerate(self._cells(run, run.folder_id))]
-            for run in self.runs
-        ]
+        rows = []
+        for run in self.runs:
+            run_id, runner, state, *rest = (html.escape(cell) for cell in self._cells(run, run.folder_id))
+            rows.append([("", f"<code>{run_id}</code>"), ("", runner), (" class='kfm-st'", state), *(("", cell) for cell in rest)])
+        classes = [f" class='kfm-{html.escape(_state_word(run))}'" for run in self.runs]  # the state's colour
         footer = "".join(f"<div class='kfm-note'>{html.escape(line)}</div>" for line in self._footer())
-        return display.html_block(f"<b>{html.escape(self._title())}</b>" + display._html_table(self.HEADERS, rows) + footer)
+        table = display._html_table(self.HEADERS, rows, classes)
+        return display.html_block(f"<b>{html.escape(self._title())}</b>{table}{footer}")
 
 
 # -- compare ------------------------------------------------------------------------------------
@@ -252,12 +253,13 @@ class Comparison:
         return f"{display.pipeline_title(self.pipeline)}: {len(self.runs)} runs compared\n" + display._table(["", *heads], rows)
 
     def _repr_html_(self):
-        heads, rows = self._rows(lambda run: run.id)
+        heads, rows = self._rows(lambda run: short_id(run.id, self.pipeline))
         cells = [[("", html.escape(cell)) for cell in row] for row in rows]
-        picture = self._picture()
+        ids = ", ".join(self.data["runs"])
         return display.html_block(
             f"<b>{html.escape(display.pipeline_title(self.pipeline))}: {len(self.runs)} runs compared</b>"
-            + display._html_table(["", *heads], cells) + picture
+            + display._html_table(["", *heads], cells) + f"<div class='kfm-note'>runs {html.escape(ids)}</div>"
+            + self._picture()
         )
 
     def _picture(self):

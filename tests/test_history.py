@@ -80,6 +80,7 @@ def test_runs_lists_this_notebooks_runs_newest_first_within_100_columns(looked_b
     assert "hist-20990101-000000-0badf00d" in footer and "left alone" in footer
     page = value(kernel, "kfmagic.pipeline().runs()._repr_html_()")
     assert f"<code>{first}</code>" in page and f"<code>{second}</code>" in page and "rate=3" in page
+    assert value(kernel, f"kfmagic.open_run('{short(first)}').metrics") == {"scale": {"total": 90.0}}  # a short id
 
 
 def test_compare_puts_params_and_metrics_side_by_side_and_plots_only_when_asked(looked_back):
