@@ -85,14 +85,19 @@ def notebook_runs(workdir, pipeline):
     return runs, unreadable
 
 
-def find_run(workdir, pipeline, run_id, last_run=None):
-    """Run RUN_ID of this folder (its id, or the short id `runs` shows), else the kernel's last run,
-    else the newest run of `pipeline` here; KfmagicError saying what there is otherwise."""
+def find_run(workdir, pipeline, run_id, last_run=None, remote=None):
+    """Run RUN_ID (its id, or the short id `runs` shows), else the kernel's last run, else the newest run
+    of `pipeline` here; KfmagicError saying what there is otherwise. `remote` (given when a cluster is
+    configured) opens a cluster run, by its submission's folder here or by the cluster's id."""
     if run_id is not None:
         folder = run_folder(workdir, run_id)
+        if last_run is not None and folder is not None and last_run.run_dir == folder:
+            return last_run
+        if remote is not None and (folder is None or read_info(folder)["runner"] == "kfp"):
+            return remote(os.path.basename(folder) if folder else run_id)
         if folder is None:
             raise KfmagicError(f"No run {run_id!r} among the runs kept in {workdir}. `%pipeline runs` lists this notebook's runs.")
-        return last_run if last_run is not None and last_run.run_dir == folder else _opened(folder)
+        return _opened(folder)
     if last_run is not None:
         return last_run
     runs, _ = notebook_runs(workdir, pipeline)
@@ -292,10 +297,11 @@ class Comparison:
         return figure
 
 
-def compare(workdir, pipeline, run_ids=(), last_run=None):
-    """A Comparison of runs RUN_IDS (short ids too), or of the RECENT newest runs of `pipeline` here."""
+def compare(workdir, pipeline, run_ids=(), last_run=None, remote=None):
+    """A Comparison of runs RUN_IDS (short ids too; `remote`: as `find_run`), or of the RECENT newest
+    runs of `pipeline` here."""
     if run_ids:
-        return Comparison([find_run(workdir, pipeline, run_id, last_run) for run_id in run_ids], pipeline)
+        return Comparison([find_run(workdir, pipeline, run_id, last_run, remote) for run_id in run_ids], pipeline)
     runs, _ = notebook_runs(workdir, pipeline)
     if not runs:
         raise KfmagicError(f"compare: pipeline {pipeline!r} has no run in {os.path.join(workdir, workspace.RUNS_DIR)} yet.")

@@ -309,7 +309,7 @@ class Pipeline:
         """Runs RUN_IDS (default: the last few) side by side: a Comparison of their params and metrics."""
         from .history import compare
 
-        return compare(os.getcwd(), self.name, run_ids, self.last_run)
+        return compare(os.getcwd(), self.name, run_ids, self.last_run, self._remote())
 
     def prune(self, keep, dry_run=False):
         """Remove this pipeline's runs here but the `keep` newest (never a running one, nor `last_run`)."""
@@ -326,7 +326,11 @@ class Pipeline:
             plan = self.plan()
         except KfmagicError:
             plan = None  # only needed for a run that kept no spec of the step
-        return pull(find_run(os.getcwd(), self.name, run_id, self.last_run), step, plan)
+        return pull(find_run(os.getcwd(), self.name, run_id, self.last_run, self._remote()), step, plan)
+
+    def _remote(self):
+        """How a run on the configured cluster is opened, when one is configured."""
+        return self.open_run if self._connection().endpoint else None
 
     def status(self, run_id=None):
         """The last run (refreshed if it runs on Kubeflow), or run RUN_ID of the configured cluster."""

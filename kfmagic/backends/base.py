@@ -223,7 +223,7 @@ class Run:
             lines.append(f"Not run: {', '.join(not_run)}.")
         if failed and self.runner == "local":
             lines.append(f"Resume from the failed step with `--from {failed[0].name}`: what ran before it is reused.")
-        if failed and self.runner in ("local", "kfp-local"):
+        if failed and self._pullable():
             lines.append(
                 f"Debug it in the notebook: `%pipeline pull {failed[0].name} {self.id}` loads what step "
                 f"{failed[0].name!r} saw (its inputs and parameters); then re-run its cell there."
@@ -231,6 +231,10 @@ class Run:
         if self.run_dir:
             lines.append(f"Outputs of finished steps are kept in {self.run_dir}.")
         return "\n".join(lines)
+
+    def _pullable(self):
+        """Whether `%pipeline pull` can read what this run's steps saw: a run here can."""
+        return self.runner in ("local", "kfp-local")
 
     def write_info(self, **extra):
         """Write run.json in the run's directory: what ran (its steps in order, with what each

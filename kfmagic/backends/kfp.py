@@ -213,6 +213,9 @@ class RemoteRun(Run):
     def failure_message(self):
         return super().failure_message() + f"\nOn Kubeflow: {self.url}"
 
+    def _pullable(self):
+        return self.store is not None  # its steps' values come back through the store
+
 
 @contextlib.contextmanager
 def _quiet_kfp():
