@@ -288,9 +288,9 @@ ARGS_CASES = [
     ArgsCase("workers-zero", ("run", "{nb}", "--workers", "0"), "--workers 0: at least one step must run at a time", 1),
     ArgsCase("token-path-missing", ("run", "{nb}", "--token-path", "/nonexistent/token"), "--token-path /nonexistent/token: no such file", 1),
     ArgsCase("convert-without-kale-tags", ("convert", "{nb}", "-o", "out.ipynb"), "no Kale tags to convert", 1),
-    ArgsCase("prune-no-keep", ("prune", "{nb}"), "kfmagic prune: error: the following arguments are required: --keep"),
+    ArgsCase("cli-prune-no-keep", ("prune", "{nb}"), "kfmagic prune: error: the following arguments are required: --keep"),
     ArgsCase("prune-keep-not-int", ("prune", "{nb}", "--keep", "all"), "argument --keep: invalid int value: 'all'"),
-    ArgsCase("prune-keep-negative", ("prune", "{nb}", "--keep", "-2"), "prune --keep -2: say how many of the newest runs to keep", 1),
-    ArgsCase("compare-unknown-run", ("compare", "{nb}", "nosuchrun"), "kfmagic compare: No run 'nosuchrun' among the runs kept in", 1),
+    ArgsCase("cli-prune-keep-negative", ("prune", "{nb}", "--keep", "-2"), "prune --keep -2: say how many of the newest runs to keep", 1),
+    ArgsCase("cli-compare-unknown-run", ("compare", "{nb}", "nosuchrun"), "kfmagic compare: No run 'nosuchrun' among the runs kept in", 1),
     ArgsCase("compile-under-a-file", ("compile", "{nb}", "-o", "{nb}/pipeline.yaml"), "is a file, not a folder; give -o a path in a folder.", 1),
 ]
