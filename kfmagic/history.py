@@ -52,16 +52,18 @@ def _started(run, folder):
 
 
 def _opened(folder):
-    """The run in `folder` as the listing shows it: a local run's state as its files and its lock say
-    (RUNNING only while its process lives, else STOPPED); a submission's SUBMITTED unless every step's
-    record was read back here."""
+    """The run in `folder` as the listing shows it: a local run is RUNNING while its process holds its
+    lock, else what its files say (STOPPED if they say it runs: its process died); a submission is
+    SUBMITTED unless every step's record was read back here."""
     run = open_run_dir(folder)
     run.run_dir, run.folder_id = folder, os.path.basename(folder)
     if run.runner == "kfp":
         done = all(step.state in FINAL_STATES for step in run.steps.values())
         run.state = run.state if done and run.steps else "SUBMITTED"
         run.started, run.finished = _started(run, folder), run.finished if done else None
-    elif run.state == "RUNNING" and not is_running(folder):
+    elif is_running(folder):  # a step may have failed while the others go on
+        run.state, run.finished = "RUNNING", None
+    elif run.state == "RUNNING":
         run.state, run.finished = "STOPPED", run.finished or run.started
     return run
 
@@ -340,7 +342,7 @@ def prune(workdir, pipeline, keep, dry_run=False, last_run=None):
     kept, remove = [], []
     for run in local[keep:]:
         why = (
-            "it is running" if is_running(run.run_dir)
+            "it is running" if run.state == "RUNNING"  # `_opened` asked its lock
             else "it is the kernel's last run" if last_run is not None and last_run.run_dir == run.run_dir
             else None
         )

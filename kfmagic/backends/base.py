@@ -414,7 +414,11 @@ def _hold(record):
     """Lock the run's folder for as long as this process runs it: the system drops the lock when the
     process ends, however it ends, so a run whose kernel died is not taken for a running one."""
     folder = os.open(record.run_dir, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the run goes on (`is_running` then says so of it)
+        os.close(folder)
+        return
     record.lock = weakref.finalize(record, os.close, folder)  # closed once, here or when the Run goes
 
 
@@ -445,7 +449,8 @@ def ended(record):
 
 
 def is_running(run_dir):
-    """Whether a process runs the run in `run_dir` now (it holds the folder's lock)."""
+    """Whether a process runs the run in `run_dir` now: it holds the folder's lock. (On a file system
+    without locks no run holds one, and none can be told to run.)"""
     try:
         folder = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -454,6 +459,8 @@ def is_running(run_dir):
         fcntl.flock(folder, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:
+        return False
     finally:
         os.close(folder)
     return False
