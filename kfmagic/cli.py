@@ -11,10 +11,10 @@ by its reader (`kfmagic show NB | head`) ends the command quietly with 141, as S
 
 import argparse
 import os
-from importlib.metadata import version
 import signal
 import sys
 import threading
+from importlib.metadata import version
 
 
 from . import display, kale, notebook, syntax

@@ -28,7 +28,7 @@ from .errors import KfmagicError
 
 RECENT = 5  # runs `compare` shows when none is named
 _STAMP = re.compile(r"-(\d{8}-\d{6})-(.+)$")  # what base.new_run_dir puts after the pipeline's name
-_WORDS = {"RUNNING": "running", "SUBMITTED": "submitted", "STOPPED": "stopped"}
+_WORDS = {"SUBMITTED": "submitted", "STOPPED": "stopped"}  # the listing's own states, besides KFP's
 
 
 # -- finding runs -------------------------------------------------------------------------------
@@ -139,11 +139,13 @@ def freed_by_removing(folders):
 
 
 def _size(number):
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if number < 1000 or unit == "GB":
-            return f"{number:.0f} {unit}" if unit == "bytes" else f"{number:.1f} {unit}"
+    """Bytes in words: 512 bytes, 1.8 MB."""
+    if number < 1000:
+        return f"{number} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
         number /= 1000
-    return ""
+        if number < 1000 or unit == "TB":
+            return f"{number:.1f} {unit}"
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -338,9 +340,9 @@ def prune(workdir, pipeline, keep, dry_run=False, last_run=None):
     if keep is None or keep < 0:
         raise KfmagicError(f"prune --keep {keep}: say how many of the newest runs to keep, 0 or more (--keep 5).")
     runs, _ = notebook_runs(workdir, pipeline)
-    local = [run for run in runs if run.runner != "kfp"]
+    here = [run for run in runs if run.runner != "kfp"]
     kept, remove = [], []
-    for run in local[keep:]:
+    for run in here[keep:]:
         why = (
             "it is running" if run.state == "RUNNING"  # `_opened` asked its lock
             else "it is the kernel's last run" if last_run is not None and last_run.run_dir == run.run_dir
@@ -353,7 +355,7 @@ def prune(workdir, pipeline, keep, dry_run=False, last_run=None):
     folders = [run.run_dir for run in remove]
     freed = freed_by_removing(folders)
     if not dry_run:
-        staying = [run for run in runs if run not in remove]
+        staying = [run for run in runs if run.run_dir not in folders]
         for run in remove:
             _hand_over(workdir, run, staying)
             with workspace.writing(f"the folder of run {run.folder_id} (removing it)", run.run_dir):

@@ -243,21 +243,21 @@ def _pipeline_parser():
 
 def add_history_commands(commands, notebook_argument=None):
     """`runs`, `compare` and `prune`: `%pipeline` and `kfmagic` take the same (`notebook_argument` adds
-    the CLI's NOTEBOOK.ipynb first); returns the three parsers."""
-    parsers = []
-    for name, help_text in (
-        ("runs", "This notebook's runs, newest first: state, start, time, params, metrics; room on disk."),
-        ("compare", "Runs side by side (default: the last 5): params and metrics, plotted in a notebook."),
-        ("prune", "Remove older runs of this notebook's folder, keeping the N newest (never a running one)."),
-    ):
+    the CLI's NOTEBOOK.ipynb first); returns their three parsers."""
+
+    def command(name, help_text):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if notebook_argument:
             notebook_argument(sub)
-        parsers.append(sub)
-    parsers[1].add_argument("run_ids", nargs="*", metavar="RUN", help="Run ids, or the short ids `runs` shows.")
-    parsers[2].add_argument("--keep", action=Once, type=int, required=True, metavar="N", help="How many of the newest runs to keep.")
-    parsers[2].add_argument("--dry-run", action=Once, const=True, default=False, help="Say what would go, remove nothing.")
-    return parsers
+        return sub
+
+    runs = command("runs", "This notebook's runs, newest first: state, start, time, params, metrics; room on disk.")
+    compare = command("compare", "Runs side by side (default: the last 5): params and metrics, plotted in a notebook.")
+    compare.add_argument("run_ids", nargs="*", metavar="RUN", help="Run ids, or the short ids `runs` shows.")
+    prune = command("prune", "Remove older runs of this notebook's folder, keeping the N newest (never a running one).")
+    prune.add_argument("--keep", action=Once, type=int, required=True, metavar="N", help="How many of the newest runs to keep.")
+    prune.add_argument("--dry-run", action=Once, const=True, default=False, help="Say what would go, remove nothing.")
+    return runs, compare, prune
 
 
 PIPELINE_PARSER, PIPELINE_HELP, PIPELINE_SUBCOMMANDS, PIPELINE_SUMMARY = _pipeline_parser()
