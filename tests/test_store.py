@@ -157,6 +157,9 @@ def test_a_failed_step_s_error_and_log_come_from_the_store_and_finished_values_l
     opened = Pipeline().open_run(os.path.basename(run.run_dir))
     assert (opened.id, opened.state, opened.load("x")) == (run.id, "FAILED", 41)
     assert [(s.name, s.state) for s in opened.steps.values()] == [("first", "SUCCEEDED"), ("boom", "FAILED"), ("after", "SKIPPED")]
+    # listed with this folder's runs, as far as this machine read it back
+    listed = repr(Pipeline(name="stored").runs()).splitlines()[3].split()
+    assert listed[:3] == [os.path.basename(run.run_dir).split("-", 3)[-1], "kfp", "failed"] and listed[-1] == "-"
     # what the failed step read, to re-run its cell in the notebook: from the store, by either id
     for run_id in (run.id, os.path.basename(run.run_dir).split("-", 3)[-1]):
         pulled = Pipeline(name="stored", cells=pipeline.cells, connection=pipeline.connection).pull("boom", run_id)
