@@ -89,3 +89,27 @@ def record(workdir, key, run_id, out_dir, result):
     folder = workspace.private_dir(os.path.join(workdir, CACHE_DIR), "kfmagic's cache")
     entry = {"run": run_id, "out_dir": out_dir, "result": result}
     workspace.write_private_json(os.path.join(folder, f"{key}.json"), entry, "a cache entry")
+
+
+def entries(workdir):
+    """[(path, entry)] of every readable cache entry here."""
+    folder = os.path.join(workdir, CACHE_DIR)
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as file:
+                entry = json.load(file)
+        except (OSError, ValueError):
+            continue
+        if name.endswith(".json") and isinstance(entry, dict):
+            found.append((path, entry))
+    return found
+
+
+def forget(path):
+    """Drop the cache entry at `path` (its run is gone: it would only ever miss)."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

@@ -1,4 +1,5 @@
-"""`kfmagic show|check|run|compile|convert NOTEBOOK.ipynb` (and `kfmagic cancel RUN`): the saved file is the pipeline.
+"""`kfmagic show|check|run|compile|convert|runs|compare|prune NOTEBOOK.ipynb` (and `kfmagic cancel RUN`): the
+saved file is the pipeline.
 
 The pipeline is built from the file (`kfmagic.notebook`) without a kernel and without running a
 cell, then handed to the same Pipeline methods the magics call. Exit status 0 on success, 1 with
@@ -13,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from importlib.metadata import version
 
 
 from . import display, kale, notebook, syntax
@@ -86,6 +88,25 @@ def cancel(args):
     print(repr(pipeline.cancel(args.run_id)))
 
 
+def runs(args):
+    print(repr(_in_its_folder(args).runs()))
+
+
+def compare(args):
+    print(repr(_in_its_folder(args).compare(*args.run_ids)))
+
+
+def prune(args):
+    print(repr(_in_its_folder(args).prune(args.keep, args.dry_run)))
+
+
+def _in_its_folder(args):
+    """The notebook's pipeline, with the notebook's folder (where its runs are) as the working directory."""
+    pipeline = _load(args)
+    os.chdir(os.path.dirname(pipeline.notebook_path))
+    return pipeline
+
+
 def _configure(pipeline, args):
     """--host & co. go to Pipeline.configure, as `%pipeline config` does."""
     given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
@@ -112,6 +133,7 @@ def _parser():
         description="Build, check, run and compile the pipeline a saved notebook declares (kfmagic "
         "magics or Kubeflow Kale tags), without a kernel and without running its cells.",
     )
+    parser.add_argument("--version", action="version", version=f"kfmagic {version('kfmagic')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, handler, help_text):
@@ -138,6 +160,11 @@ def _parser():
         group = syntax.add_connection_arguments(sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)"))
         if sub is not cancel_parser:
             syntax.add_store_argument(group)
+    history = syntax.add_history_commands(
+        commands, lambda sub: sub.add_argument("notebook", metavar="NOTEBOOK.ipynb", help="The saved notebook.")
+    )
+    for sub, handler in zip(history, (runs, compare, prune)):
+        sub.set_defaults(handler=handler)
     convert_parser = command(
         "convert", convert, "Rewrite a Kubeflow Kale-tagged notebook with kfmagic magics (the same pipeline)."
     )

@@ -8,6 +8,8 @@ in-cluster service address; the run store is KFMAGIC_STORE's, if set (its creden
 storage's own environment variables, read by fsspec).
 """
 
+import contextlib
+import io
 import json
 import os
 import warnings
@@ -105,13 +107,28 @@ class Connection:
         kwargs = dict(existing_token=self.token, cookies=self.cookies, credentials=credentials)
         if self.namespace:
             kwargs["namespace"] = self.namespace
-        with calling(self, "connecting"), warnings.catch_warnings():
+        if not self.endpoint and not _kubernetes_known():
+            raise KfpConnectionError(
+                "No Kubeflow Pipelines host is configured, and kfp has no cluster to find one in (not inside a "
+                "cluster, no kube config): give it with `%pipeline config --host URL`, --host URL, or "
+                f"{ENDPOINT_ENV}; or run here with --runner local."
+            )
+        # kfp.Client prints "Failed to load kube config." where it has none: the errors below say more
+        with calling(self, "connecting"), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2": kfmagic needs v2 too
             client = _Client(host=self.endpoint, **kwargs)
             _bound_requests(client)  # also when kfp skipped its health check (a namespace given or remembered)
             if self.namespace:  # kfp skips its health check when given a namespace; reachability matters
                 client.get_kfp_healthz()
         return client
+
+
+def _kubernetes_known():
+    """Whether kfp can find Kubeflow Pipelines without a host: inside a cluster, or from a kube config."""
+    kube_config = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or any(
+        os.path.isfile(path) for path in kube_config.split(os.pathsep)
+    )
 
 
 def _bound_requests(client):

@@ -51,6 +51,19 @@ _STYLE = (
 )
 
 
+DEFAULT_NAME = "pipeline"  # a pipeline's name until `%pipeline init NAME` gives one
+
+
+def pipeline_title(name):
+    """How messages name a pipeline: "pipeline NAME", or, before it is given one, "the pipeline"."""
+    return "the pipeline" if name == DEFAULT_NAME else f"pipeline {name}"
+
+
+def html_block(inner):
+    """`inner` as one of kfmagic's HTML views, with their style."""
+    return f"<div class='kfm'>{_STYLE}{inner}</div>"
+
+
 def _count(number, noun):
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
@@ -82,7 +95,7 @@ def _fit(cells, limit):
     for column in columns:
         items = [item for cell in column[1:] for item in _items(cell)]
         pieces = [piece for item in items for piece in _pieces(item)]
-        floors.append(max(8, min(22, max(map(len, items))), min(24, max(map(len, pieces)))))
+        floors.append(max(8, min(22, max(map(len, items), default=0)), min(24, max(map(len, pieces), default=0))))
     while sum(widths) + 2 * (len(widths) - 1) > limit:
         spare = [width - floor for width, floor in zip(widths, floors)]
         column = spare.index(max(spare)) if max(spare) > 0 else widths.index(max(widths))
@@ -297,7 +310,7 @@ class PlanView:
 
     def __repr__(self):
         return "\n".join(
-            [_wrap(f"pipeline {self.plan.name}"), _table(self._HEADERS, list(self._rows())), "", self.dag_text(), "",
+            [_wrap(pipeline_title(self.plan.name)), _table(self._HEADERS, list(self._rows())), "", self.dag_text(), "",
              *map(_wrap, self._footer())]
         )
 
@@ -305,15 +318,17 @@ class PlanView:
         rows = [[("", html.escape(str(cell))) for cell in row] for row in self._rows()]
         footer = "".join(f"<div>{html.escape(line)}</div>" for line in self._footer())
         return (
-            f"<div class='kfm'>{_STYLE}<b>pipeline {html.escape(self.plan.name)}</b>{_html_table(self._HEADERS, rows)}"
+            f"<div class='kfm'>{_STYLE}<b>{html.escape(pipeline_title(self.plan.name))}</b>{_html_table(self._HEADERS, rows)}"
             f"<div>{dag_svg(self.plan)}</div>{_legend()}{footer}"
             "<div class='kfm-note'>(…) kept because the step is last; * inferred from data</div></div>"
         )
 
 
-def check_text(plan):
-    """What `check` reports when the pipeline has no problems: a summary line and the warnings."""
-    lines = [f"pipeline {plan.name}: {_count(len(plan.steps), 'step')}, no problems found."]
+def check_text(plan, drift=False):
+    """What `check` reports when the pipeline plans: a summary line and the warnings. With `drift` (the
+    saved notebook differs from the kernel, listed before), the summary says what it is about."""
+    found = "no problems in what the kernel registered (the saved notebook differs: see above)" if drift else "no problems found"
+    lines = [f"{pipeline_title(plan.name)}: {_count(len(plan.steps), 'step')}, {found}."]
     return "\n".join(lines + [f"warning: {warning}" for warning in plan.warnings])
 
 

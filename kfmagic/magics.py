@@ -61,21 +61,22 @@ def notebook_path(shell):
 
 
 def report_drift(pipeline, path):
-    """Print where the kernel's registry and the saved notebook at `path` disagree."""
+    """Print where the kernel's registry and the saved notebook at `path` disagree; whether they do."""
     if path is None:
-        return
+        return False
     try:
         saved, _ = notebook.load(path)
     except KfmagicError as error:
         print(f"drift check skipped: {error}")
-        return
+        return False
     found = drift.compare(pipeline.cells, saved.cells)
     if not found:
         print(f"The saved notebook {os.path.basename(path)} declares what the kernel registered.")
-        return
+        return False
     print(f"The saved notebook {os.path.basename(path)} differs from what the kernel registered:")
     for line in found:
         print(f"  - {line}")
+    return True
 
 
 @magics_class
@@ -150,14 +151,17 @@ class KfMagics(Magics):
 
     def pipeline(self, line):
         pipeline = current_pipeline()
+        if syntax.asks_for_help(line):
+            print(syntax.PIPELINE_SUMMARY)
+            return None
         args = syntax.parse_pipeline_line(line)
         if args.command == "init":
             pipeline.init(args.name, args.experiment, notebook=args.notebook, image=args.image)
         elif args.command == "show":
             return pipeline.show()
         elif args.command == "check":
-            report_drift(pipeline, notebook_path(self.shell))
-            print(display.check_text(pipeline.check()))
+            drifted = report_drift(pipeline, notebook_path(self.shell))
+            print(display.check_text(pipeline.check(), drift=drifted))
         elif args.command == "run":
             try:
                 return pipeline.run(**run_options(args))
@@ -176,6 +180,16 @@ class KfMagics(Magics):
             print(pipeline.logs(args.step, args.run_id), end="")
         elif args.command == "status":
             return pipeline.status(args.run_id)
+        elif args.command == "runs":
+            return pipeline.runs()
+        elif args.command == "compare":
+            return pipeline.compare(*args.run_ids)
+        elif args.command == "prune":
+            print(repr(pipeline.prune(args.keep, args.dry_run)))
+        elif args.command == "pull":
+            pulled = pipeline.pull(args.step, args.run_id)
+            self.shell.user_ns.update(pulled.values)
+            print(repr(pulled))
         elif args.command == "remove":
             pipeline.remove(args.name)
         elif args.command == "reset":

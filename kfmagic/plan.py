@@ -92,6 +92,11 @@ class Plan:
         return values
 
 
+def _a(noun):
+    """`noun` with its indefinite article: "an int", "a float"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def _coerce_param(name, value, default):
     if not isinstance(value, str) or isinstance(default, str):
         parsed = value
@@ -106,8 +111,8 @@ def _coerce_param(name, value, default):
         parsed = float(parsed)
     if type(parsed) is not type(default):
         raise CellSyntaxError(
-            f"--param {name}={value!r}: expected a {type(default).__name__} like the default "
-            f"{default!r}, got a {type(parsed).__name__}."
+            f"--param {name}={value!r}: expected {_a(type(default).__name__)} like the default "
+            f"{default!r}, got {_a(type(parsed).__name__)}."
         )
     return parsed
 

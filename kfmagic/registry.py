@@ -39,7 +39,7 @@ class Pipeline:
     Every `%pipeline` subcommand is a method here; the magics only parse and display.
     """
 
-    name: str = "pipeline"
+    name: str = display.DEFAULT_NAME
     experiment: str | None = None
     cells: list = field(default_factory=list)
     last_run: object = None
@@ -296,6 +296,41 @@ class Pipeline:
                 raise KfmagicError(f"%pipeline logs {step}: no run yet in this kernel; name one: %pipeline logs {step} RUN_ID.")
             return self.last_run.logs(step)
         return self.open_run(run_id).logs(step)
+
+    # -- looking back (history.py) ---------------------------------------------------------------
+
+    def runs(self):
+        """This notebook's runs here (`.kfmagic/runs` of its pipeline), newest first, and their room on disk."""
+        from .history import RunsView
+
+        return RunsView(os.getcwd(), self.name)
+
+    def compare(self, *run_ids):
+        """Runs RUN_IDS (default: the last few) side by side: a Comparison of their params and metrics."""
+        from .history import compare
+
+        return compare(os.getcwd(), self.name, run_ids, self.last_run, self._remote())
+
+    def prune(self, keep, dry_run=False):
+        """Remove this pipeline's runs here but the `keep` newest (never a running one, nor `last_run`)."""
+        from .history import prune
+
+        return prune(os.getcwd(), self.name, keep, dry_run, self.last_run)
+
+    def pull(self, step, run_id=None):
+        """What step STEP saw in the last run, or in run RUN_ID: a Pulled, whose `values` the magic sets
+        in the kernel (its inputs and parameters), to re-run the step's cell there."""
+        from .history import find_run, pull
+
+        try:
+            plan = self.plan()
+        except KfmagicError:
+            plan = None  # only needed for a run that kept no spec of the step
+        return pull(find_run(os.getcwd(), self.name, run_id, self.last_run, self._remote()), step, plan)
+
+    def _remote(self):
+        """How a run on the configured cluster is opened, when one is configured."""
+        return self.open_run if self._connection().endpoint else None
 
     def status(self, run_id=None):
         """The last run (refreshed if it runs on Kubeflow), or run RUN_ID of the configured cluster."""

@@ -132,6 +132,8 @@ def params(line, cell):
 
 
 CELL_MAGICS = {"step": step, "prelude": prelude, "params": params}
+for _magic in CELL_MAGICS.values():  # magic_arguments writes a line magic's usage line, `%step ...`
+    _magic.__doc__ = re.sub(rf"(?<!%)%{_magic.__name__}\b", f"%%{_magic.__name__}", _magic.__doc__, count=1)
 
 
 def add_run_arguments(run):
@@ -222,16 +224,43 @@ def _pipeline_parser():
     logs.add_argument(
         "run_id", nargs="?", metavar="RUN", help="A run id: kfmagic's (a folder of .kfmagic/runs) or the cluster's (default: the last run)."
     )
+    add_history_commands(commands)
+    pull = commands.add_parser("pull", help="Set in the kernel what step STEP saw in the last run, or in run RUN: inputs and params.")
+    pull.add_argument("step", metavar="STEP", help="The step (a failed one, to re-run its cell here).")
+    pull.add_argument("run_id", nargs="?", metavar="RUN", help="A run id, or the short id `runs` shows (default: the last run).")
     remove = commands.add_parser("remove", help="Unregister a step (all its cells).")
     remove.add_argument("name", help="The step to remove.")
     commands.add_parser("reset", help="Unregister every step, the prelude and the params.")
     reference = parser.format_help() + "".join(
         f"\n{sub.format_help()}" for sub in commands.choices.values()
     )
-    return parser, reference, tuple(commands.choices)
+    summary = "\n".join(
+        ["%pipeline SUBCOMMAND: build, check and run the notebook's pipeline (%pipeline? for every option).", ""]
+        + [f"  {action.dest:<8} {action.help}" for action in commands._choices_actions]
+    )
+    return parser, reference, tuple(commands.choices), summary
 
 
-PIPELINE_PARSER, PIPELINE_HELP, PIPELINE_SUBCOMMANDS = _pipeline_parser()
+def add_history_commands(commands, notebook_argument=None):
+    """`runs`, `compare` and `prune`: `%pipeline` and `kfmagic` take the same (`notebook_argument` adds
+    the CLI's NOTEBOOK.ipynb first); returns their three parsers."""
+
+    def command(name, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if notebook_argument:
+            notebook_argument(sub)
+        return sub
+
+    runs = command("runs", "This notebook's runs, newest first: state, start, time, params, metrics; room on disk.")
+    compare = command("compare", "Runs side by side (default: the last 5): params and metrics, plotted in a notebook.")
+    compare.add_argument("run_ids", nargs="*", metavar="RUN", help="Run ids, or the short ids `runs` shows.")
+    prune = command("prune", "Remove older runs of this notebook's folder, keeping the N newest (never a running one).")
+    prune.add_argument("--keep", action=Once, type=int, required=True, metavar="N", help="How many of the newest runs to keep.")
+    prune.add_argument("--dry-run", action=Once, const=True, default=False, help="Say what would go, remove nothing.")
+    return runs, compare, prune
+
+
+PIPELINE_PARSER, PIPELINE_HELP, PIPELINE_SUBCOMMANDS, PIPELINE_SUMMARY = _pipeline_parser()
 
 
 def split_line(line):
@@ -313,6 +342,14 @@ def redact(message, words):
         for form in {secret, repr(secret)[1:-1]}:
             message = re.sub(rf"(?<![\w]){re.escape(form)}(?![\w])", "***", message)
     return message
+
+
+def asks_for_help(line):
+    """Whether a `%pipeline` line is empty or asks for help: it gets the list of subcommands."""
+    try:
+        return split_line(line) in ([], ["-h"], ["--help"])
+    except CellSyntaxError:
+        return False  # parse_pipeline_line says what is wrong
 
 
 def parse_pipeline_line(line):

@@ -320,3 +320,9 @@ def test_the_progress_follows_the_front_end(tmp_path):
         assert kernel.run(code) == ("ok", "TextProgress\n")
     finally:
         kernel.shutdown()
+
+
+def test_a_run_with_no_steps_yet_shows_an_empty_table():
+    """A cluster run read before its tasks appear (`kfmagic cancel` right after submitting)."""
+    run = Run("r-1", "generated", "kfp", {}, {}, state="PENDING")
+    assert display.run_text(run).splitlines()[1:] == ["step  state  time  metrics", "----  -----  ----  -------"]

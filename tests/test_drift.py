@@ -65,7 +65,7 @@ def test_pipeline_check_in_a_kernel_finds_the_saved_notebook_and_reports_drift(r
     assert "The saved notebook work.ipynb differs from what the kernel registered" in out[-1]
     assert "cell 3 (step 'double') was edited in the notebook but not re-run: the kernel has the version of In [3]" in out[-1]
     assert "step 'gone' (In [4]) is registered in the kernel but no longer in the saved notebook" in out[-1]
-    assert "pipeline pipeline: 3 steps, no problems found." in out[-1]
+    assert "the pipeline: 3 steps, no problems in what the kernel registered (the saved notebook differs: see above)." in out[-1]
 
 
 def test_pipeline_check_compares_by_cell_id_with_the_notebook_it_is_told(kernel, tmp_path):

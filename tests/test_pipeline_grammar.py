@@ -46,6 +46,10 @@ def parsed(grammar, line):
     ("remove train", {"command": "remove", "name": "train"}),
     ("logs train", {"command": "logs", "step": "train", "run_id": None}), ("logs train r3", {"run_id": "r3"}),
     ("config --store s3://bucket/prefix", {"command": "config", "store": "s3://bucket/prefix"}),
+    ("runs", {"command": "runs"}), ("compare", {"command": "compare", "run_ids": []}),
+    ("compare r1 r2", {"run_ids": ["r1", "r2"]}), ("prune --keep 3", {"command": "prune", "keep": 3, "dry_run": False}),
+    ("prune --keep 0 --dry-run", {"keep": 0, "dry_run": True}),
+    ("pull train", {"command": "pull", "step": "train", "run_id": None}), ("pull train r3", {"run_id": "r3"}),
 ])
 def test_each_subcommand_line_means_what_the_reference_says(grammar, line, meaning):
     found = parsed(grammar, line)
@@ -75,6 +79,10 @@ def test_each_subcommand_line_means_what_the_reference_says(grammar, line, meani
     ("config --token a --cookies b", "argument --cookies: not allowed with argument --token"),
     ("config --token-path a --token b", "argument --token: not allowed with argument --token-path"),
     ("status a b", "unrecognized arguments: b"),
+    ("prune", "the following arguments are required: --keep"),
+    ("prune --keep 1 --keep 2", "argument --keep: given twice in this line; give it once."),
+    ("pull", "the following arguments are required: STEP"),
+    ("runs r1", "unrecognized arguments: r1"),
 ])
 def test_a_line_the_grammar_refuses_says_which_argument_and_why(grammar, line, error):
     with pytest.raises(UsageError) as caught:
@@ -83,7 +91,7 @@ def test_a_line_the_grammar_refuses_says_which_argument_and_why(grammar, line, e
 
 
 def test_the_reference_lists_every_subcommand_and_the_form_of_each_value(grammar):
-    _, reference, subcommands = grammar
+    _, reference, subcommands, _ = grammar
     known = ["init", "show", "check", "run", "compile", "config", "status", "cancel", "remove", "reset"]
     assert [name for name in subcommands if name in known] == known  # in this order, among any others
     for usage in (

@@ -259,7 +259,7 @@ def test_param_overrides_are_typed_by_their_defaults():
     assert plan.resolve_params({"rate": "1", "epochs": "7", "name": "42", "flag": "false", "layers": "[3]"}) == {
         "rate": 1.0, "epochs": 7, "name": "42", "flag": False, "layers": [3]
     }
-    with pytest.raises(CellSyntaxError, match=r"--param epochs='many': expected a int like the default 3, got a str"):
+    with pytest.raises(CellSyntaxError, match=r"--param epochs='many': expected an int like the default 3, got a str"):
         plan.resolve_params({"epochs": "many"})
     with pytest.raises(CellSyntaxError, match=r"--param rat: no such parameter. Did you mean 'rate'\?"):
         plan.resolve_params({"rat": "1"})

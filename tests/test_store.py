@@ -144,6 +144,7 @@ def test_a_failed_step_s_error_and_log_come_from_the_store_and_finished_values_l
         pipeline.run(wait=True, progress=TextProgress(io.StringIO()))
     run = failure.value.run
     assert "Step 'boom' failed: ValueError: bad value 42" in str(failure.value)
+    assert f"`%pipeline pull boom {run.id}` loads what step 'boom' saw" in str(failure.value)
     assert run.load("x") == 41 and run.metrics == {}
     log = pipeline.logs("boom")
     assert 'File "step boom, cell 1", line 3' in log and log.rstrip().endswith("ValueError: bad value 42")
@@ -156,6 +157,13 @@ def test_a_failed_step_s_error_and_log_come_from_the_store_and_finished_values_l
     opened = Pipeline().open_run(os.path.basename(run.run_dir))
     assert (opened.id, opened.state, opened.load("x")) == (run.id, "FAILED", 41)
     assert [(s.name, s.state) for s in opened.steps.values()] == [("first", "SUCCEEDED"), ("boom", "FAILED"), ("after", "SKIPPED")]
+    # listed with this folder's runs, as far as this machine read it back
+    listed = repr(Pipeline(name="stored").runs()).splitlines()[3].split()
+    assert listed[:3] == [os.path.basename(run.run_dir).split("-", 3)[-1], "kfp", "failed"] and listed[-1] == "-"
+    # what the failed step read, to re-run its cell in the notebook: from the store, by either id
+    for run_id in (run.id, os.path.basename(run.run_dir).split("-", 3)[-1]):
+        pulled = Pipeline(name="stored", cells=pipeline.cells, connection=pipeline.connection).pull("boom", run_id)
+        assert (pulled.run.id, pulled.values, pulled.told) == (run.id, {"x": 41}, [("x", "from step 'first'")])
 
 
 def test_a_store_the_pods_cannot_write_is_one_line_in_their_log_and_the_run_succeeds(s3, kfp_server, tmp_path, monkeypatch):
@@ -306,7 +314,7 @@ def test_check_warns_once_of_a_file_a_step_reads_that_its_pod_will_not_have(tmp_
     ]), str(tmp_path / "nb.ipynb"))
     assert cli.main(["check", str(tmp_path / "nb.ipynb")]) == 0
     shown = capsys.readouterr()
-    assert shown.out.strip() == "pipeline pipeline: 2 steps, no problems found."
+    assert shown.out.strip() == "the pipeline: 2 steps, no problems found."
     assert shown.err.splitlines() == [
         "warning: Step 'load' opens 'data/train.csv', a path relative to the notebook's folder: the step's pod will "
         "not have that file. Ship it with the pipeline: put it on a volume (`--volume PVC:/data`, then open "

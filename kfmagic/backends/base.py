@@ -3,11 +3,14 @@ durations, metrics, loadable values, logs), and how a run starts, reads step res
 and is opened again from its folder. A Run reads its records through its store (store.py): its
 own folder here, object storage for a run on Kubeflow Pipelines (backends/kfp.py)."""
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import secrets
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from .. import runtime, serde, workspace
@@ -220,9 +223,18 @@ class Run:
             lines.append(f"Not run: {', '.join(not_run)}.")
         if failed and self.runner == "local":
             lines.append(f"Resume from the failed step with `--from {failed[0].name}`: what ran before it is reused.")
+        if failed and self._pullable():
+            lines.append(
+                f"Debug it in the notebook: `%pipeline pull {failed[0].name} {self.id}` loads what step "
+                f"{failed[0].name!r} saw (its inputs and parameters); then re-run its cell there."
+            )
         if self.run_dir:
             lines.append(f"Outputs of finished steps are kept in {self.run_dir}.")
         return "\n".join(lines)
+
+    def _pullable(self):
+        """Whether `%pipeline pull` can read what this run's steps saw: a run here can."""
+        return self.runner in ("local", "kfp-local")
 
     def write_info(self, **extra):
         """Write run.json in the run's directory: what ran (its steps in order, with what each
@@ -282,10 +294,19 @@ def latest_run_dir(workdir, pipeline_name, runner):
 
 
 def run_folder(workdir, run_id):
-    """The folder of run `run_id` under `workdir`'s runs (a plain name, a real folder), or None."""
+    """The folder of run `run_id` under `workdir`'s runs (a plain name, a real folder), or None. A
+    run's short id (what follows the date and time in its id, as `%pipeline runs` shows it) names it
+    too, when one run has it; KfmagicError when several do."""
     if not (isinstance(run_id, str) and RUN_ID.match(run_id)):
         return None
-    folder = os.path.join(workdir, workspace.RUNS_DIR, run_id)
+    runs = os.path.join(workdir, workspace.RUNS_DIR)
+    folder = os.path.join(runs, run_id)
+    if not os.path.lexists(folder):
+        shortened = re.compile(rf"-\d{{8}}-\d{{6}}-{re.escape(run_id)}$")
+        found = sorted(name for name in (os.listdir(runs) if os.path.isdir(runs) else ()) if shortened.search(name))
+        if len(found) > 1:
+            raise KfmagicError(f"Run {run_id!r}: several runs here end so ({', '.join(found)}); give the whole id.")
+        folder = os.path.join(runs, found[0]) if found else folder
     return folder if os.path.isdir(folder) and not os.path.islink(folder) else None
 
 
@@ -329,11 +350,13 @@ def open_run_dir(run_dir):
     info = read_info(run_dir)
     listed = steps_listed(info.get("steps")) or [(name, ()) for name in FolderStore(run_dir).steps()]
     steps = {name: StepRun(name, assigns) for name, assigns in listed}
+    times = info.get("times") if isinstance(info.get("times"), dict) else {}
     for step in steps.values():
         out_dir = os.path.join(run_dir, step.name)
         result = read_result(out_dir)
         if result is not None:
             step.apply_result(result, out_dir)
+            step.started, step.finished = _recorded_times(times.get(step.name), result, out_dir)
         elif os.path.exists(os.path.join(out_dir, LOG_FILE)):
             step.state, step.started = "RUNNING", os.path.getmtime(os.path.join(out_dir, LOG_FILE))
     record = Run(info["id"], info["pipeline"], info["runner"], steps, dict(info.get("params", {})), run_dir=run_dir)
@@ -347,10 +370,25 @@ def open_run_dir(run_dir):
     ended = {"FAILED": {"PENDING": "SKIPPED"}, "CANCELED": {"PENDING": "CANCELED", "RUNNING": "CANCELED"}}
     for step in steps.values():
         step.state = ended.get(record.state, {}).get(step.state, step.state)
-    times = [t for step in steps.values() for t in (step.started, step.finished) if t]
-    record.started = min(times, default=os.path.getmtime(run_dir))
-    record.finished = max(times, default=record.started) if record.state != "RUNNING" else None
+    moments = [t for step in steps.values() for t in (step.started, step.finished) if t]
+    record.started = _time(info.get("started")) or min(moments, default=os.path.getmtime(run_dir))
+    ended_at = _time(info.get("finished")) or max(moments, default=record.started)
+    record.finished = ended_at if record.state != "RUNNING" else None
     return record
+
+
+def _time(value):
+    """A time read from a file, if it is one."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def _recorded_times(recorded, result, out_dir):
+    """(started, finished) of a step of a run read back: what its run.json recorded when the run ended,
+    else its result's, else when its result was written (and not when it started)."""
+    if isinstance(recorded, list) and len(recorded) == 2 and all(_time(t) for t in recorded):
+        return tuple(recorded)
+    finished = _time(result.get("finished")) or os.path.getmtime(os.path.join(out_dir, runtime.RESULT_FILE))
+    return _time(result.get("started")), finished
 
 
 def step_runs(plan):
@@ -359,7 +397,8 @@ def step_runs(plan):
 
 
 def start_run(plan, params, workdir, runner):
-    """A RUNNING Run of `plan` here: its directory made, its run.json written."""
+    """A RUNNING Run of `plan` here: its directory made and held (`is_running`) until `ended`, its
+    run.json written."""
     run_id, run_dir = new_run_dir(workdir, plan.name)
     record = Run(run_id, plan.name, runner, step_runs(plan), dict(params), run_dir=run_dir, state="RUNNING")
     try:
@@ -367,7 +406,74 @@ def start_run(plan, params, workdir, runner):
     except KfmagicError:
         os.rmdir(run_dir)  # nothing ran: no empty run left behind
         raise
+    _hold(record)
     return record
+
+
+def _hold(record):
+    """Lock the run's folder for as long as this process runs it: the system drops the lock when the
+    process ends, however it ends, so a run whose kernel died is not taken for a running one."""
+    folder = os.open(record.run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the run goes on (`is_running` then says so of it)
+        os.close(folder)
+        return
+    record.lock = weakref.finalize(record, os.close, folder)  # closed once, here or when the Run goes
+
+
+@contextlib.contextmanager
+def held(record):
+    """Around a run's processes: once they are done, however (an error included), it is not running."""
+    try:
+        yield
+    finally:
+        _release(record)
+
+
+def _release(record):
+    lock = getattr(record, "lock", None)
+    if lock is not None:
+        lock()
+
+
+def ended(record):
+    """The run is over: its state and times are kept in its run.json (`open_run_dir` reads them), and
+    it is no longer running (`is_running`)."""
+    times = {name: [step.started, step.finished] for name, step in record.steps.items()}
+    try:
+        record.write_info(state=record.state, started=record.started, finished=record.finished, times=times)
+    except KfmagicError:
+        pass  # the disk is full: the run ends all the same, and is read back from its steps' files
+    _release(record)
+
+
+def is_running(run_dir):
+    """Whether a process runs the run in `run_dir` now: it holds the folder's lock. (On a file system
+    without locks no run holds one, and none can be told to run.)"""
+    try:
+        folder = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(folder, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(folder)
+    return False
+
+
+def tell_failures(record, progress, told):
+    """End the output of each newly failed step (not in `told`, which it joins) with one line: which
+    run, which step, where its whole log is."""
+    for step in record.steps.values():
+        if step.state == "FAILED" and step.name not in told:
+            told.add(step.name)
+            log = os.path.join(record.run_dir, step.name, LOG_FILE)
+            progress.output(step.name, "stderr", f"(run {record.id}, step {step.name!r} failed; its log: {log})")
 
 
 def interrupted(record, progress, message):
@@ -381,9 +487,6 @@ def interrupted(record, progress, message):
             step.state = "CANCELED"
     record.state, record.finished = "CANCELED", now
     if record.run_dir:
-        try:  # so that the run opened again (open_run) says it was stopped
-            record.write_info(state="CANCELED")
-        except KfmagicError:
-            pass  # the disk is full: the run ends all the same
+        ended(record)  # so that the run opened again (open_run) says it was stopped
     progress.finish(record)
     return RunFailed(message, record)

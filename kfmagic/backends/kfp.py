@@ -213,6 +213,9 @@ class RemoteRun(Run):
     def failure_message(self):
         return super().failure_message() + f"\nOn Kubeflow: {self.url}"
 
+    def _pullable(self):
+        return self.store is not None  # its steps' values come back through the store
+
 
 @contextlib.contextmanager
 def _quiet_kfp():
@@ -245,6 +248,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     """
     connection, stamp = settings.connection, time.strftime("%Y%m%d-%H%M%S")
     store_url = connection.run_store
+    client = connection.client()  # first: a cluster out of reach leaves no submission folder behind
     # the compiled package and run.json; the folder's name is unique, so it names the pipeline version
     # too, and is kfmagic's id of the run: where its records go in the store
     submission, submit_dir = new_run_dir(workdir, plan.name, suffix="kfp")
@@ -256,7 +260,6 @@ def run(plan, params, *, workdir, workers, progress, settings):
     arguments = pipeline_arguments(params)
     if store_url:
         arguments.update({STORE_PARAM: store.pipeline_location(store_url, plan.name), RUN_ID_PARAM: submission})
-    client = connection.client()
     name = kfp_name(plan.name)
     with calling(connection, f"uploading pipeline {name!r}"), _quiet_kfp():
         pipeline_id = client.get_pipeline_id(name)

@@ -19,7 +19,7 @@ import time
 
 from .. import component, workspace
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
-from .base import read_result, start_run
+from .base import ended, held, read_result, start_run, tell_failures
 from .launcher import supervised
 
 PACKAGE_FILE = "pipeline.yaml"
@@ -85,10 +85,10 @@ def run(plan, params, *, workdir, workers, progress, settings):
     scratch = workspace.private_dir(os.path.join(run_dir, "tmp"), "kfp.local's scratch folder")
     env = {"TMPDIR": scratch, component.RESULT_DIR_ENV: run_dir}  # kfp's launcher makes temp folders
     argv = [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))]
-    events, task_output = queue.Queue(), _TaskOutput(plan)
+    events, task_output, told = queue.Queue(), _TaskOutput(plan), set()
     stopped = f"Run {record.id} interrupted: kfp.local was stopped. Its files are in {run_dir}."
     log = os.fdopen(os.open(os.path.join(run_dir, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
-    with log, _tidied(run_dir, scratch), supervised(record, progress, events, stopped) as launcher:
+    with held(record), log, _tidied(run_dir, scratch), supervised(record, progress, events, stopped) as launcher:
         launcher.start("kfp-local", argv, workdir, env)
         returncode, open_streams = None, {"stdout", "stderr"}
         while returncode is None or open_streams:
@@ -97,6 +97,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
             except queue.Empty:
                 kind = None
             _refresh(steps, run_dir, task_output.ended)
+            tell_failures(record, progress, told)
             progress.update(record)
             if kind == "line":
                 log.write(detail + "\n")
@@ -118,8 +119,10 @@ def run(plan, params, *, workdir, workers, progress, settings):
             step.error = f"Step {step.name!r} ended without a result; kfp.local's log: {os.path.join(run_dir, LOG_FILE)}"
         elif step.state == "PENDING":
             step.state = "SKIPPED" if failed else step.state
+    tell_failures(record, progress, told)
     record.state = "FAILED" if failed else "SUCCEEDED"
     record.finished = time.time()
+    ended(record)
     progress.finish(record)
     return record
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .. import cache, runtime, workspace
 from ..component import LOG_FILE
 from ..errors import KfmagicError
-from .base import read_result, start_run
+from .base import ended, held, read_result, start_run, tell_failures
 from .launcher import step_env, supervised
 
 _NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
@@ -109,6 +109,7 @@ class _Scheduler:
         self.workers, self.limited = workers or DEFAULT_WORKERS, workers is not None
         self.pending, self.running, self.keys, self.warmed = list(plan.steps), {}, {}, False
         self.logs = {}  # step -> its open log file
+        self.told = set()  # failed steps whose output ends with the line saying where their log is
         if not settings.cache:  # every step will run: the prelude can start now, while the run is set up
             self._warm_up()
         self.specs = write_specs(plan, record.params, record.run_dir)
@@ -213,6 +214,7 @@ class _Scheduler:
         _read_result(done, process.returncode, out_dir, process.stderr_tail)
         if done.state == "SUCCEEDED" and name in self.keys:
             cache.record(self.workdir, self.keys[name], self.record.id, out_dir, read_result(out_dir))
+        tell_failures(self.record, self.progress, self.told)
         self.progress.update(self.record)
 
     def _room(self):
@@ -300,9 +302,10 @@ def run(plan, params, *, workdir, workers, progress, settings):
         f"Run {record.id} interrupted: its step processes were stopped. Outputs of finished steps are "
         f"kept in {record.run_dir}."
     )
-    with supervised(record, progress, events, stopped) as launcher:
+    with held(record), supervised(record, progress, events, stopped) as launcher:
         _Scheduler(plan, record, launcher, events, workers, progress, workdir, settings, reused).run()
     record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in record.steps.values()) else "FAILED"
     record.finished = time.time()
+    ended(record)
     progress.finish(record)
     return record
