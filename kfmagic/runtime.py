@@ -121,26 +121,26 @@ def _save(spec, namespace, result, prelude):
         except serde.LiveResource as error:
             what = f"it is {error.kind}" if error.type_name.endswith(kind) else f"it holds {error.kind} ({error.type_name})"
             if var not in spec["outputs"]:
-                result["skipped"][var] = f"a {kind} that cannot be kept: {what}"
+                result["skipped"][var] = what
                 continue
             raise StepFailed(
-                f"Step {step!r} cannot pass on {var!r} (a {kind}): {what}, a live resource of the step's own "
+                f"Step {step!r} cannot pass on {var!r} (of type {kind}): {what}, a live resource of the step's own "
                 "process that a copy in another step would not be. Pass what it stands for instead (a path, "
                 "a URL, settings, the data read from it; for a generator, a list of what it yields) and open "
                 "or create it again in the step that uses it."
             ) from None
         except serde.SerializationError as error:
             if var not in spec["outputs"]:
-                result["skipped"][var] = f"a {kind} that cannot be pickled ({error})"
+                result["skipped"][var] = f"{kind} cannot be pickled ({error})"
                 continue
             raise StepFailed(
-                f"Step {step!r} cannot save {var!r} (a {kind}): neither cloudpickle nor dill can serialize "
+                f"Step {step!r} cannot save {var!r} (of type {kind}): neither cloudpickle nor dill can serialize "
                 f"it ({error}). Recreate it in the step that uses it, or pass something that pickles "
                 "instead (a path, a config, the data it holds)."
             ) from None
         except OSError as error:
             raise StepFailed(
-                f"Step {step!r} could not save {var!r} (a {kind}) in {out_dir}: {error.strerror or error}. "
+                f"Step {step!r} could not save {var!r} (of type {kind}) in {out_dir}: {error.strerror or error}. "
                 "Free space there (or move the notebook's .kfmagic/ to a larger disk) and run again; "
                 "outputs of steps that finished are kept."
             ) from None

@@ -156,7 +156,7 @@ def test_failure_shows_user_lines_stops_descendants_and_keeps_finished_outputs(r
 def test_unpicklable_value_names_variable_type_and_step(run):
     result = run("%%step make\nnumbers = (n for n in range(3))", "%%step use\nprint(list(numbers))")
     error = result.steps["make"].error
-    assert "Step 'make' cannot pass on 'numbers' (a generator): it is a generator" in error
+    assert "Step 'make' cannot pass on 'numbers' (of type generator): it is a generator" in error
     assert "a list of what it yields" in error
     assert (result.steps["make"].state, result.steps["use"].state) == ("FAILED", "SKIPPED")
 
@@ -164,14 +164,14 @@ def test_unpicklable_value_names_variable_type_and_step(run):
 def test_last_step_keeps_what_it_can_and_says_why_not_the_rest(run):
     result = run("%%step last\ncount = 3\nnumbers = (n for n in range(3))")
     assert result.state == "SUCCEEDED" and result.load("count") == 3
-    with pytest.raises(KfmagicError, match=r"step 'last' has the value, but did not save it: it could not be kept: a generator"):
+    with pytest.raises(KfmagicError, match=r"step 'last' has the value, but did not save it: it could not be kept: it is a generator"):
         result.load("numbers")
 
 
 @pytest.mark.parametrize("make, message", [
-    ("log = open('notes.txt', 'a')", "cannot pass on 'log' (a _io.TextIOWrapper): it is an open file"),
-    ("log = {'handle': open('notes.txt', 'a')}", "cannot pass on 'log' (a dict): it holds an open file (_io.TextIOWrapper)"),
-    ("log = __import__('threading').Lock()", "cannot pass on 'log' (a _thread.lock): it is a lock"),
+    ("log = open('notes.txt', 'a')", "cannot pass on 'log' (of type _io.TextIOWrapper): it is an open file"),
+    ("log = {'handle': open('notes.txt', 'a')}", "cannot pass on 'log' (of type dict): it holds an open file (_io.TextIOWrapper)"),
+    ("log = __import__('threading').Lock()", "cannot pass on 'log' (of type _thread.lock): it is a lock"),
 ])
 def test_a_live_resource_is_not_passed_on_and_the_users_file_is_untouched(run, tmp_path, make, message):
     (tmp_path / "notes.txt").write_text("precious")

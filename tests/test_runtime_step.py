@@ -141,9 +141,9 @@ def test_a_kept_value_that_cannot_be_saved_is_skipped_with_the_reason(tmp_path):
     code, result = run(spec)
     assert (code, result["state"], list(result["saved"])) == (0, "SUCCEEDED", ["count"])
     assert result["skipped"] == {
-        "gen": "a generator that cannot be kept: it is a generator (a paused computation)",
-        "bad": "a __main__.Bad that cannot be pickled (cloudpickle: TypeError: no copies; dill: TypeError: no copies)",
-        "lock": "a list that cannot be kept: it holds a lock (_thread.lock)",
+        "gen": "it is a generator (a paused computation)",
+        "bad": "__main__.Bad cannot be pickled (cloudpickle: TypeError: no copies; dill: TypeError: no copies)",
+        "lock": "it holds a lock (_thread.lock)",
     }
     assert not (tmp_path / "outputs" / "gen.pkl").exists() and not (tmp_path / "outputs" / "bad.pkl").exists()
 
@@ -154,7 +154,7 @@ def test_a_value_that_must_be_passed_on_and_cannot_be_fails_the_step_saying_what
     code, result = run(opened)
     assert (code, result["state"]) == (1, "FAILED")
     assert result["error"] == (
-        "Step 's' cannot pass on 'log' (a dict): it holds an open file (_io.TextIOWrapper), a live resource of "
+        "Step 's' cannot pass on 'log' (of type dict): it holds an open file (_io.TextIOWrapper), a live resource of "
         "the step's own process that a copy in another step would not be. Pass what it stands for instead (a path, "
         "a URL, settings, the data read from it; for a generator, a list of what it yields) and open or create it "
         "again in the step that uses it."
@@ -162,12 +162,12 @@ def test_a_value_that_must_be_passed_on_and_cannot_be_fails_the_step_saying_what
     assert (tmp_path / "notes.txt").read_text() == "precious"
     generator = spec_of(tmp_path / "b", "numbers = (n for n in range(3))", outputs=["numbers"])
     assert run(generator)[1]["error"].startswith(
-        "Step 's' cannot pass on 'numbers' (a generator): it is a generator (a paused computation), a live resource"
+        "Step 's' cannot pass on 'numbers' (of type generator): it is a generator (a paused computation), a live resource"
     )
     unpicklable = spec_of(tmp_path / "c", "class Bad:\n    def __reduce__(self):\n        raise TypeError('no')\nbad = Bad()",
                           outputs=["bad"])
     assert run(unpicklable)[1]["error"] == (
-        "Step 's' cannot save 'bad' (a __main__.Bad): neither cloudpickle nor dill can serialize it "
+        "Step 's' cannot save 'bad' (of type __main__.Bad): neither cloudpickle nor dill can serialize it "
         "(cloudpickle: TypeError: no; dill: TypeError: no). Recreate it in the step that uses it, or pass "
         "something that pickles instead (a path, a config, the data it holds)."
     )
@@ -178,7 +178,7 @@ def test_a_value_that_cannot_be_written_fails_the_step_naming_the_folder(tmp_pat
     code, result = run(spec_of(tmp_path, "x = 1", outputs=["x"]))
     assert (code, result["state"]) == (1, "FAILED")
     assert result["error"] == (
-        f"Step 's' could not save 'x' (a int) in {tmp_path}: Is a directory. Free space there (or move the "
+        f"Step 's' could not save 'x' (of type int) in {tmp_path}: Is a directory. Free space there (or move the "
         "notebook's .kfmagic/ to a larger disk) and run again; outputs of steps that finished are kept."
     )
     assert capsys.readouterr().err == result["error"] + "\n"  # one line, no traceback
