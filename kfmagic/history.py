@@ -205,7 +205,7 @@ class RunsView:
     def _footer(self):
         lines = [
             f"{self.folder} takes {_size(self.size)} on disk (all its runs; a value reused from the cache is "
-            "counted once). `%pipeline prune --keep N` removes older runs."
+            "counted once). `%pipeline prune --keep N` (`kfmagic prune NB --keep N`) removes older runs."
         ]
         if self.unreadable:
             lines.append(
