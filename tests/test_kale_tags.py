@@ -111,6 +111,12 @@ def test_steps_defaults_apply_under_each_steps_own_tags_once_per_step():
     assert notebook.from_notebook(nb)[0].plan().step("a").options["cpu"] == "1"
 
 
+def test_steps_defaults_naming_two_steps_is_one_error_naming_the_setting():
+    with pytest.raises(CellSyntaxError) as caught:
+        kale.translate(tagged(("a = 1", "step:a"), steps_defaults=["step:x", "step:y"]))
+    assert str(caught.value).startswith("kubeflow_notebook.steps_defaults: tagged with several steps (x, y)")
+
+
 def test_steps_defaults_in_kales_parsed_form_and_as_one_tag():
     found, warnings = lines(tagged(
         ("a = 1", "step:a"),
@@ -263,6 +269,8 @@ def test_the_header_cell_has_an_id_only_where_the_format_has_ids(minor, has_id):
     assert out.cells[0].source == "%load_ext kfmagic\n%pipeline init given"
     assert ("id" in out.cells[0]) is has_id
     assert kale.convert(nb)[0].cells[0].source == "%load_ext kfmagic\n%pipeline init pipeline"
+    nb.metadata["kubeflow_notebook"] = {"docker_image": "app:X"}
+    assert kale.convert(nb)[0].cells[0].source == "%load_ext kfmagic\n%pipeline init pipeline --image app:X"
 
 
 def test_an_assignment_in_a_metrics_cell_reports_no_metric():

@@ -98,7 +98,7 @@ def test_the_reference_lists_every_subcommand_and_the_form_of_each_value(grammar
         "%pipeline SUBCOMMAND ...", "%pipeline init [--experiment EXPERIMENT] [--notebook PATH]", "name",
         "[--param NAME=VALUE] [--workers WORKERS]", "[--runner {local,kfp-local,kfp}] [--local] [--wait]",
         "[--from STEP]", "%pipeline compile [-o PATH]", "-o PATH, --output PATH", "[--token TOKEN | --token-path FILE | --cookies COOKIES]",
-        "%pipeline status [RUN]", "%pipeline cancel [RUN]", "%pipeline remove name", "%pipeline reset",
+        "[--store URL]", "%pipeline status [RUN]", "%pipeline cancel [RUN]", "%pipeline remove name", "%pipeline reset",
     ):
         assert usage in reference, usage
     listed = [reference.index(f"\n    {name}  ") for name in subcommands]  # each with its one-line help

@@ -518,10 +518,10 @@ def test_functions_that_change_their_arguments_are_known_by_name_across_cells():
     plan = pipeline_of(
         "%%prelude\ndef clean(df):\n    df['x'] = 1\ndef scale(df):\n    df['y'] = 2",  # same parameters
         "%%prelude\ndef wrapper(df):\n    clean(df)",  # a later prelude cell knows clean
-        "%%step make\nframe, other = {}, {}\ndef fill(rows):\n    rows.append(1)\ndef grow(rows):\n    rows.append(2)",
+        "%%step make\nframe, other, items = {}, {}, []\ndef fill(rows):\n    rows.append(1)\ndef grow(rows):\n    rows.append(2)",
         "%%step first\nclean(frame)",
         "%%step second\nwrapper(other)",
-        "%%step third\nitems = []\nfill(items)",
+        "%%step third\nfill(items)",
         "%%step use\nprint(frame, other, items)",
     ).plan()
     assert plan.step("use").inputs == {"frame": "first", "other": "second", "items": "third"}
@@ -558,9 +558,9 @@ def test_a_variable_holding_a_variable_that_holds_a_function_reads_through_both(
     plan = pipeline_of(
         "%%prelude\ndef report():\n    return total",
         "%%step load\ntotal = 1", "%%step pick\nhandler = report", "%%step wrap\ntable = {'f': handler}",
-        "%%step use\nout = table['f']()",
+        "%%step box\nouter = [table]", "%%step use\nout = outer[0]['f']()",
     ).plan()
-    assert plan.step("use").inputs == {"table": "wrap", "handler": "pick", "total": "load"}
+    assert plan.step("use").inputs == {"outer": "box", "table": "wrap", "handler": "pick", "total": "load"}
 
 
 def test_after_edges_reach_through_steps_registered_later_and_transitively():
@@ -618,3 +618,21 @@ def test_downstream_is_every_step_that_depends_on_one_transitively():
     plan = pipeline_of("%%step a\nx = 1", "%%step b\ny = x", "%%step c --after b\nz = 1", "%%step d\nw = 2",
                        "%%step e\nprint(z, w)").plan()
     assert (plan.downstream("a"), plan.downstream("d"), plan.downstream("e")) == ({"b", "c", "e"}, {"e"}, set())
+
+
+def test_the_plan_keeps_each_cells_code_as_run_and_as_written_with_its_label():
+    from kfmagic.plan import CodePart
+
+    plan = pipeline_of("%%prelude\nimport os", "%%step a\nfiles = !ls\nx = 1").plan()
+    assert plan.prelude == (CodePart("\nimport os\n", "%%prelude\nimport os", "cell 1"),)
+    assert plan.step("a").parts == (
+        CodePart("\nfiles = get_ipython().getoutput('ls')\nx = 1\n", "%%step a\nfiles = !ls\nx = 1", "cell 2"),
+    )
+
+
+def test_kfmagics_own_pipeline_parameters_cannot_be_declared():
+    from kfmagic.plan import RUN_ID_PARAM, STORE_PARAM
+
+    assert problems(f"%%params\n{STORE_PARAM} = 'x'\n{RUN_ID_PARAM} = 'y'", "%%step a\nz = 1") == [
+        f"Parameter {name!r}: the name is kfmagic's own pipeline parameter; rename it." for name in (STORE_PARAM, RUN_ID_PARAM)
+    ]
