@@ -15,7 +15,7 @@ import os
 
 from . import display, drift, notebook, syntax
 from .errors import KfmagicError, RunFailed
-from .registry import current_pipeline, run_options
+from .registry import current_pipeline, run_options, sweep_options
 
 def mark_cells(lines):
     """Input transformer: a first line `%%step ARGS` becomes `run_cell_magic('step', ARGS, None)`."""
@@ -163,6 +163,8 @@ class KfMagics(Magics):
                 return pipeline.run(**run_options(args))
             except RunFailed as failure:
                 raise RunFailed(f"{failure}\nThe run is kfmagic.pipeline().last_run.", failure.run) from None
+        elif args.command == "sweep":
+            return pipeline.sweep(**sweep_options(args))
         elif args.command == "compile":
             print(f"wrote {pipeline.compile(args.output)}")
         elif args.command == "config":
