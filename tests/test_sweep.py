@@ -2,7 +2,7 @@
 and a seeded random search, the order by the metric, a failing combination, Ctrl-C in the middle (the
 process table after), and a re-run that reuses what finished; `kfmagic sweep` from the saved file."""
 
-import os
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +12,7 @@ import nbformat
 import psutil
 import pytest
 from conftest import Kernel, make_notebook
+from test_compile import load_ir
 
 from kfmagic import sweep
 from kfmagic.errors import CellSyntaxError, KfmagicError
@@ -230,3 +231,25 @@ def test_the_command_line_sweeps_the_saved_notebook(tmp_path):
     assert "1 step shared (load), 2 steps x 2 combinations (train, evaluate)" in done.stdout
     assert re.search(r"^c2\s+2\s+0\.9103\s+done\s+tune-\S+-c2$", done.stdout, re.M), done.stdout
     assert load_runs(tmp_path, in_kernel=0) == 1
+
+
+def test_the_compiled_sweep_is_one_parallel_for_that_kfp_local_runs_as_the_local_sweep_does(kernel):
+    status, shown = run(kernel, "k = %pipeline sweep --param C=0.1,1,10 --param kernel=rbf,poly --runner kfp-local --workers 3")
+    assert status == "ok", shown
+    _, shown = run(kernel, "print([(r['C'], r['kernel'], r['evaluate.accuracy'], r['state']) for r in k.rows()])")
+    assert eval(shown) == [
+        (10.0, "rbf", 4.5103, "SUCCEEDED"), (1.0, "rbf", 0.4603, "SUCCEEDED"), (0.1, "rbf", 0.0553, "SUCCEEDED"),
+        (0.1, "poly", None, "FAILED"), (1.0, "poly", None, "FAILED"), (10.0, "poly", None, "FAILED"),
+    ]  # what the local sweep computes, and a failing combination stops no other here either
+    _, shown = run(kernel, "print(k.best.load('score'), k.runs[0].run_dir == k.runs[5].run_dir, 'poly diverged' in k.runs[1].logs('train'))")
+    assert shown.split() == ["451.03", "True", "True"]
+    assert load_runs(kernel.cwd) == 2  # kfp.local ran the shared step once for six combinations
+    run_dir = next(kernel.cwd.glob(".kfmagic/runs/tune-*/pipeline.yaml")).parent
+    spec = load_ir(run_dir / "pipeline.yaml")[0]
+    loop = spec["root"]["dag"]["tasks"]["for-loop-2"]
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 3}
+    items = [json.loads(item) for item in json.loads(loop["parameterIterator"]["items"]["raw"])]
+    assert items[4] == {"folder": "c5", "params": {"C": 10.0, "kernel": "rbf"}}
+    assert set(spec["root"]["dag"]["tasks"]) == {"kfmagic-runtime", "load", "for-loop-2"}  # shared steps once, before it
+    assert set(spec["components"]["comp-for-loop-2"]["dag"]["tasks"]) == {"train", "evaluate"}
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"depth", "bins", "seed"}  # swept ones come from the loop
