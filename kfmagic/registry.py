@@ -228,15 +228,17 @@ class Pipeline:
         return run
 
     def sweep(self, params, random=None, seed=None, metric=None, maximize=True, workers=None, runner=None,
-              isolate=False, cache=True, wait=False, progress=None):
+              isolate=False, cache=True, progress=None):
         """Run the pipeline once per combination of parameter values; returns the sweep.Sweep.
 
         `params`: {name: values}, values a list, or text as `--param` takes it ("0.1,1,10", a range
         "1e-4..1e-1:log" or "2..8"). A grid of every combination, or with `random=N` N combinations drawn
         with `seed` (a random one, said, if not given). `metric` ("STEP.NAME", needed when the pipeline
         reports several) orders them, highest first unless `maximize=False`. Steps that no swept parameter
-        reaches run once and are shared; the rest run per combination. Ctrl-C raises SweepInterrupted
-        carrying the sweep so far (finished combinations kept; running the same sweep again reuses them).
+        reaches run once and are shared; the rest run per combination. `runner` as for `run`: on Kubeflow
+        the sweep is one submitted run, followed until it ends, its results read from the run store.
+        Ctrl-C raises SweepInterrupted carrying the sweep so far (finished combinations kept; running the
+        same sweep again reuses them).
         """
         from . import sweep as sweeps
         from .backends import get_backend
@@ -270,7 +272,7 @@ class Pipeline:
         try:
             runs = backend.run_sweep(
                 plan, values, per_combination, workdir=os.getcwd(), workers=workers, progress=progress.of,
-                settings=Settings(image=self.image, connection=self._connection(), wait=wait, isolate=isolate, cache=cache),
+                settings=Settings(image=self.image, connection=self._connection(), isolate=isolate, cache=cache),
             )
         except SweepInterrupted as stopped:
             made = result(stopped.runs, "CANCELED")
@@ -393,7 +395,7 @@ def sweep_options(args):
     return dict(
         params=parse_param_overrides(args.param), random=args.random, seed=args.seed, metric=args.metric,
         maximize=args.maximize is not False, workers=args.workers, runner=args.runner, isolate=args.isolate,
-        cache=args.cache, wait=args.wait,
+        cache=args.cache,
     )
 
 

@@ -140,12 +140,13 @@ def add_run_arguments(run):
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="Override a parameter's default (repeatable).",
     )
-    _add_execution_arguments(run)
+    _add_placement_arguments(run)
+    run.add_argument("--wait", action=Once, const=True, default=False, help="On Kubeflow: follow the run, live, until it ends.")
     run.add_argument(
         "--from", dest="start_from", action=Once, metavar="STEP",
         help="Run STEP and every step after it; reuse the other steps' outputs from the last local run.",
     )
-    return run
+    return _add_process_arguments(run)
 
 
 def add_sweep_arguments(sweep):
@@ -172,11 +173,12 @@ def add_sweep_arguments(sweep):
     sweep.add_argument(
         "--minimize", dest="maximize", action=Once, const=False, same=("--maximize",), help="The lowest metric is the best.",
     )
-    return _add_execution_arguments(sweep)
+    _add_placement_arguments(sweep)
+    return _add_process_arguments(sweep)
 
 
-def _add_execution_arguments(run):
-    """How a run's steps execute: a run and a sweep take the same."""
+def _add_placement_arguments(run):
+    """How many steps run at once, and where: a run and a sweep take the same."""
     run.add_argument(
         "--workers", action=Once, type=int,
         help="How many steps run at once (default: every step that is ready, up to 16, while memory lasts).",
@@ -189,7 +191,11 @@ def _add_execution_arguments(run):
     run.add_argument(
         "--local", dest="runner", action=Once, const="local", same=("--runner",), help="Run here even if a host is configured."
     )
-    run.add_argument("--wait", action=Once, const=True, default=False, help="On Kubeflow: follow the run, live, until it ends.")
+    return run
+
+
+def _add_process_arguments(run):
+    """What a step reuses, and the process it starts in: a run and a sweep take the same."""
     run.add_argument(
         "--no-cache", dest="cache", action=Once, const=False, default=True,
         help="Run every step, reusing nothing from earlier runs (on Kubeflow: no cached tasks).",

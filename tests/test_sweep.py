@@ -253,3 +253,24 @@ def test_the_compiled_sweep_is_one_parallel_for_that_kfp_local_runs_as_the_local
     assert set(spec["root"]["dag"]["tasks"]) == {"kfmagic-runtime", "load", "for-loop-2"}  # shared steps once, before it
     assert set(spec["components"]["comp-for-loop-2"]["dag"]["tasks"]) == {"train", "evaluate"}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"depth", "bins", "seed"}  # swept ones come from the loop
+
+
+def test_a_sweep_on_kubeflow_is_one_submitted_run_whose_combinations_come_back_from_the_store(kfp_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_of(  # the stand-in's pods are processes here: nothing to install
+        CELLS[0], "%%step load --no-install\ndata = list(range(10))",
+        CELLS[2].replace("%%step train", "%%step train --no-install"),
+        CELLS[3].replace("%%step evaluate", "%%step evaluate --no-install"),
+    )
+    pipeline.configure(host=kfp_server.url)
+    with pytest.raises(KfmagicError, match="A sweep on Kubeflow reads each combination's metrics from the run store"):
+        pipeline.sweep({"C": "1,10"})
+    assert kfp_server.runs == {}  # refused before anything was submitted
+    pipeline.configure(host=kfp_server.url, store=f"file://{tmp_path}/store")
+    found = pipeline.sweep({"C": "1,10", "kernel": "rbf,poly"}, workers=2)
+    assert len(kfp_server.runs) == 1  # one run for the four combinations
+    assert [(row["C"], row["kernel"], row["evaluate.accuracy"], row["state"]) for row in found.rows()] == [
+        (10.0, "rbf", 4.5103, "SUCCEEDED"), (1.0, "rbf", 0.4603, "SUCCEEDED"), (1.0, "poly", None, "FAILED"), (10.0, "poly", None, "FAILED"),
+    ]
+    assert found.best.load("score") == 451.03 and found.best.load("data") == list(range(10))
+    assert "poly diverged" in found.runs[1].logs("train") and found.runs[1].steps["evaluate"].state == "SKIPPED"
