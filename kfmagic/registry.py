@@ -8,7 +8,6 @@ import difflib
 import functools
 import hashlib
 import os
-import secrets
 import sys
 from dataclasses import dataclass, field
 
@@ -248,30 +247,21 @@ class Pipeline:
         runner = runner or ("kfp" if self._connection().endpoint else "local")
         backend = get_backend(runner)
         plan = self.plan()
-        specs = sweeps.parse_specs(params, plan)
-        if random is None and seed is not None:
-            raise CellSyntaxError(f"--seed {seed}: a seed is for --random N; a grid has no randomness.")
-        seed = seed if random is None or seed is not None else secrets.randbelow(2**31)
-        combinations = sweeps.combinations(specs, random, seed)
-        swept = sweeps.swept(combinations)
-        per_combination = sweeps.per_combination(plan, swept)
-        chosen = sweeps.choose_metric(plan, metric, per_combination)
-        shared = [step.name for step in plan.steps if step.name not in per_combination]
-        values = [plan.resolve_params(combination) for combination in combinations]
-        order = "highest" if maximize else "lowest"
-        drawn = f"; random search, seed {seed} (--seed {seed} draws them again)" if random is not None else ""
-        print(f"sweep of {plan.name}: {sweeps.outline(plan, per_combination, len(values))}; by {'.'.join(chosen)}, {order} first{drawn}")
+        planned = sweeps.plan_sweep(plan, params, random, seed, metric)
+        print(planned.describe(plan, maximize))
         warn(plan.warnings)
-        shown = [{name: combination[name] for name in swept} for combination in combinations]
-        progress = progress or display.SweepProgress(shown, shared, chosen)
+        combinations = planned.combinations
+        progress = progress or display.SweepProgress(combinations, planned.shared, planned.metric)
 
         def result(runs, state):
-            self.last_sweep = sweeps.Sweep(plan.name, shown, runs, chosen, maximize, swept, tuple(shared), seed, state)
+            self.last_sweep = sweeps.Sweep(
+                plan.name, combinations, runs, planned.metric, maximize, planned.swept, tuple(planned.shared), planned.seed, state,
+            )
             return self.last_sweep
 
         try:
             runs = backend.run_sweep(
-                plan, values, per_combination, workdir=os.getcwd(), workers=workers, progress=progress.of,
+                plan, planned.values, planned.per_combination, workdir=os.getcwd(), workers=workers, progress=progress.of,
                 settings=Settings(image=self.image, connection=self._connection(), isolate=isolate, cache=cache),
             )
         except SweepInterrupted as stopped:

@@ -14,6 +14,7 @@ not swept: it reaches no step that it would not reach in a plain run with `--par
 import itertools
 import math
 import random
+import secrets
 from dataclasses import dataclass, field
 
 from .errors import CellSyntaxError, KfmagicError
@@ -245,6 +246,51 @@ def _metric(plan, metric):
     return step, name
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep runs, decided before anything starts: every parameter's value in each combination
+    (`values`), the swept parameters, the steps run per combination and the shared ones, the metric
+    (step, name), and the seed of a random search."""
+
+    values: list
+    swept: list
+    per_combination: list
+    shared: list
+    metric: tuple
+    seed: int | None
+
+    @property
+    def combinations(self):
+        """Each combination's swept values."""
+        return [{name: values[name] for name in self.swept} for values in self.values]
+
+    def describe(self, plan, maximize):
+        """The line said before the sweep starts."""
+        order = "highest" if maximize else "lowest"
+        drawn = f"; random search, seed {self.seed} (--seed {self.seed} draws them again)" if self.seed is not None else ""
+        return (
+            f"sweep of {plan.name}: {outline(plan, self.per_combination, len(self.values))}; "
+            f"by {'.'.join(self.metric)}, {order} first{drawn}"
+        )
+
+
+def plan_sweep(plan, params, random_count=None, seed=None, metric=None):
+    """The SweepPlan of `plan` for `params` ({name: SPEC text or list of values}): a grid, or
+    `random_count` combinations drawn with `seed` (one is chosen if not given). Every problem is one
+    CellSyntaxError (or KfmagicError), raised before anything runs."""
+    specs = parse_specs(params, plan)
+    if random_count is None and seed is not None:
+        raise CellSyntaxError(f"--seed {seed}: a seed is for --random N; a grid has no randomness.")
+    if random_count is not None and seed is None:
+        seed = secrets.randbelow(2**31)
+    drawn = combinations(specs, random_count, seed)
+    names = swept(drawn)
+    per_steps = per_combination(plan, names)
+    chosen = choose_metric(plan, metric, per_steps)
+    shared = [step.name for step in plan.steps if step.name not in per_steps]
+    return SweepPlan([plan.resolve_params(values) for values in drawn], names, per_steps, shared, chosen, seed)
+
+
 @dataclass
 class Sweep:
     """The runs of a sweep, one per combination, and their order by the chosen metric.
@@ -284,18 +330,21 @@ class Sweep:
     @property
     def best(self):
         """The Run of the combination with the best metric (`.load`, `.metrics`)."""
+        return self.runs[self._best()]
+
+    @property
+    def best_params(self):
+        """The swept parameters' values in the best combination."""
+        return dict(self.combinations[self._best()])
+
+    def _best(self):
         ordered = self.order()
         if not ordered or self.value(ordered[0]) is None:
             raise KfmagicError(
                 f"sweep.best: no combination reported {'.'.join(self.metric)} (each failed or was stopped); "
                 "see the sweep's table for why."
             )
-        return self.runs[ordered[0]]
-
-    @property
-    def best_params(self):
-        """The parameter values of the best combination."""
-        return dict(self.combinations[self.runs.index(self.best)])
+        return ordered[0]
 
     def rows(self):
         """[{param: value, ..., metric: value or None, "state", "run"}] best first (see `order`)."""
