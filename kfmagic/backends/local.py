@@ -318,12 +318,13 @@ def _drive(schedulers, pool):
                 _route(pool.next_event(), schedulers, by_tag)
             for scheduler in schedulers:
                 scheduler.finish_drained()
-                if not scheduler.busy and scheduler.record.state == "RUNNING":
-                    scheduler.conclude()
             if pool.running and pool.launcher.stopped.is_set():
                 pool.launcher.close()
                 for scheduler in schedulers:
                     scheduler.lost()
+            for scheduler in schedulers:
+                if not scheduler.busy and scheduler.record.state == "RUNNING":
+                    scheduler.conclude()
     finally:
         for scheduler in schedulers:
             scheduler.close_logs()
