@@ -274,3 +274,13 @@ def test_a_sweep_on_kubeflow_is_one_submitted_run_whose_combinations_come_back_f
     ]
     assert found.best.load("score") == 451.03 and found.best.load("data") == list(range(10))
     assert "poly diverged" in found.runs[1].logs("train") and found.runs[1].steps["evaluate"].state == "SKIPPED"
+
+
+def test_a_swept_parameter_the_prelude_reads_reaches_every_step_each_in_its_own_process(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_of(
+        "%%prelude\nimport os\nbase = seed * 10", "%%params\nseed = 0",
+        "%%step first\nmade = (base, os.getpid())", "%%step second --metrics total\ntotal = made[0] + seed",
+    )
+    found = pipeline.sweep({"seed": "1,2"}, progress=None)
+    assert found.shared == () and [row["second.total"] for row in found.rows()] == [22, 11]  # not one warm prelude's value

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .. import cache, runtime, workspace
 from ..component import LOG_FILE
 from ..errors import KfmagicError, SweepInterrupted
+from ..sweep import swept as sweep_names
 from .base import interrupted, read_result, start_run
 from .launcher import step_env, supervised, supervising
 
@@ -30,7 +31,7 @@ _LOW_MEMORY = 0.05  # of the machine's memory still available
 # Once a step's process has exited, its output is read to the end; what it left behind is being
 # stopped meanwhile, so an output still open after this long belongs to something that escaped.
 _DRAIN_SECONDS = 3.0
-TAG_END = "/"  # ends the tag that tells a sweep's runs apart in their processes' names (no step name has one)
+_TAG_END = "/"  # ends the tag that tells a sweep's runs apart in their processes' names (no step name has one)
 
 
 def write_specs(plan, params, run_dir):
@@ -341,8 +342,8 @@ def _route(event, schedulers, by_tag):
         if detail:
             print(f"note: each step starts in a fresh process: {detail}.", file=sys.stderr)
         return
-    tag, _, step = name.rpartition(TAG_END)
-    scheduler = by_tag.get(tag + TAG_END if tag else "")
+    tag, _, step = name.rpartition(_TAG_END)
+    scheduler = by_tag.get(tag + _TAG_END if tag else "")
     if scheduler is not None:
         scheduler.handle(kind, step, stream_name, detail)
 
@@ -401,7 +402,7 @@ def run_sweep(plan, combinations, per_combination, *, workdir, workers, progress
     ended keep their state, the others are CANCELED. If the %%prelude reads a parameter the
     combinations change, every step starts afresh (one warm prelude cannot hold two values).
     """
-    if set(_prelude_params(plan)) & {name for combo in combinations for name in combo if combo[name] != combinations[0][name]}:
+    if _prelude_params(plan) & set(sweep_names(combinations)):
         settings = dataclasses.replace(settings, isolate=True)
     shared = [step.name for step in plan.steps if step.name not in per_combination]
     records = [start_run(plan, params, workdir, "local", suffix=f"c{i + 1}") for i, params in enumerate(combinations)]
@@ -420,7 +421,7 @@ def run_sweep(plan, combinations, per_combination, *, workdir, workers, progress
         for i, (record, its_progress) in enumerate(zip(records, shown)):
             its_progress.start(record)
             scheduler = _Scheduler(
-                plan, record, pool, its_progress, workdir, settings, {}, tag=f"c{i + 1}{TAG_END}", leader=leader, shared=shared,
+                plan, record, pool, its_progress, workdir, settings, {}, tag=f"c{i + 1}{_TAG_END}", leader=leader, shared=shared,
             )
             leader = leader or scheduler
             schedulers.append(scheduler)
