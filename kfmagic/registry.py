@@ -269,8 +269,7 @@ class Pipeline:
             finished = [f"c{i + 1}" for i in made.finished()]
             raise SweepInterrupted(
                 f"{stopped} Their runs are kept{' (' + ', '.join(finished) + ')' if finished else ''}; the others were "
-                "stopped. Run the same sweep again to finish it: what finished is reused from the cache. The sweep so "
-                "far is kfmagic.pipeline().last_sweep.", stopped.runs, made,
+                "stopped. Run the same sweep again to finish it: what finished is reused from the cache.", stopped.runs, made,
             ) from None
         return result(runs, "SUCCEEDED")
 
