@@ -6,9 +6,11 @@ in this environment), then kfp.local executes that IR, one task at a time, in a 
 (`python -m kfmagic.backends.kfp_local`), which keeps kfp.local's global settings and logs out of
 the kernel and makes an interrupt stop it. Each step's runtime leaves its result where a local run
 does (`.kfmagic/runs/<run-id>/<step>/result.json`); values are read from the artifacts it wrote.
+A sweep (`run_sweep`) is its compiled `dsl.ParallelFor` pipeline, run the same way.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -16,7 +18,6 @@ import re
 import shutil
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 
 from .. import component, runtime, workspace
@@ -99,7 +100,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
         _refresh(steps, run_dir, task_output.ended)
         progress.update(record)
 
-    with _kfp_local(run_dir, package, params) as execute, supervised(record, progress, execute.events, stopped) as launcher:
+    with _kfp_local(run_dir, package, params) as (events, execute), supervised(record, progress, events, stopped) as launcher:
         returncode = execute(launcher, workdir, on_line, on_tick)
     _refresh(steps, run_dir)
     _conclude(record, returncode)
@@ -148,7 +149,7 @@ def run_sweep(plan, combinations, per_combination, *, workdir, workers, progress
         return SweepInterrupted(f"Sweep interrupted: kfp.local was stopped. Its files are in {record.run_dir}.", runs)
 
     fixed = {name: value for name, value in combinations[0].items() if name not in swept}
-    with _kfp_local(record.run_dir, package, fixed) as execute, supervising(execute.events, stop) as launcher:
+    with _kfp_local(record.run_dir, package, fixed) as (events, execute), supervising(events, stop) as launcher:
         for run, its_progress in zip(runs, shown):
             its_progress.start(run)
         returncode = execute(launcher, workdir, lambda line: None, on_tick)  # iterations run at once: no telling whose a line is
@@ -213,9 +214,10 @@ def _conclude(record, returncode):
 
 @contextlib.contextmanager
 def _kfp_local(run_dir, package, params):
-    """`execute(launcher, workdir, on_line, on_tick)`: kfp.local running `package` with `params` in a process
-    the launcher starts, followed to its end (each line of its output to its log and `on_line`, `on_tick()`
-    after every event); returns its exit status. Its scratch and log in `run_dir`, tidied however it ends."""
+    """(the queue a launcher reports on, `execute(launcher, workdir, on_line, on_tick)`): kfp.local running
+    `package` with `params` in a process that launcher starts, followed to its end (each line of its
+    output to its log and `on_line`, `on_tick()` after every event), returning its exit status. Its
+    scratch and log in `run_dir`, tidied however it ends."""
     scratch = workspace.private_dir(os.path.join(run_dir, "tmp"), "kfp.local's scratch folder")
     env = {"TMPDIR": scratch, component.RESULT_DIR_ENV: run_dir}  # kfp's launcher makes temp folders
     argv = [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))]
@@ -242,9 +244,8 @@ def _kfp_local(run_dir, package, params):
                 return returncode if returncode is not None else -9
         return returncode
 
-    execute.events = events
     with log, _tidied(run_dir, scratch):
-        yield execute
+        yield events, execute
 
 
 @contextlib.contextmanager

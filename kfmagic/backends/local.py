@@ -3,7 +3,8 @@ in parallel, values passed as files under `.kfmagic/runs/<run-id>/` in the worki
 each step's output (stdout and stderr, as the lines arrive) kept in `<run-id>/<step>/log.txt`.
 
 Processes are started through the run's supervisor (launcher.py): a step is finished when its
-process exits, and what it left behind is stopped then.
+process exits, and what it left behind is stopped then. A sweep (`run_sweep`) schedules the runs of
+all its combinations together, through one supervisor.
 """
 
 import dataclasses
