@@ -258,6 +258,7 @@ class SweepPlan:
     shared: list
     metric: tuple
     seed: int | None
+    wanted: int | None = None  # combinations `--random` asked for (the values may hold fewer)
 
     @property
     def combinations(self):
@@ -268,6 +269,8 @@ class SweepPlan:
         """The line said before the sweep starts."""
         order = "highest" if maximize else "lowest"
         drawn = f"; random search, seed {self.seed} (--seed {self.seed} draws them again)" if self.seed is not None else ""
+        if self.wanted is not None and self.wanted > len(self.values):
+            drawn += f"; --random {self.wanted}: the values hold only {len(self.values)} distinct combinations"
         return (
             f"sweep of {plan.name}: {outline(plan, self.per_combination, len(self.values))}; "
             f"by {'.'.join(self.metric)}, {order} first{drawn}"
@@ -288,7 +291,7 @@ def plan_sweep(plan, params, random_count=None, seed=None, metric=None):
     per_steps = per_combination(plan, names)
     chosen = choose_metric(plan, metric, per_steps)
     shared = [step.name for step in plan.steps if step.name not in per_steps]
-    return SweepPlan([plan.resolve_params(values) for values in drawn], names, per_steps, shared, chosen, seed)
+    return SweepPlan([plan.resolve_params(values) for values in drawn], names, per_steps, shared, chosen, seed, random_count)
 
 
 @dataclass

@@ -71,6 +71,8 @@ def test_a_grid_is_every_combination_in_order_and_a_seeded_random_search_repeats
     assert len({tuple(c.items()) for c in drawn}) == 4 and all(c in grid for c in drawn)  # distinct
     assert any(sweep.combinations(specs, random_count=4, seed=s) != drawn for s in range(4, 10))
     assert len(sweep.combinations(specs, random_count=50, seed=1)) == 6  # a small space runs out, no repeats
+    planned = sweep.plan_sweep(PLAN, {"C": "0.1,1", "kernel": "rbf,linear,poly"}, random_count=50, seed=1)
+    assert planned.describe(PLAN, True).endswith("; --random 50: the values hold only 6 distinct combinations")
 
 
 def test_shared_steps_are_those_no_swept_parameter_reaches():
