@@ -20,7 +20,7 @@ from importlib.metadata import version
 from . import display, kale, notebook, syntax
 from .config import TOKEN_PATH_ENV
 from .errors import CellSyntaxError, KfmagicError, PlanError
-from .registry import Pipeline, run_options, warn
+from .registry import Pipeline, run_options, sweep_options, warn
 
 KALE_TERMS = (
     "(This notebook is read from its Kale tags: `--after S` is the tag prev:S, a step is the tag step:NAME, "
@@ -55,6 +55,13 @@ def run(args):
     _configure(pipeline, args)
     os.chdir(os.path.dirname(pipeline.notebook_path))  # relative paths resolve as in the kernel
     pipeline.run(progress=display.TextProgress(), **run_options(args))
+
+
+def sweep(args):
+    pipeline = _load(args)
+    _configure(pipeline, args)
+    os.chdir(os.path.dirname(pipeline.notebook_path))  # relative paths resolve as in the kernel
+    print(repr(pipeline.sweep(**sweep_options(args))))
 
 
 def compile_(args):
@@ -147,6 +154,10 @@ def _parser():
     run_parser = syntax.add_run_arguments(
         command("run", run, "Run the pipeline, in the notebook's directory so that relative paths mean what they mean there.")
     )
+    sweep_parser = syntax.add_sweep_arguments(
+        command("sweep", sweep, "Run the pipeline once per combination of parameter values (a grid, or --random N) "
+                "and print the combinations ordered by a metric; steps no swept parameter reaches run once.")
+    )
     compile_parser = command("compile", compile_, "Compile the pipeline to Kubeflow Pipelines IR YAML.")
     compile_parser.add_argument(
         "-o", "--output", action=syntax.Once, metavar="PATH", help="Where to write it (default: PIPELINE_NAME.yaml here)."
@@ -156,7 +167,7 @@ def _parser():
     )
     cancel_parser.add_argument("run_id", metavar="RUN", help="The run's id (printed when it was submitted).")
     cancel_parser.set_defaults(handler=cancel)
-    for sub in (run_parser, compile_parser, cancel_parser):
+    for sub in (run_parser, sweep_parser, compile_parser, cancel_parser):
         group = syntax.add_connection_arguments(sub.add_argument_group("Kubeflow Pipelines connection (as `%pipeline config`)"))
         if sub is not cancel_parser:
             syntax.add_store_argument(group)

@@ -66,6 +66,27 @@ class Target:
     cache: bool = True  # False: no task may be reused from Kubeflow's cache (`run --no-cache`)
 
 
+@dataclass(frozen=True)
+class Fanout:
+    """What makes the compiled pipeline a sweep: after the shared steps, one `dsl.ParallelFor` over the
+    combinations (each its swept parameters' values) runs the `per_combination` steps once per
+    combination, `parallelism` at a time (None: as many as the cluster allows)."""
+
+    combinations: tuple  # ({param: value}, ...)
+    per_combination: tuple
+    parallelism: int | None = None
+
+    @property
+    def swept(self):
+        return tuple(self.combinations[0])
+
+    def items(self):
+        """The loop's items: one JSON text per combination (its record folder and values). Text, because
+        kfp types each field of a dict item as its first value's type, and kfp.local replaces the outputs
+        of earlier tasks in the loop's inputs by the item (artifacts, which carry the data here, are spared)."""
+        return [json.dumps({"folder": f"c{i + 1}", "params": values}) for i, values in enumerate(self.combinations)]
+
+
 def _function_name(step_name):
     name = step_name.replace("-", "_")
     return f"{name}_step" if keyword.iskeyword(name) else name
@@ -158,13 +179,16 @@ def _runtime_source(plan, store_url):
     )
 
 
-def _component_source(function_name, plan, step):
+def _component_source(function_name, plan, step, swept=None):
     """The component function's text: its KFP signature, the step's code, and how it takes the
-    runtime and the prelude from the runtime task's artifact."""
+    runtime and the prelude from the runtime task's artifact. A step of a sweep's loop (`swept`: the
+    parameters the loop sets) takes those parameters, and its record folder, from the loop's item."""
     names = arguments(step)
+    params = [name for name in step.params if name not in (swept or ())]
     signature = [f"{RUNTIME_TASK}: Input[Artifact]"]
     signature += [f"{names[var]}: Input[Artifact]" for var in step.inputs]
-    signature += [f"{names[name]}: {_param_type(name, plan.params[name]).__name__}" for name in step.params]
+    signature += [f"{names[name]}: {_param_type(name, plan.params[name]).__name__}" for name in params]
+    signature += [f"{component.COMBINATION_ARG}: str"] if swept is not None else []
     signature += [f"{var}: Output[Artifact]" for var in (*step.outputs, *kept(step))]
     if step.metrics:
         signature.append(f"{component.METRICS_OUTPUT}: Output[Metrics]")
@@ -172,8 +196,9 @@ def _component_source(function_name, plan, step):
     spec = {
         "step": step.name,
         "parts": [vars(part) for part in step.parts],
-        "params": {name: names[name] for name in step.params},
-        "json_params": [name for name in step.params if isinstance(plan.params[name], (list, dict))],
+        "params": {name: names[name] for name in params},
+        "json_params": [name for name in params if isinstance(plan.params[name], (list, dict))],
+        "combination": swept is not None,
         "inputs": {var: names[var] for var in step.inputs},
         "producers": dict(step.inputs),
         "outputs": list(step.outputs),
@@ -225,11 +250,11 @@ def _component(function_name, source, image, packages, install):
     )
 
 
-def _make_component(plan, step, target, packages):
+def _make_component(plan, step, target, packages, swept=None):
     function_name = _function_name(step.name)
     install = _installs(target, step)
     return _component(
-        function_name, _component_source(function_name, plan, step),
+        function_name, _component_source(function_name, plan, step, swept),
         step.options.get("image") or target.image or default_image(),
         packages.requirements[step.name] if install else None, install,
     )
@@ -267,8 +292,9 @@ def _apply_options(task, options):
             kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=mount_path)
 
 
-def pipeline_function(plan, target, packages=None):
-    """The kfp pipeline (a GraphComponent): one task per step, wired by variable and --after.
+def pipeline_function(plan, target, packages=None, fanout=None):
+    """The kfp pipeline (a GraphComponent): one task per step, wired by variable and --after; with a
+    `fanout` (a sweep), its per-combination steps inside one dsl.ParallelFor after the shared ones.
 
     `packages`: the plan's Packages when already found (found here if a step installs any)."""
     from kfp import dsl
@@ -276,9 +302,13 @@ def pipeline_function(plan, target, packages=None):
     _refuse_what_cannot_compile(plan)
     if packages is None and any(_installs(target, step) for step in plan.steps):
         packages = plan_packages(plan, target.store)
-    components = {step.name: _make_component(plan, step, target, packages) for step in plan.steps}
+    looped, swept = (fanout.per_combination, fanout.swept) if fanout else ((), ())
+    components = {
+        step.name: _make_component(plan, step, target, packages, swept if step.name in looped else None)
+        for step in plan.steps
+    }
     shared = _component(RUNTIME_TASK, _runtime_source(plan, target.store), target.image or default_image(), [], target.install)
-    defaults = pipeline_arguments(plan.params)
+    defaults = pipeline_arguments({name: value for name, value in plan.params.items() if name not in swept})
     if target.store:
         defaults.update({STORE_PARAM: store.pipeline_location(target.store, plan.name), RUN_ID_PARAM: ""})
     names = list(defaults)
@@ -295,17 +325,27 @@ def pipeline_function(plan, target, packages=None):
         runtime_task.set_display_name(RUNTIME_DISPLAY_NAME)
         if not target.cache:
             runtime_task.set_caching_options(False)
-        for step in plan.steps:
+
+        def add(step, given):
             argument = arguments(step)
-            given = {RUNTIME_TASK: runtime_task.outputs[RUNTIME_TASK]}
+            given = {RUNTIME_TASK: runtime_task.outputs[RUNTIME_TASK], **given}
             given.update({argument[var]: tasks[producer].outputs[var] for var, producer in step.inputs.items()})
-            given.update({argument[name]: params[name] for name in step.params})
+            given.update({argument[name]: params[name] for name in step.params if name not in swept})
             task = components[step.name](**given)
             for upstream in step.upstream:
                 if upstream not in step.inputs.values():
                     task.after(tasks[upstream])
             _apply_options(task, step.options if target.cache else dict(step.options, cache=False))
             tasks[step.name] = task
+
+        for step in plan.steps:
+            if step.name not in looped:
+                add(step, {})
+        if looped:
+            with dsl.ParallelFor(items=fanout.items(), parallelism=fanout.parallelism) as combination:
+                for step in plan.steps:
+                    if step.name in looped:
+                        add(step, {component.COMBINATION_ARG: combination})
 
     body.__name__ = plan.name.replace("-", "_")
     body.__signature__ = inspect.Signature([
@@ -344,16 +384,17 @@ def store_warnings(plan, target):
     ]
 
 
-def compile_plan(plan, path, target=Target(), packages=None):
+def compile_plan(plan, path, target=Target(), packages=None, fanout=None):
     """Write the plan's IR YAML to `path` with kfp's Compiler; returns the path.
 
-    `packages`: the plan's Packages (plan_packages), if the caller has found them already."""
+    `packages`: the plan's Packages (plan_packages), if the caller has found them already; `fanout`: a
+    sweep's combinations, run in a dsl.ParallelFor."""
     from kfp import compiler
 
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with _faster_kfp():
-            compiler.Compiler().compile(pipeline_function(plan, target, packages), path)
+            compiler.Compiler().compile(pipeline_function(plan, target, packages, fanout), path)
     except (ValueError, TypeError) as error:  # kfp's own checks: say which pipeline, keep its words
         raise KfmagicError(f"Kubeflow Pipelines cannot compile pipeline {plan.name!r}: {error}") from None
     except OSError as error:

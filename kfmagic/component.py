@@ -30,6 +30,8 @@ DISPLAY_OUTPUT = "kfmagic_output"
 # steps in order with what each assigns (which step has a name's last value).
 LOG_FILE = "log.txt"
 STEPS_FILE = "steps.json"
+# A step of a sweep's loop takes its combination (its record folder and the swept values) as this argument.
+COMBINATION_ARG = "kfmagic_combination"
 _MISSING = object()
 
 
@@ -154,25 +156,27 @@ def main(args, step, shared, store=""):
     """
     runtime = load_runtime(shared["sources"])
     step = dict(step, prelude=shared["prelude"])
-    result_dir = _result_dir(step["step"])
+    combination = json.loads(args[COMBINATION_ARG]) if step.get("combination") else None
+    record = step["step"] if combination is None else f"{combination['folder']}/{step['step']}"  # where its records go
+    result_dir = _result_dir(record)
     out_dir = tempfile.mkdtemp(prefix="kfmagic-scratch-", dir=result_dir)
     log_path, result = os.path.join(result_dir or out_dir, LOG_FILE), None
     try:
         with _Log(log_path):
-            result = _run(args, step, runtime, result_dir, out_dir)
+            result = _run(args, step, runtime, result_dir, out_dir, combination)
     finally:
         try:
             if store:
-                write_store(json.loads(store), step["step"], shared.get("steps", []), result, log_path)
+                write_store(json.loads(store), record, shared.get("steps", []), result, log_path)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
     if result["state"] != "SUCCEEDED":
         raise SystemExit(1)  # the runtime or _hand_over has printed why; KFP marks the task failed
 
 
-def _run(args, step, runtime, result_dir, out_dir):
+def _run(args, step, runtime, result_dir, out_dir, combination=None):
     """The step run by the runtime in `out_dir`, then what it made handed to KFP (and to
-    `result_dir`); returns its result."""
+    `result_dir`); returns its result. A sweep's `combination` gives the values of its swept parameters."""
     started = time.time()
     if result_dir:
         runtime.write_private(os.path.join(result_dir, STARTED_FILE), str(started))
@@ -181,7 +185,7 @@ def _run(args, step, runtime, result_dir, out_dir):
         params={
             name: json.loads(args[argument]) if name in step["json_params"] else args[argument]
             for name, argument in step["params"].items()
-        },
+        } | (combination["params"] if combination else {}),
         inputs={var: args[argument].path for var, argument in step["inputs"].items()},
         out_dir=out_dir,
     )

@@ -583,3 +583,170 @@ def default_progress(plan=None):
     if shell is not None and type(shell).__name__ == "ZMQInteractiveShell" and _renders_html(shell):
         return NotebookProgress(plan)
     return TextProgress()
+
+
+def _value_text(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _combination_text(combination):
+    return " ".join(f"{name}={_value_text(value)}" for name, value in combination.items())
+
+
+class SweepProgress:
+    """A sweep's progress in plain lines, in a notebook as in a terminal: each shared step's state
+    changes once (the first combination's run runs them), each other step's with its combination's
+    number (`[train c3] done (2.1s)`), what the steps print likewise, and a line per combination as it
+    ends. The Sweep shown at the end is the table."""
+
+    def __init__(self, combinations, shared, metric, out=None):
+        self.combinations, self.shared, self.metric = combinations, set(shared), metric
+        self.out = out or sys.stdout
+        self.seen = {}
+
+    def of(self, index):
+        """The progress of combination `index`'s run, as a run's progress is called."""
+        return _CombinationProgress(self, index)
+
+    def _label(self, index, step):
+        return step if step in self.shared else f"{step} c{index + 1}"
+
+    def update(self, index, run):
+        for step in run.steps.values():
+            key = (index if step.name not in self.shared else 0, step.name)
+            if (index == 0 or step.name not in self.shared) and self.seen.get(key) != step.state:
+                self.seen[key] = step.state
+                if step.state != "PENDING":
+                    duration = f" ({_duration(step.duration)})" if step.finished else ""
+                    print(f"[{self._label(index, step.name)}] {_step_state(step)}{duration}", file=self.out)
+
+    def output(self, index, step, stream, line):
+        print(f"[{self._label(index, step)}] {line}", file=sys.stderr if stream == "stderr" else self.out)
+
+    def finish(self, index, run):
+        self.update(index, run)
+        step, name = self.metric
+        value = run.steps[step].metrics.get(name) if step in run.steps else None
+        said = f", {step}.{name}={_value_text(value)}" if value is not None else ""
+        failed = [s for s in run.steps.values() if s.state == "FAILED" and s.name not in self.shared]
+        why = f": step {failed[0].name!r} failed" if failed else ""
+        state = _STATE_WORDS.get(run.state, run.state.lower())
+        print(f"c{index + 1} ({_combination_text(self.combinations[index])}): {state}{why}{said}", file=self.out)
+        _flush_streams()
+
+
+class _CombinationProgress:
+    """SweepProgress seen as the progress of one combination's run."""
+
+    def __init__(self, sweep_progress, index):
+        self.sweep_progress, self.index = sweep_progress, index
+
+    def start(self, run):
+        pass  # the sweep's plan was said before it started
+
+    def update(self, run):
+        self.sweep_progress.update(self.index, run)
+
+    def output(self, step, stream, line):
+        self.sweep_progress.output(self.index, step, stream, line)
+
+    def finish(self, run):
+        self.sweep_progress.finish(self.index, run)
+
+
+def _sweep_title(sweep):
+    step, name = sweep.metric
+    ended = sum(run.state in _ENDED for run in sweep.runs)
+    how = f"random search, seed {sweep.seed}" if sweep.seed is not None else "grid"
+    counts = ", ".join(
+        f"{count} {word}" for word, count in (
+            ("done", len(sweep.finished())),
+            ("failed", sum(run.state == "FAILED" for run in sweep.runs)),
+            ("stopped", sum(run.state == "CANCELED" for run in sweep.runs)),
+        ) if count
+    )
+    stopped = f"; stopped after {ended} of {len(sweep.runs)}" if sweep.state == "CANCELED" else ""
+    return (
+        f"sweep of {sweep.pipeline} ({how}): {_count(len(sweep.runs), 'combination')}, {counts or 'none ended'}{stopped}; "
+        f"by {step}.{name}, {'highest' if sweep.maximize else 'lowest'} first"
+    )
+
+
+def _sweep_rows(sweep):
+    """[number, each swept value, the metric, state, run id] per combination, best first."""
+    rows = []
+    for i in sweep.order():
+        value = sweep.value(i)
+        run = sweep.runs[i]
+        rows.append([
+            f"c{i + 1}", *(_value_text(sweep.combinations[i][name]) for name in sweep.params),
+            "-" if value is None else _value_text(value), _STATE_WORDS.get(run.state, run.state.lower()), run.id,
+        ])
+    return rows
+
+
+def _sweep_headers(sweep):
+    return ["#", *sweep.params, ".".join(sweep.metric), "state", "run"]
+
+
+def sweep_text(sweep):
+    shared = f"\nshared steps, run once: {', '.join(sweep.shared)}" if sweep.shared else ""
+    return _wrap(_sweep_title(sweep)) + shared + "\n" + _table(_sweep_headers(sweep), _sweep_rows(sweep))
+
+
+def sweep_html(sweep):
+    """The sweep's table, best first, and (with matplotlib) its metric against each parameter."""
+    rows = [[("", html.escape(cell)) for cell in row] for row in _sweep_rows(sweep)]
+    attributes = [f" class='kfm-{row[-2][1]}'" for row in rows]
+    for row in rows:
+        row[-2] = (" class='kfm-st'", row[-2][1])
+    shared = f"<div class='kfm-note'>shared steps, run once: {html.escape(', '.join(sweep.shared))}</div>" if sweep.shared else ""
+    picture = _sweep_png(sweep)
+    image = f"<div><img src='data:image/png;base64,{picture}'/></div>" if picture else ""
+    table = _html_table(_sweep_headers(sweep), rows, attributes)
+    return f"<div class='kfm'>{_STYLE}<b>{html.escape(_sweep_title(sweep))}</b>{shared}{table}{image}</div>"
+
+
+def _sweep_png(sweep):
+    """The sweep's figure as base64 PNG text, or "" without matplotlib or anything to plot."""
+    import base64
+    import io
+
+    try:
+        figure = sweep_figure(sweep)
+    except ImportError:
+        return ""
+    if figure is None:
+        return ""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight", dpi=80)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def sweep_figure(sweep):
+    """The metric against each swept parameter, one panel each (a parameter's words or lists on an
+    axis of their own); None when no combination reported the metric. Needs matplotlib."""
+    from matplotlib.figure import Figure
+
+    measured = [i for i in sweep.order() if sweep.value(i) is not None]
+    if not measured or not sweep.params:
+        return None
+    figure = Figure(figsize=(3.2 * len(sweep.params), 2.6))
+    for panel, name in enumerate(sweep.params, 1):
+        axes = figure.add_subplot(1, len(sweep.params), panel)
+        values = [sweep.combinations[i][name] for i in measured]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            positions = values
+            if min(values) > 0 and max(values) / min(values) >= 100:
+                axes.set_xscale("log")
+        else:
+            labels = list(dict.fromkeys(_value_text(v) for v in values))
+            positions = [labels.index(_value_text(v)) for v in values]
+            axes.set_xticks(range(len(labels)), labels)
+        axes.scatter(positions, [sweep.value(i) for i in measured])
+        axes.set_xlabel(name)
+        if panel == 1:
+            axes.set_ylabel(".".join(sweep.metric))
+    figure.tight_layout()
+    return figure

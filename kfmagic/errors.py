@@ -30,3 +30,12 @@ class RunFailed(KfmagicError):
     def __init__(self, message, run):
         self.run = run
         super().__init__(message)
+
+
+class SweepInterrupted(KfmagicError):
+    """A sweep stopped before every combination ended (Ctrl-C): `.runs` are its combinations' runs,
+    the finished ones kept; `.sweep` is the Sweep made of them, once the registry has made it."""
+
+    def __init__(self, message, runs, sweep=None):
+        self.runs, self.sweep = runs, sweep
+        super().__init__(message)

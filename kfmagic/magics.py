@@ -14,8 +14,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 import os
 
 from . import display, drift, notebook, syntax
-from .errors import KfmagicError, RunFailed
-from .registry import current_pipeline, run_options
+from .errors import KfmagicError, RunFailed, SweepInterrupted
+from .registry import current_pipeline, run_options, sweep_options
 
 def mark_cells(lines):
     """Input transformer: a first line `%%step ARGS` becomes `run_cell_magic('step', ARGS, None)`."""
@@ -167,6 +167,12 @@ class KfMagics(Magics):
                 return pipeline.run(**run_options(args))
             except RunFailed as failure:
                 raise RunFailed(f"{failure}\nThe run is kfmagic.pipeline().last_run.", failure.run) from None
+        elif args.command == "sweep":
+            try:
+                return pipeline.sweep(**sweep_options(args))
+            except SweepInterrupted as stopped:
+                message = f"{stopped}\nThe sweep so far is kfmagic.pipeline().last_sweep."
+                raise SweepInterrupted(message, stopped.runs, stopped.sweep) from None
         elif args.command == "compile":
             print(f"wrote {pipeline.compile(args.output)}")
         elif args.command == "config":

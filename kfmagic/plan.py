@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass, field
 
 from .analysis import AnalysisError, analyze
-from .component import DISPLAY_OUTPUT, METRICS_OUTPUT
+from .component import COMBINATION_ARG, DISPLAY_OUTPUT, METRICS_OUTPUT
 from .errors import CellSyntaxError, PlanError
 
 # Names a step may read that no step provides: the step's runtime or Python supplies them.
@@ -19,7 +19,7 @@ RUNTIME_NAMES = frozenset({"get_ipython", "display", "In", "Out", "exit", "quit"
 # The compiled pipeline's task that hands every step kfmagic's runtime and the prelude (compiler.py).
 RUNTIME_TASK = "kfmagic_runtime"
 # Names of a compiled step's own inputs and outputs (component.py): no variable may take them.
-RESERVED = (METRICS_OUTPUT, DISPLAY_OUTPUT, RUNTIME_TASK)
+RESERVED = (METRICS_OUTPUT, DISPLAY_OUTPUT, RUNTIME_TASK, COMBINATION_ARG)
 # The compiled pipeline's own parameters, with a run store (compiler.py): no parameter may take them.
 STORE_PARAM, RUN_ID_PARAM = "kfmagic_store", "kfmagic_run_id"
 

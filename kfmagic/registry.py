@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 
 from . import display
-from .errors import CellSyntaxError, KfmagicError, RunFailed
+from .errors import CellSyntaxError, KfmagicError, RunFailed, SweepInterrupted
 from .modules import star_names
 from .plan import build_plan
 from .syntax import check_name
@@ -43,6 +43,7 @@ class Pipeline:
     experiment: str | None = None
     cells: list = field(default_factory=list)
     last_run: object = None
+    last_sweep: object = None  # the last sweep.Sweep, also one stopped before it ended
     # Tells where a name that no step provides came from (the kernel knows; a file does not).
     explain_missing: object = None
     # The saved .ipynb this pipeline is declared in, when known: the drift check compares with it.
@@ -193,8 +194,7 @@ class Pipeline:
         from .backends import get_backend
         from .backends.base import FINAL_STATES, Settings
 
-        if workers is not None and workers < 1:
-            raise KfmagicError(f"--workers {workers}: at least one step must run at a time; use 1 or more.")
+        _check_workers(workers)
         if runner is None:
             runner = "kfp" if self._connection().endpoint else "local"
         backend = get_backend(runner)
@@ -225,6 +225,53 @@ class Pipeline:
         if run.state in FINAL_STATES and run.state != "SUCCEEDED":
             raise RunFailed(run.failure_message(), run)
         return run
+
+    def sweep(self, params, random=None, seed=None, metric=None, maximize=True, workers=None, runner=None,
+              isolate=False, cache=True, progress=None):
+        """Run the pipeline once per combination of parameter values; returns the sweep.Sweep.
+
+        `params`: {name: values}, values a list, or text as `--param` takes it ("0.1,1,10", a range
+        "1e-4..1e-1:log" or "2..8"). A grid of every combination, or with `random=N` N combinations drawn
+        with `seed` (a random one, said, if not given). `metric` ("STEP.NAME", needed when the pipeline
+        reports several) orders them, highest first unless `maximize=False`. Steps that no swept parameter
+        reaches run once and are shared; the rest run per combination. `runner` as for `run`: on Kubeflow
+        the sweep is one submitted run, followed until it ends, its results read from the run store.
+        Ctrl-C raises SweepInterrupted carrying the sweep so far (finished combinations kept; running the
+        same sweep again reuses them).
+        """
+        from . import sweep as sweeps
+        from .backends import get_backend
+        from .backends.base import Settings
+
+        _check_workers(workers)
+        runner = runner or ("kfp" if self._connection().endpoint else "local")
+        backend = get_backend(runner)
+        plan = self.plan()
+        planned = sweeps.plan_sweep(plan, params, random, seed, metric)
+        print(planned.describe(plan, maximize))
+        warn(plan.warnings)
+        combinations = planned.combinations
+        progress = progress or display.SweepProgress(combinations, planned.shared, planned.metric)
+
+        def result(runs, state):
+            self.last_sweep = sweeps.Sweep(
+                plan.name, combinations, runs, planned.metric, maximize, planned.swept, tuple(planned.shared), planned.seed, state,
+            )
+            return self.last_sweep
+
+        try:
+            runs = backend.run_sweep(
+                plan, planned.values, planned.per_combination, workdir=os.getcwd(), workers=workers, progress=progress.of,
+                settings=Settings(image=self.image, connection=self._connection(), isolate=isolate, cache=cache),
+            )
+        except SweepInterrupted as stopped:
+            made = result(stopped.runs, "CANCELED")
+            finished = [f"c{i + 1}" for i in made.finished()]
+            raise SweepInterrupted(
+                f"{stopped} Their runs are kept{' (' + ', '.join(finished) + ')' if finished else ''}; the others were "
+                "stopped. Run the same sweep again to finish it: what finished is reused from the cache.", stopped.runs, made,
+            ) from None
+        return result(runs, "SUCCEEDED")
 
     def _resumed_run(self, plan, step, runner):
         """The folder of the run `--from STEP` resumes: the last local run of this pipeline here."""
@@ -348,6 +395,11 @@ class Pipeline:
         return get_backend("kfp").fetch(self._connection(), run_id)
 
 
+def _check_workers(workers):
+    if workers is not None and workers < 1:
+        raise KfmagicError(f"--workers {workers}: at least one step must run at a time; use 1 or more.")
+
+
 def warn(warnings):
     """What may not work as the user expects, on stderr (in a kernel it shows in the cell)."""
     for warning in warnings:
@@ -359,6 +411,15 @@ def run_options(args):
     return dict(
         params=parse_param_overrides(args.param), workers=args.workers, runner=args.runner, wait=args.wait,
         isolate=args.isolate, cache=args.cache, start_from=args.start_from,
+    )
+
+
+def sweep_options(args):
+    """Pipeline.sweep's arguments from a parsed `%pipeline sweep` / `kfmagic sweep` line."""
+    return dict(
+        params=parse_param_overrides(args.param), random=args.random, seed=args.seed, metric=args.metric,
+        maximize=args.maximize is not False, workers=args.workers, runner=args.runner, isolate=args.isolate,
+        cache=args.cache,
     )
 
 

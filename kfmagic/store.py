@@ -163,6 +163,18 @@ class ObjectStore:
         return _StoreErrors(self.where, what)
 
 
+class CombinationStore:
+    """The records of one combination of a sweep run on the cluster: its own steps' under the run's
+    `c<N>/` (`own`), the shared steps', which ran once for every combination, in the run's (`shared`)."""
+
+    def __init__(self, shared, own, own_steps):
+        self.shared, self.own, self.own_steps = shared, own, set(own_steps)
+        self.where = own.where
+
+    def fetch(self, *parts, fresh=False):
+        return (self.own if parts[0] in self.own_steps else self.shared).fetch(*parts, fresh=fresh)
+
+
 def _download(source, folder, local):
     """`source` copied whole into `local`, 0600: written aside, then renamed."""
     with workspace.writing("a file downloaded from the run store", local):

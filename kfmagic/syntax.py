@@ -142,6 +142,45 @@ def add_run_arguments(run):
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="Override a parameter's default (repeatable).",
     )
+    _add_placement_arguments(run)
+    run.add_argument("--wait", action=Once, const=True, default=False, help="On Kubeflow: follow the run, live, until it ends.")
+    run.add_argument(
+        "--from", dest="start_from", action=Once, metavar="STEP",
+        help="Run STEP and every step after it; reuse the other steps' outputs from the last local run.",
+    )
+    return _add_process_arguments(run)
+
+
+def add_sweep_arguments(sweep):
+    """The options of a sweep: `%pipeline sweep` and `kfmagic sweep` take the same."""
+    sweep.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUES",
+        help="A parameter's values to try (repeatable): a list, C=0.1,1,10, or for --random a range of numbers, "
+        "depth=2..8 (ints, both ends included) or lr=1e-4..1e-1:log (on a log scale). One value fixes it.",
+    )
+    search = sweep.add_mutually_exclusive_group()
+    search.add_argument("--grid", action=Once, const=True, default=False, help="Every combination of the listed values (the default).")
+    search.add_argument(
+        "--random", action=Once, type=int, metavar="N", help="N distinct combinations drawn at random from the lists and ranges.",
+    )
+    sweep.add_argument("--seed", action=Once, type=int, help="Seed of --random: the same seed draws the same combinations.")
+    sweep.add_argument(
+        "--metric", action=Once, metavar="STEP.NAME",
+        help="The metric that orders the combinations (needed when the pipeline reports more than one).",
+    )
+    sweep.add_argument(
+        "--maximize", dest="maximize", action=Once, const=True, default=None, same=("--minimize",),
+        help="The highest metric is the best (the default).",
+    )
+    sweep.add_argument(
+        "--minimize", dest="maximize", action=Once, const=False, same=("--maximize",), help="The lowest metric is the best.",
+    )
+    _add_placement_arguments(sweep)
+    return _add_process_arguments(sweep)
+
+
+def _add_placement_arguments(run):
+    """How many steps run at once, and where: a run and a sweep take the same."""
     run.add_argument(
         "--workers", action=Once, type=int,
         help="How many steps run at once (default: every step that is ready, up to 16, while memory lasts).",
@@ -154,14 +193,14 @@ def add_run_arguments(run):
     run.add_argument(
         "--local", dest="runner", action=Once, const="local", same=("--runner",), help="Run here even if a host is configured."
     )
-    run.add_argument("--wait", action=Once, const=True, default=False, help="On Kubeflow: follow the run, live, until it ends.")
+    return run
+
+
+def _add_process_arguments(run):
+    """What a step reuses, and the process it starts in: a run and a sweep take the same."""
     run.add_argument(
         "--no-cache", dest="cache", action=Once, const=False, default=True,
         help="Run every step, reusing nothing from earlier runs (on Kubeflow: no cached tasks).",
-    )
-    run.add_argument(
-        "--from", dest="start_from", action=Once, metavar="STEP",
-        help="Run STEP and every step after it; reuse the other steps' outputs from the last local run.",
     )
     run.add_argument(
         "--isolate", action=Once, const=True, default=False,
@@ -208,6 +247,9 @@ def _pipeline_parser():
     commands.add_parser("show", help="Table of steps, inputs, outputs and params, and the DAG.")
     commands.add_parser("check", help="Report every problem of the pipeline without running anything.")
     add_run_arguments(commands.add_parser("run", help="Run the pipeline; returns a Run."))
+    add_sweep_arguments(commands.add_parser(
+        "sweep", help="Run the pipeline once per combination of parameter values; returns a Sweep."
+    ))
     compile_ = commands.add_parser("compile", help="Write the pipeline as Kubeflow Pipelines YAML.")
     compile_.add_argument(
         "-o", "--output", action=Once, metavar="PATH", help="Where to write it (default: <pipeline name>.yaml)."

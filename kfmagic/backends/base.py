@@ -396,10 +396,10 @@ def step_runs(plan):
     return {step.name: StepRun(step.name, step.assigns) for step in plan.steps}
 
 
-def start_run(plan, params, workdir, runner):
-    """A RUNNING Run of `plan` here: its directory made and held (`is_running`) until `ended`, its
-    run.json written."""
-    run_id, run_dir = new_run_dir(workdir, plan.name)
+def start_run(plan, params, workdir, runner, suffix=None):
+    """A RUNNING Run of `plan` here: its directory made (its id ending in `suffix`) and held
+    (`is_running`) until `ended`, its run.json written."""
+    run_id, run_dir = new_run_dir(workdir, plan.name, suffix)
     record = Run(run_id, plan.name, runner, step_runs(plan), dict(params), run_dir=run_dir, state="RUNNING")
     try:
         record.write_info()

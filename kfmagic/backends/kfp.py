@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 
 from .. import store, workspace
 from ..compiler import (
-    RUN_ID_PARAM, RUNTIME_DISPLAY_NAME, STORE_PARAM, Target, compile_plan, kfp_name, pipeline_arguments, store_warnings,
+    RUN_ID_PARAM, RUNTIME_DISPLAY_NAME, STORE_PARAM, Fanout, Target, compile_plan, kfp_name, pipeline_arguments,
+    store_warnings,
 )
 from ..component import LOG_FILE, STEPS_FILE
 from ..config import calling
 from ..errors import KfmagicError, RunFailed
 from ..plan import RUNTIME_TASK
 from ..runtime import OUTPUTS_DIR, RESULT_FILE
+from ..sweep import swept as sweep_names
 from .base import FINAL_STATES, RUN_ID, Run, StepRun, new_run_dir, read_result, step_runs, steps_listed
 
 POLL_SECONDS = 2.0
@@ -178,6 +180,21 @@ class RemoteRun(Run):
             step.state, step.error = state, step.error or error
             self._recorded.add(step.name)
 
+    def read_ended(self, state):
+        """The steps' outcomes from their records alone (a combination of a sweep, which the cluster's
+        run of `state` ran): a step without one did not run."""
+        for step in self.steps.values():
+            path = self.store.fetch(step.name, RESULT_FILE, fresh=True)
+            if path is not None:
+                step.apply_result(read_result(os.path.dirname(path)), os.path.dirname(path))
+                self._recorded.add(step.name)
+            else:
+                step.state = "CANCELED" if state == "CANCELED" else "SKIPPED"
+        failed = any(step.state != "SUCCEEDED" for step in self.steps.values())
+        self.state = ("CANCELED" if state == "CANCELED" else "FAILED") if failed else "SUCCEEDED"
+        times = [t for step in self.steps.values() for t in (step.started, step.finished) if t]
+        self.started, self.finished = min(times, default=self.started), max(times, default=time.time())
+
     def _adopt_steps(self, records):
         """A run opened by its id knows its steps from the cluster's task names; the store's list of the
         plan's steps gives their names, order and what each assigns (which has a name's last value)."""
@@ -246,6 +263,25 @@ def run(plan, params, *, workdir, workers, progress, settings):
     Of `settings` (base.Settings), the image, the connection (with its run store) and `wait` apply;
     `workers` does not.
     """
+    record = _submit(plan, params, workdir, settings)
+    if not settings.wait:
+        return record.refresh()
+    try:
+        return record.wait(progress=progress)
+    except KeyboardInterrupt:  # the run is the cluster's: only the following stops
+        raise _stopped_following(record) from None
+
+
+def _stopped_following(record):
+    return RunFailed(
+        f"Stopped following run {record.id}; it goes on on Kubeflow: {record.url}. Cancel it with "
+        f"`%pipeline cancel {record.id}` in the notebook, or `kfmagic cancel {record.id} --host "
+        f"{record.connection.endpoint}` in a shell.", record,
+    )
+
+
+def _submit(plan, params, workdir, settings, fanout=None):
+    """Compile `plan` (a sweep's with `fanout`), upload it and start it with `params`; returns its RemoteRun."""
     connection, stamp = settings.connection, time.strftime("%Y%m%d-%H%M%S")
     store_url = connection.run_store
     client = connection.client()  # first: a cluster out of reach leaves no submission folder behind
@@ -254,7 +290,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     submission, submit_dir = new_run_dir(workdir, plan.name, suffix="kfp")
     # --no-cache is compiled in: kfp.Client drops enable_caching for a run of an uploaded version
     target = Target(image=settings.image, store=store_url, cache=settings.cache)
-    package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), target)
+    package = compile_plan(plan, os.path.join(submit_dir, "pipeline.yaml"), target, fanout=fanout)
     for warning in store_warnings(plan, target):
         print(f"warning: {warning}", file=sys.stderr)
     arguments = pipeline_arguments(params)
@@ -292,16 +328,46 @@ def run(plan, params, *, workdir, workers, progress, settings):
         store=record.store.where if record.store else None,
     )
     print(f"Submitted run {record.id} of pipeline {name!r} (experiment {experiment!r}): {record.url}")
-    if not settings.wait:
-        return record.refresh()
+    return record
+
+
+def run_sweep(plan, combinations, per_combination, *, workdir, workers, progress, settings):
+    """The sweep compiled as one pipeline (the shared steps, then one dsl.ParallelFor running the
+    `per_combination` steps once per combination, `workers` at a time) and submitted as one run,
+    followed until it ends; returns one Run per combination (`combinations`: each one's parameter
+    values), read from the run store, where each combination's steps keep their records (`c<N>/`):
+    the cluster's API does not say which iteration of the loop a task was, its records do.
+
+    Ctrl-C stops the following, not the run (RunFailed says how to cancel it).
+    """
+    if not settings.connection.run_store:
+        raise KfmagicError(
+            "A sweep on Kubeflow reads each combination's metrics from the run store, where the steps' pods "
+            "write them: give one (`%pipeline config --store s3://BUCKET/PREFIX`, --store, or KFMAGIC_STORE), or "
+            "sweep here with --runner local."
+        )
+    swept = sweep_names(combinations)
+    fanout = Fanout(tuple({name: values[name] for name in swept} for values in combinations), tuple(per_combination), workers)
+    fixed = {name: value for name, value in combinations[0].items() if name not in swept}
+    record = _submit(plan, fixed, workdir, settings, fanout)
     try:
-        return record.wait(progress=progress)
-    except KeyboardInterrupt:  # the run is the cluster's: only the following stops
-        raise RunFailed(
-            f"Stopped following run {record.id}; it goes on on Kubeflow: {record.url}. Cancel it with "
-            f"`%pipeline cancel {record.id}` in the notebook, or `kfmagic cancel {record.id} --host "
-            f"{connection.endpoint}` in a shell.", record,
-        ) from None
+        while record.refresh().state not in FINAL_STATES:
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        raise _stopped_following(record) from None
+    runs = []
+    for i, values in enumerate(combinations):
+        own = store.ObjectStore(f"{record.store.where}/c{i + 1}", os.path.join(record.run_dir, f"c{i + 1}"))
+        run = RemoteRun(
+            f"{record.id}-c{i + 1}", plan.name, "kfp", step_runs(plan), dict(values), run_dir=record.run_dir,
+            url=record.url, connection=record.connection, store=store.CombinationStore(record.store, own, per_combination),
+        )
+        run.read_ended(record.state)
+        its_progress = progress(i)
+        its_progress.start(run)
+        its_progress.finish(run)
+        runs.append(run)
+    return runs
 
 
 def cancel(connection, run_id):

@@ -6,9 +6,11 @@ in this environment), then kfp.local executes that IR, one task at a time, in a 
 (`python -m kfmagic.backends.kfp_local`), which keeps kfp.local's global settings and logs out of
 the kernel and makes an interrupt stop it. Each step's runtime leaves its result where a local run
 does (`.kfmagic/runs/<run-id>/<step>/result.json`); values are read from the artifacts it wrote.
+A sweep (`run_sweep`) is its compiled `dsl.ParallelFor` pipeline, run the same way.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -16,11 +18,15 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 
-from .. import component, workspace
-from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
-from .base import ended, held, read_result, start_run, tell_failures
-from .launcher import supervised
+from .. import component, runtime, workspace
+from ..compiler import Fanout, Target, compile_plan, kfp_name, pipeline_arguments
+from ..errors import SweepInterrupted
+from ..store import FolderStore
+from ..sweep import swept as sweep_names
+from .base import Run, ended, held, interrupted, read_result, start_run, step_runs, tell_failures
+from .launcher import supervised, supervising
 
 PACKAGE_FILE = "pipeline.yaml"
 LOG_FILE = "kfp-local.log"
@@ -82,13 +88,152 @@ def run(plan, params, *, workdir, workers, progress, settings):
     record = start_run(plan, params, workdir, "kfp-local")
     run_dir, steps = record.run_dir, record.steps
     package = compile_plan(plan, os.path.join(run_dir, PACKAGE_FILE), Target(image=settings.image, install=False))
+    task_output, told = _TaskOutput(plan), set()
+    stopped = f"Run {record.id} interrupted: kfp.local was stopped. Its files are in {run_dir}."
+
+    def on_line(line):
+        found = task_output.step_of(line)
+        if found:
+            progress.output(found[0], "stdout", found[1])
+
+    def on_tick():
+        _refresh(steps, run_dir, task_output.ended)
+        tell_failures(record, progress, told)
+        progress.update(record)
+
+    with held(record), _kfp_local(run_dir, package, params) as (events, execute), \
+            supervised(record, progress, events, stopped) as launcher:
+        returncode = execute(launcher, workdir, on_line, on_tick)
+    _refresh(steps, run_dir)
+    _conclude(record, returncode)
+    tell_failures(record, progress, told)
+    ended(record)
+    progress.finish(record)
+    return record
+
+
+def run_sweep(plan, combinations, per_combination, *, workdir, workers, progress, settings):
+    """The sweep compiled as one pipeline, as it would be submitted (the shared steps, then one
+    dsl.ParallelFor over the combinations running the `per_combination` steps, `workers` iterations at
+    a time), run by kfp.local. Returns one Run per combination (`combinations`: each one's parameter
+    values); Ctrl-C stops kfp.local and raises SweepInterrupted carrying them.
+
+    Everything is in one run folder: the package, kfp.local's artifacts and log, each shared step's
+    records in `<step>/` and each combination's in `c<N>/<step>/`, where the shared steps' are linked
+    too, so that a combination's Run reads its records in one place.
+    """
+    record = start_run(plan, combinations[0], workdir, "kfp-local")
+    swept = sweep_names(combinations)
+    fanout = Fanout(tuple({name: values[name] for name in swept} for values in combinations), tuple(per_combination), workers)
+    package = compile_plan(
+        plan, os.path.join(record.run_dir, PACKAGE_FILE), Target(image=settings.image, install=False), fanout=fanout
+    )
+    runs = [
+        CombinationRun(
+            f"{record.id}-c{i + 1}", plan.name, "kfp-local", step_runs(plan), dict(values), run_dir=record.run_dir,
+            state="RUNNING", records=os.path.join(record.run_dir, f"c{i + 1}"),
+        )
+        for i, values in enumerate(combinations)
+    ]
+    shown = [progress(i) for i in range(len(runs))]
+
+    def on_tick():
+        for run, its_progress in zip(runs, shown):
+            run.refresh(per_combination)
+            its_progress.update(run)
+
+    def stop():
+        for run, its_progress in zip(runs, shown):
+            run.gather(per_combination)
+            if all(step.state == "SUCCEEDED" for step in run.steps.values()):
+                _conclude(run, 0)
+                its_progress.finish(run)
+            else:
+                interrupted(run, its_progress, "")
+        return SweepInterrupted(f"Sweep interrupted: kfp.local was stopped. Its files are in {record.run_dir}.", runs)
+
+    fixed = {name: value for name, value in combinations[0].items() if name not in swept}
+    with held(record), _kfp_local(record.run_dir, package, fixed) as (events, execute), \
+            supervising(events, stop) as launcher:
+        for run, its_progress in zip(runs, shown):
+            its_progress.start(run)
+        returncode = execute(launcher, workdir, lambda line: None, on_tick)  # iterations run at once: no telling whose a line is
+    for run, its_progress in zip(runs, shown):
+        run.gather(per_combination)
+        _conclude(run, returncode if any(s.state != "SUCCEEDED" for s in run.steps.values()) else 0)
+        ended(run)
+        its_progress.finish(run)
+    record.state = "SUCCEEDED" if all(run.state == "SUCCEEDED" for run in runs) else "FAILED"
+    record.finished = time.time()
+    ended(record)
+    return runs
+
+
+@dataclass(repr=False)
+class CombinationRun(Run):
+    """One combination of a sweep run by kfp.local: in the sweep's run folder (its values are kfp.local's
+    artifacts there), its records in `records` (`c<N>/`), the shared steps' in the folder itself."""
+
+    records: str = ""
+
+    def refresh(self, per_combination, ended=None):
+        shared = {name: step for name, step in self.steps.items() if name not in per_combination}
+        _refresh(shared, self.run_dir, ended)
+        _refresh({name: step for name, step in self.steps.items() if name in per_combination}, self.records, ended)
+
+    def gather(self, per_combination):
+        """Final states, and the shared steps' records linked into this combination's folder (`logs`)."""
+        self.refresh(per_combination)
+        for name in self.steps:
+            if name not in per_combination:
+                _link_records(os.path.join(self.run_dir, name), os.path.join(self.records, name))
+
+    def _store(self, what):
+        return FolderStore(self.records)
+
+    def write_info(self, **extra):
+        """The combination's run.json goes in its own folder (the sweep's folder has the sweep's)."""
+        workspace.private_dir(self.records, "a combination's records")
+        Run.write_info(dataclasses.replace(self, run_dir=self.records), **extra)
+
+
+def _link_records(source, target):
+    """A shared step's result and log, hard-linked into a combination's folder (not its values: the result names them)."""
+    for name in (runtime.RESULT_FILE, component.LOG_FILE):
+        if os.path.exists(os.path.join(source, name)):
+            workspace.private_dir(target, "a combination's records")
+            with contextlib.suppress(FileExistsError):
+                os.link(os.path.join(source, name), os.path.join(target, name))
+
+
+def _conclude(record, returncode):
+    """The run's state once kfp.local has ended: a step started and never reported has died, one never
+    started was skipped (after a failure)."""
+    steps = record.steps
+    failed = any(step.state != "SUCCEEDED" for step in steps.values()) or returncode != 0
+    for step in steps.values():
+        if step.state == "RUNNING":  # started, never reported: the task process died
+            step.state, step.finished = "FAILED", time.time()
+            step.error = f"Step {step.name!r} ended without a result; kfp.local's log: {os.path.join(record.run_dir, LOG_FILE)}"
+        elif step.state == "PENDING":
+            step.state = "SKIPPED" if failed else step.state
+    record.state = "FAILED" if failed else "SUCCEEDED"
+    record.finished = time.time()
+
+
+@contextlib.contextmanager
+def _kfp_local(run_dir, package, params):
+    """(the queue a launcher reports on, `execute(launcher, workdir, on_line, on_tick)`): kfp.local running
+    `package` with `params` in a process that launcher starts, followed to its end (each line of its
+    output to its log and `on_line`, `on_tick()` after every event), returning its exit status. Its
+    scratch and log in `run_dir`, tidied however it ends."""
     scratch = workspace.private_dir(os.path.join(run_dir, "tmp"), "kfp.local's scratch folder")
     env = {"TMPDIR": scratch, component.RESULT_DIR_ENV: run_dir}  # kfp's launcher makes temp folders
     argv = [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))]
-    events, task_output, told = queue.Queue(), _TaskOutput(plan), set()
-    stopped = f"Run {record.id} interrupted: kfp.local was stopped. Its files are in {run_dir}."
+    events = queue.Queue()
     log = os.fdopen(os.open(os.path.join(run_dir, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
-    with held(record), log, _tidied(run_dir, scratch), supervised(record, progress, events, stopped) as launcher:
+
+    def execute(launcher, workdir, on_line, on_tick):
         launcher.start("kfp-local", argv, workdir, env)
         returncode, open_streams = None, {"stdout", "stderr"}
         while returncode is None or open_streams:
@@ -96,35 +241,20 @@ def run(plan, params, *, workdir, workers, progress, settings):
                 kind, _, stream_name, detail = events.get(timeout=0.3)
             except queue.Empty:
                 kind = None
-            _refresh(steps, run_dir, task_output.ended)
-            tell_failures(record, progress, told)
-            progress.update(record)
+            on_tick()
             if kind == "line":
                 log.write(detail + "\n")
-                found = task_output.step_of(detail)
-                if found:
-                    progress.output(found[0], "stdout", found[1])
+                on_line(detail)
             elif kind == "eof":
                 open_streams.discard(stream_name)
             elif kind in ("exited", "failed"):
                 returncode = detail if kind == "exited" else 127
             elif launcher.stopped.is_set():
-                returncode = returncode if returncode is not None else -9
-                break
-    _refresh(steps, run_dir)
-    failed = any(step.state != "SUCCEEDED" for step in steps.values()) or returncode != 0
-    for step in steps.values():
-        if step.state == "RUNNING":  # started, never reported: the task process died
-            step.state, step.finished = "FAILED", time.time()
-            step.error = f"Step {step.name!r} ended without a result; kfp.local's log: {os.path.join(run_dir, LOG_FILE)}"
-        elif step.state == "PENDING":
-            step.state = "SKIPPED" if failed else step.state
-    tell_failures(record, progress, told)
-    record.state = "FAILED" if failed else "SUCCEEDED"
-    record.finished = time.time()
-    ended(record)
-    progress.finish(record)
-    return record
+                return returncode if returncode is not None else -9
+        return returncode
+
+    with log, _tidied(run_dir, scratch):
+        yield events, execute
 
 
 @contextlib.contextmanager

@@ -158,16 +158,24 @@ def _interrupts_set(flag):
 def supervised(record, progress, events, stopped_message):
     """A Launcher for the run `record`, inside its lifecycle: progress shown, and on Ctrl-C (or any
     error) every process stopped; a Ctrl-C ends the run CANCELED with `stopped_message` (RunFailed)."""
+    with supervising(events, lambda: interrupted(record, progress, stopped_message)) as launcher:
+        progress.start(record)
+        yield launcher
+
+
+@contextlib.contextmanager
+def supervising(events, on_interrupt):
+    """A Launcher (of one run, or of every run of a sweep) inside its lifecycle: on Ctrl-C (or any
+    error) every process stopped; a Ctrl-C then raises what `on_interrupt()` returns."""
     launcher = None
     try:
         launcher = Launcher(events)
-        progress.start(record)
         yield launcher
     except KeyboardInterrupt:
         if launcher is not None:
             launcher.stop()
             launcher = None
-        raise interrupted(record, progress, stopped_message) from None
+        raise on_interrupt() from None
     finally:
         if launcher is not None:
             launcher.stop(grace=0)  # what finished steps left behind; everything, on an error
