@@ -227,3 +227,11 @@ def test_a_bad_step_name_says_what_a_name_may_be():
         "%%step Train: 'Train' is not a valid name. Use lowercase letters, digits, '-' and '_', starting with a "
         "letter (at most 63 characters), e.g. 'train_model'."
     )
+
+
+@pytest.mark.parametrize("line, asks", [
+    ("", True), ("   ", True), ("-h", True), (" --help ", True), ("# just a comment", True),
+    ("run", False), ("run --help", False), ("-x", False), ("'open", False),
+])
+def test_an_empty_line_or_a_plea_for_help_gets_the_list_of_subcommands(line, asks):
+    assert syntax.asks_for_help(line) is asks
