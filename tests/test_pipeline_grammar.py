@@ -235,3 +235,13 @@ def test_a_bad_step_name_says_what_a_name_may_be():
 ])
 def test_an_empty_line_or_a_plea_for_help_gets_the_list_of_subcommands(line, asks):
     assert syntax.asks_for_help(line) is asks
+
+
+def test_the_summary_lists_each_subcommand_with_its_line_in_order(grammar):
+    _, _, subcommands, summary = grammar
+    lines = summary.splitlines()
+    assert lines[:2] == [
+        "%pipeline SUBCOMMAND: build, check and run the notebook's pipeline (%pipeline? for every option).", ""
+    ]
+    assert [line.split()[0] for line in lines[2:]] == list(subcommands)
+    assert all(len(line.split(None, 1)) == 2 for line in lines[2:])  # each with what it does

@@ -636,3 +636,9 @@ def test_kfmagics_own_pipeline_parameters_cannot_be_declared():
     assert problems(f"%%params\n{STORE_PARAM} = 'x'\n{RUN_ID_PARAM} = 'y'", "%%step a\nz = 1") == [
         f"Parameter {name!r}: the name is kfmagic's own pipeline parameter; rename it." for name in (STORE_PARAM, RUN_ID_PARAM)
     ]
+
+
+def test_after_a_name_its_called_function_assigns_the_step_still_reads_the_rest():
+    plan = pipeline_of("%%prelude\ndef setup():\n    global mode\n    mode = 'x'", "%%step load\nrows = [1]",
+                       "%%step a\nsetup()\nprint(mode, rows)").plan()
+    assert plan.step("a").inputs == {"rows": "load"}
