@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from kfmagic import portability, workspace
-from kfmagic.backends import base, local
+from kfmagic.backends import base, launcher, local
 from kfmagic.display import TextProgress
 from kfmagic.errors import KfmagicError, RunFailed
 from kfmagic.registry import Pipeline
@@ -84,7 +84,7 @@ def test_a_damaged_value_is_one_message_for_run_load_and_for_the_step_that_reads
 
     # step b run again on the spec the local backend wrote for it, in its own process
     spec = os.path.join(run.run_dir, "b", "spec.json")
-    done = subprocess.run([sys.executable, "-m", "kfmagic.runtime", spec], env=local.step_env(), cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "kfmagic.runtime", spec], env=launcher.step_env(), cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert_one_message(done.stderr, "Step 'b'", "'x'", "step 'a'", run.id)
