@@ -22,6 +22,10 @@ RUNTIME_TASK = "kfmagic_runtime"
 RESERVED = (METRICS_OUTPUT, DISPLAY_OUTPUT, RUNTIME_TASK)
 # The compiled pipeline's own parameters, with a run store (compiler.py): no parameter may take them.
 STORE_PARAM, RUN_ID_PARAM = "kfmagic_store", "kfmagic_run_id"
+# The global random generators a step's runtime watches (runtime.random_states), by the module whose
+# `seed` seeds them, and how messages call them.
+GENERATORS = {"numpy.random": "numpy", "random": "random"}
+GENERATOR_NAMES = {"numpy": "numpy's global random generator (np.random)", "random": "the random module's generator"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class StepPlan:
     metrics: tuple
     options: dict
     needed_by: dict = field(default_factory=dict)  # variable it saves -> the steps that read it, in plan order
+    seeds: dict = field(default_factory=dict)  # global random generator its code seeds -> the seeding call
 
     @property
     def inferred(self):
@@ -63,6 +68,7 @@ class Plan:
     prelude: tuple  # CodePart
     params: dict  # name -> default
     warnings: tuple = field(default=())
+    seeded: dict = field(default_factory=dict)  # global random generator the prelude seeds -> the seeding call
 
     def step(self, name):
         return self._by_name[name]
@@ -126,6 +132,8 @@ class _Definitions:
     body_changes: dict = field(default_factory=dict)  # owner -> {name its body changes: "assign" | "mutate"}
     carries: dict = field(default_factory=dict)  # variable -> (names stored in its value, names called)
     classes: set = field(default_factory=set)
+    aliases: dict = field(default_factory=dict)  # name bound by an import -> the dotted path it names
+    seed_calls: list = field(default_factory=list)  # (owner or "", dotted callee, text): analysis.CodeInfo's
 
     def add(self, info):
         """Take a cell's definitions; a name it binds anew is no longer what it was."""
@@ -137,6 +145,22 @@ class _Definitions:
         self.body_changes.update((owner, dict(changes)) for owner, changes in info.function_changes)
         self.carries.update((target, (stored, called)) for target, stored, called in info.carries)
         self.classes.update(info.classes)
+        self.aliases.update(info.import_paths)
+        self.seed_calls += info.seed_calls
+
+    def seeds(self, owner, aliases):
+        """{global random generator: the call seeding it} of what `owner` ("": the code's own
+        statements) calls; a name is resolved with `aliases` (the prelude's) under this code's own."""
+        found = {}
+        for _, dotted, text in [call for call in self.seed_calls if call[0] == owner]:
+            head, _, rest = dotted.partition(".")
+            path = {**aliases, **self.aliases}.get(head)
+            if path is None:
+                continue  # not an import: `rng.seed(0)` seeds a generator of the notebook's own
+            generator = GENERATORS.get((f"{path}.{rest}" if rest else path).rpartition(".")[0])
+            if generator:  # `np.random.seed` is numpy.random.seed; `seed` may be random.seed
+                found.setdefault(generator, text)
+        return found
 
     def owners(self):
         """The names defined here whose use runs code written here (see `called`)."""
@@ -250,6 +274,7 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
             consumers.setdefault(producer, {}).setdefault(var, []).append(consumer)
 
     position = {name: i for i, name in enumerate(order)}
+    seeds = {step.name: _step_seeds(step, prelude, steps) for step in steps}
     planned = []
     for step_name in order:
         step = by_name[step_name]
@@ -273,12 +298,64 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
                 metrics=tuple(dict.fromkeys(step.metrics)),
                 options=dict(step.options),
                 needed_by=consumers.get(step_name, {}),
+                seeds=seeds[step_name],
             )
         )
     problems = _kubeflow_problems(planned, params)
     if problems:
         raise PlanError(problems)
-    return Plan(name, experiment, tuple(planned), prelude_parts, params, tuple(dict.fromkeys(warnings)))
+    return Plan(
+        name, experiment, tuple(planned), prelude_parts, params, tuple(dict.fromkeys(warnings)),
+        seeded=prelude.seeds("", {}),
+    )
+
+
+def _step_seeds(step, prelude, steps):
+    """{generator: call} of the global random generators a step seeds: in its own statements, or in
+    a function of the notebook that it calls (`set_seed(42)`)."""
+    found = step.seeds("", prelude.aliases)
+    for definer in (prelude, *steps):
+        for name in step.reads:
+            for generator, call in definer.seeds(name, prelude.aliases).items():
+                found.setdefault(generator, call)
+    return found
+
+
+def random_draw_warnings(plan, moved):
+    """What differs from the notebook because every step starts from the global random generators
+    as the prelude leaves them, while top to bottom a step continues from where the steps above it
+    left them. `moved`: {step: the generators its run left in another state than it found them}
+    (runtime.random_states); who seeds what, and the notebook order, are the plan's.
+
+    A step's numbers differ when it draws without seeding first, after a step above it moved the
+    generator, once something seeded it (the prelude, or a step above): unseeded, they are random
+    both ways. Steps that draw nothing are not affected, so only steps that drew are named.
+    """
+    found = []
+    for generator, said in GENERATOR_NAMES.items():
+        seeded = plan.seeded.get(generator) and f"the %%prelude: {plan.seeded[generator]}"
+        mover, diverged = None, {}  # mover: the last step above that left the generator elsewhere
+        for step in sorted(plan.steps, key=lambda step: step.index):
+            drew = generator in moved.get(step.name, ())
+            if generator in step.seeds:
+                seeded = f"step {step.name!r}: {step.seeds[generator]}"
+                mover = step.name if drew or generator not in plan.seeded else None
+                continue
+            if drew and seeded and mover:
+                diverged.setdefault(seeded, []).append(f"{step.name!r} (after {mover!r})")
+            mover = step.name if drew else mover
+        start = "which starts from the %%prelude's seed" if generator in plan.seeded else "where it is not seeded"
+        for seeder, steps in diverged.items():
+            names = ", ".join(steps)
+            found.append(
+                f"Step{'s' * (len(steps) > 1)} {names} drew random numbers from {said}, seeded by {seeder}, "
+                "after a step above drew from it. Top to bottom a step continues from where the steps above left "
+                f"the generator; in the pipeline each step runs in a process of its own, {start}: what "
+                f"{'these steps' if len(steps) > 1 else 'the step'} drew, and computed from it, differs from the "
+                "notebook's. Seed the generator at the top of each step that draws, or give what it calls a "
+                "random_state, and both give the same results."
+            )
+    return found
 
 
 def kfp_name(step_name):

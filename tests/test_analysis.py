@@ -394,11 +394,26 @@ def test_imported_names_are_the_module_level_import_bindings():
     assert analyze(source).imported == ("np", "SVC", "a", "g")
 
 
+def test_import_paths_and_the_seed_calls_they_reach():
+    source = (
+        "import numpy as np\nimport numpy.random as rnd\nimport os.path\nfrom random import seed\n"
+        "np.random.seed(0)\nseed(1)\nrng.seed(2)\ndef reset(seed):\n    rnd.seed(3)\n    seed(4)\n"
+    )
+    info = analyze(source)
+    assert info.import_paths == (("np", "numpy"), ("rnd", "numpy.random"), ("os", "os"), ("seed", "random.seed"))
+    assert info.seed_calls == (  # a parameter named seed is no module's
+        ("", "np.random.seed", "np.random.seed(0)"), ("", "seed", "seed(1)"), ("", "rng.seed", "rng.seed(2)"),
+        ("reset", "rnd.seed", "rnd.seed(3)"),
+    )
+    assert analyze(source + "reset(5)").seed_calls[-1] == ("", "rnd.seed", "rnd.seed(3)")  # called: the code's own
+    assert analyze("import numpy as np\nnp = None").import_paths == ()
+
+
 def test_code_info_is_frozen_tuples():
     info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
     expected = CodeInfo(
         ("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",), imported=("os",),
-        carries=(("x", ("y",), ()),),
+        carries=(("x", ("y",), ()),), import_paths=(("os", "os"),),
     )
     assert info == expected  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):

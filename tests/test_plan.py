@@ -3,6 +3,7 @@
 import pytest
 
 from kfmagic.errors import CellSyntaxError, PlanError
+from kfmagic.plan import random_draw_warnings
 from kfmagic.registry import Pipeline
 from kfmagic.syntax import parse_cell
 
@@ -612,3 +613,58 @@ def test_the_plan_problems_name_what_exists_and_what_kfmagic_keeps_for_itself():
         "Step 'b': data_in, rows_in would name both an input and an output of its Kubeflow component; "
         "rename the variable."
     ]
+
+
+def test_the_global_random_generators_the_prelude_and_each_step_seed():
+    plan = pipeline_of(
+        "%%prelude\nimport numpy as np\nimport random\nnp.random.seed(0)\ndef reset():\n    np.random.seed(4)",
+        "%%step a\nrandom.seed(1)\nx = 1",
+        "%%step b\nfrom numpy.random import seed\nseed(2)",
+        "%%step c\nrng = np.random.RandomState(0)\nrng.seed(3)",  # a generator of its own
+        "%%step d\nreset()",
+    ).plan()
+    assert plan.seeded == {"numpy": "np.random.seed(0)"}
+    assert {step.name: step.seeds for step in plan.steps} == {
+        "a": {"random": "random.seed(1)"}, "b": {"numpy": "seed(2)"}, "c": {}, "d": {"numpy": "np.random.seed(4)"},
+    }
+
+
+def test_a_step_drawing_after_another_from_the_preludes_seed_is_named_with_it():
+    plan = pipeline_of(
+        "%%prelude\nimport numpy as np\nnp.random.seed(0)",
+        "%%step a\nx = np.random.rand()", "%%step b\ny = 1", "%%step c\nz = np.random.rand()",
+        "%%step d\nnp.random.seed(1)\nw = np.random.rand()", "%%step e\nv = np.random.rand()",
+    ).plan()
+    drew = {"a": ["numpy"], "c": ["numpy"], "d": ["numpy"], "e": ["numpy"]}
+    assert random_draw_warnings(plan, drew) == [
+        "Step 'c' (after 'a') drew random numbers from numpy's global random generator (np.random), seeded by the "
+        "%%prelude: np.random.seed(0), after a step above drew from it. Top to bottom a step continues from where "
+        "the steps above left the generator; in the pipeline each step runs in a process of its own, which starts "
+        "from the %%prelude's seed: what the step drew, and computed from it, differs from the notebook's. Seed the "
+        "generator at the top of each step that draws, or give what it calls a random_state, and both give the "
+        "same results.",
+        "Step 'e' (after 'd') drew random numbers from numpy's global random generator (np.random), seeded by step "
+        "'d': np.random.seed(1), after a step above drew from it. Top to bottom a step continues from where the "
+        "steps above left the generator; in the pipeline each step runs in a process of its own, which starts from "
+        "the %%prelude's seed: what the step drew, and computed from it, differs from the notebook's. Seed the "
+        "generator at the top of each step that draws, or give what it calls a random_state, and both give the "
+        "same results.",
+    ]
+    assert random_draw_warnings(plan, {"c": ["numpy"], "d": ["numpy"]}) == []  # c is the first to draw
+
+
+def test_random_draws_differ_only_where_the_notebook_gives_fixed_numbers():
+    unseeded = pipeline_of("%%prelude\nimport random", "%%step a\nx = random.random()", "%%step b\ny = random.random()")
+    assert random_draw_warnings(unseeded.plan(), {"a": ["random"], "b": ["random"]}) == []  # random both ways
+    seeded_by_a_step = pipeline_of(
+        "%%prelude\nimport random", "%%step a\nrandom.seed(0)\nx = random.random()", "%%step b\ny = random.random()"
+    ).plan()
+    [warning] = random_draw_warnings(seeded_by_a_step, {"a": ["random"], "b": ["random"]})
+    assert warning.startswith("Step 'b' (after 'a') drew random numbers from the random module's generator, seeded "
+                              "by step 'a': random.seed(0)")
+    assert "each step runs in a process of its own, where it is not seeded" in warning
+    reseeded_alike = pipeline_of(  # b leaves the generator as every step finds it: c draws what it would
+        "%%prelude\nimport random\nrandom.seed(0)", "%%step a\nx = random.random()", "%%step b\nrandom.seed(0)",
+        "%%step c\ny = random.random()",
+    ).plan()
+    assert random_draw_warnings(reseeded_alike, {"a": ["random"], "c": ["random"]}) == []

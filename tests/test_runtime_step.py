@@ -52,7 +52,7 @@ def test_a_step_loads_its_inputs_runs_its_cells_and_saves_what_later_steps_read(
     first = spec_of(tmp_path / "a", "rows = [1, 2]\nnote = 'made by a'", step="a", outputs=["rows"], keep=["note"],
                     needed_by={"rows": ["b", "c"]})
     assert run(first) == (0, {
-        "state": "SUCCEEDED", "error": None, "metrics": {}, "skipped": {},
+        "state": "SUCCEEDED", "error": None, "metrics": {}, "skipped": {}, "random": [],
         "saved": {
             "rows": {"type": "list", "bytes": os.path.getsize(tmp_path / "a" / "outputs" / "rows.pkl"),
                      "digest": "sha256:" + hashlib.sha256((tmp_path / "a" / "outputs" / "rows.pkl").read_bytes()).hexdigest()},
@@ -70,6 +70,13 @@ def test_a_step_loads_its_inputs_runs_its_cells_and_saves_what_later_steps_read(
     assert oct((tmp_path / "a" / "outputs").stat().st_mode & 0o777) == "0o700"
     assert {oct(path.stat().st_mode & 0o777) for path in (tmp_path / "a").rglob("*") if path.is_file()} == {"0o600"}
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_step_records_the_global_random_generators_its_code_left_elsewhere(tmp_path):
+    drew = spec_of(tmp_path / "a", "import random\nimport numpy as np\nx = (random.random(), np.random.rand())", step="a")
+    assert run(drew)[1]["random"] == ["random", "numpy"]
+    own = spec_of(tmp_path / "b", "import numpy as np\nx = np.random.default_rng(0).random()", step="b")
+    assert run(own)[1]["random"] == []  # a generator of its own moves no global one
 
 
 def test_parameters_are_set_before_the_prelude_runs(tmp_path):

@@ -19,7 +19,7 @@ import time
 
 from .. import component, workspace
 from ..compiler import Target, compile_plan, kfp_name, pipeline_arguments
-from .base import read_result, start_run
+from .base import read_result, start_run, warn_of_random_draws
 from .launcher import supervised
 
 PACKAGE_FILE = "pipeline.yaml"
@@ -121,6 +121,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     record.state = "FAILED" if failed else "SUCCEEDED"
     record.finished = time.time()
     progress.finish(record)
+    warn_of_random_draws(plan, record)
     return record
 
 

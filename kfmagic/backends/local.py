@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .. import cache, runtime, workspace
 from ..component import LOG_FILE
 from ..errors import KfmagicError
-from .base import read_result, start_run
+from .base import read_result, start_run, warn_of_random_draws
 from .launcher import step_env, supervised
 
 _NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
@@ -170,7 +170,8 @@ class _Scheduler:
             every_step = set.intersection(*(set(s.params) for s in self.plan.steps))  # the prelude's, at least
             params = {name: self.record.params[name] for name in every_step}
             prelude = os.path.join(self.record.run_dir, PRELUDE_FILE)  # by file: messages stay small
-            workspace.write_private_json(prelude, {"prelude": [vars(part) for part in self.plan.prelude], "params": params}, "the prelude")
+            warm = {"prelude": [vars(part) for part in self.plan.prelude], "params": params, "seeded": list(self.plan.seeded)}
+            workspace.write_private_json(prelude, warm, "the prelude")
             self.launcher.warm(prelude, self.workdir)
             self.warmed = True
 
@@ -305,4 +306,5 @@ def run(plan, params, *, workdir, workers, progress, settings):
     record.state = "SUCCEEDED" if all(s.state == "SUCCEEDED" for s in record.steps.values()) else "FAILED"
     record.finished = time.time()
     progress.finish(record)
+    warn_of_random_draws(plan, record)
     return record
