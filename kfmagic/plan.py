@@ -267,7 +267,7 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
     ancestors = _closure(upstream)
     for consumer, needs in inputs.items():
         for var, producer in needs.items():
-            warnings.extend(_parallel_writers(consumer, var, producer, steps, ancestors))
+            warnings.extend(_parallel_writers(consumer, var, producer, steps, ancestors, after_ancestors[consumer]))
     consumers = {}  # producer -> {var: [the steps that read it, in plan order]}
     for consumer in order:
         for var, producer in inputs[consumer].items():
@@ -533,7 +533,8 @@ def _collect_steps(cells, prelude, problems):
     """Group step cells by name in notebook order and analyse each step's code as one.
 
     Calling a method on a prelude name (`np.zeros(3)`) is not a change worth marshalling: every
-    step runs the prelude afresh, so only rebinding a prelude name makes a step its provider.
+    step runs the prelude afresh, so only rebinding a prelude name makes a step its provider; an
+    import binding it to what the prelude imports (`import numpy as np` again) does not rebind it.
     A call to a function that changes its argument in place (`clean(df)`, defined in the prelude
     or an earlier cell) changes that argument.
     """
@@ -551,7 +552,7 @@ def _collect_steps(cells, prelude, problems):
             functions.update((function[0], function) for function in info.mutating_functions)
     for step in steps.values():
         step.positions = [position[id(cell)] for cell in step.cells]
-        bound = set()
+        bound, reimported = set(), set()
         for cell in step.cells:
             options = cell.spec.options
             step.after += options.get("after", [])
@@ -574,14 +575,17 @@ def _collect_steps(cells, prelude, problems):
             for var in info.reads:
                 step.read_at.setdefault(var, (position[id(cell)], cell.label))
             step.imported.update(info.imported)
-            mutates = [v for v in info.mutates if v not in prelude_names or v in bound]
+            mutates = [v for v in info.mutates if v not in prelude_names or v in bound - reimported]
             for var in [v for v in info.reads if v in bound]:  # a function an earlier cell of the step defined
                 mutates += _call_within(step, var, bound)
+            again = {name for name, path in info.import_paths if prelude.aliases.get(name) == path}
+            reimported = reimported - set(info.assigns) | again
+            assigned = [v for v in info.assigns if v not in again]
             bound.update(info.assigns)
-            step.bound.update(info.assigns)
+            step.bound.update(assigned)
             step.add(info)
-            step.changes.update(info.assigns, mutates)
-            step.assigns += [v for v in dict.fromkeys((*info.assigns, *mutates)) if v not in step.assigns]
+            step.changes.update(assigned, mutates)
+            step.assigns += [v for v in dict.fromkeys((*assigned, *mutates)) if v not in step.assigns]
     if prelude.unknown:  # what the prelude's star imports bind is unknown: a name that only has methods
         bound_anywhere = set().union(*(step.bound for step in steps.values()))  # called is one of them
         for step in steps.values():
@@ -707,12 +711,15 @@ def _find_cycle(remaining):
     return [*reversed(cycle), cycle[-1]]
 
 
-def _parallel_writers(consumer, var, producer, steps, ancestors):
+def _parallel_writers(consumer, var, producer, steps, ancestors, named_after):
+    """A step the consumer names with --after (`named_after`: reached through --after edges) also
+    changes `var`, in parallel with the step it comes from: the user may expect that one's. Where
+    no --after says so, the notebook's order alone decides, as top to bottom: nothing to warn of."""
     for other in steps:
         if (
             other.name not in (producer, consumer)
             and var in other.changes
-            and other.name in ancestors[consumer]
+            and other.name in named_after
             and other.name not in ancestors[producer]
             and producer not in ancestors[other.name]
         ):

@@ -668,3 +668,24 @@ def test_random_draws_differ_only_where_the_notebook_gives_fixed_numbers():
         "%%step c\ny = random.random()",
     ).plan()
     assert random_draw_warnings(reseeded_alike, {"a": ["random"], "c": ["random"]}) == []
+
+
+def test_a_step_importing_again_what_the_prelude_imports_provides_nothing():
+    plan = pipeline_of(
+        "%%prelude\nimport numpy as np\nfrom sklearn.svm import SVC",
+        "%%step a\nimport numpy as np\nnp.random.seed(42)\nx = np.zeros(2)",  # handson-ml2 re-imports in cells
+        "%%step b\nimport numpy\nfrom sklearn.svm import SVC\ny = np.ones(2)",
+        "%%step c\nz = np.zeros(1), numpy.zeros(1), SVC()",
+        "%%step d\nimport pandas as np\nw = np.DataFrame()",  # another module under the name: d's own
+        "%%step e\nv = np.DataFrame()",
+    ).plan()
+    assert plan.step("c").inputs == {"numpy": "b"}  # `numpy` the prelude does not bind
+    assert plan.step("e").inputs == {"np": "d"}
+    assert [step.name for step in plan.steps if step.upstream] == ["c", "e"]
+
+
+def test_without_an_after_the_notebook_order_alone_decides_and_nothing_is_warned():
+    plan = pipeline_of("%%step left\nconfig = 1\nother = 1", "%%step right\nconfig = 2",
+                       "%%step merge\nprint(config, other)").plan()
+    assert plan.step("merge").inputs == {"config": "right", "other": "left"}
+    assert plan.warnings == ()
