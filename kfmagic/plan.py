@@ -347,13 +347,14 @@ def random_draw_warnings(plan, moved):
         start = "which starts from the %%prelude's seed" if generator in plan.seeded else "where it is not seeded"
         for seeder, steps in diverged.items():
             names = ", ".join(steps)
+            many = len(steps) > 1
             found.append(
-                f"Step{'s' * (len(steps) > 1)} {names} drew random numbers from {said}, seeded by {seeder}, "
-                "after a step above drew from it. Top to bottom a step continues from where the steps above left "
-                f"the generator; in the pipeline each step runs in a process of its own, {start}: what "
-                f"{'these steps' if len(steps) > 1 else 'the step'} drew, and computed from it, differs from the "
-                "notebook's. Seed the generator at the top of each step that draws, or give what it calls a "
-                "random_state, and both give the same results."
+                f"Step{'s' * many} {names} drew random numbers from {said}, seeded by {seeder}, after a step "
+                "above drew from it: top to bottom a step continues from where the steps above left the generator, "
+                f"but each step of the pipeline runs in a process of its own, {start}. So "
+                f"{'these steps' if many else 'the step'} drew other numbers than the notebook does, and what "
+                f"{'they' if many else 'it'} computed from them may differ. Seed the generator at the top of each "
+                "step that draws, or give what it calls a random_state, and both draw the same numbers."
             )
     return found
 

@@ -636,21 +636,22 @@ def test_a_step_drawing_after_another_from_the_preludes_seed_is_named_with_it():
         "%%step d\nnp.random.seed(1)\nw = np.random.rand()", "%%step e\nv = np.random.rand()",
     ).plan()
     drew = {"a": ["numpy"], "c": ["numpy"], "d": ["numpy"], "e": ["numpy"]}
+    tail = (
+        "after a step above drew from it: top to bottom a step continues from where the steps above left the "
+        "generator, but each step of the pipeline runs in a process of its own, which starts from the %%prelude's "
+        "seed. So the step drew other numbers than the notebook does, and what it computed from them may differ. "
+        "Seed the generator at the top of each step that draws, or give what it calls a random_state, and both draw "
+        "the same numbers."
+    )
     assert random_draw_warnings(plan, drew) == [
         "Step 'c' (after 'a') drew random numbers from numpy's global random generator (np.random), seeded by the "
-        "%%prelude: np.random.seed(0), after a step above drew from it. Top to bottom a step continues from where "
-        "the steps above left the generator; in the pipeline each step runs in a process of its own, which starts "
-        "from the %%prelude's seed: what the step drew, and computed from it, differs from the notebook's. Seed the "
-        "generator at the top of each step that draws, or give what it calls a random_state, and both give the "
-        "same results.",
+        "%%prelude: np.random.seed(0), " + tail,
         "Step 'e' (after 'd') drew random numbers from numpy's global random generator (np.random), seeded by step "
-        "'d': np.random.seed(1), after a step above drew from it. Top to bottom a step continues from where the "
-        "steps above left the generator; in the pipeline each step runs in a process of its own, which starts from "
-        "the %%prelude's seed: what the step drew, and computed from it, differs from the notebook's. Seed the "
-        "generator at the top of each step that draws, or give what it calls a random_state, and both give the "
-        "same results.",
+        "'d': np.random.seed(1), " + tail,
     ]
     assert random_draw_warnings(plan, {"c": ["numpy"], "d": ["numpy"]}) == []  # c is the first to draw
+    [both] = random_draw_warnings(plan, {"a": ["numpy"], "b": ["numpy"], "c": ["numpy"]})  # one per seed
+    assert both.startswith("Steps 'b' (after 'a'), 'c' (after 'b') drew random numbers from numpy's") and "So these steps drew" in both
 
 
 def test_random_draws_differ_only_where_the_notebook_gives_fixed_numbers():
@@ -662,7 +663,7 @@ def test_random_draws_differ_only_where_the_notebook_gives_fixed_numbers():
     [warning] = random_draw_warnings(seeded_by_a_step, {"a": ["random"], "b": ["random"]})
     assert warning.startswith("Step 'b' (after 'a') drew random numbers from the random module's generator, seeded "
                               "by step 'a': random.seed(0)")
-    assert "each step runs in a process of its own, where it is not seeded" in warning
+    assert "each step of the pipeline runs in a process of its own, where it is not seeded." in warning
     reseeded_alike = pipeline_of(  # b leaves the generator as every step finds it: c draws what it would
         "%%prelude\nimport random\nrandom.seed(0)", "%%step a\nx = random.random()", "%%step b\nrandom.seed(0)",
         "%%step c\ny = random.random()",
