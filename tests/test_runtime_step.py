@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from kfmagic import runtime, serde
+from kfmagic import component, runtime, serde
 from kfmagic.syntax import parse_cell
 
 
@@ -77,6 +77,16 @@ def test_a_step_records_the_global_random_generators_its_code_left_elsewhere(tmp
     assert run(drew)[1]["random"] == ["random", "numpy"]
     own = spec_of(tmp_path / "b", "import numpy as np\nx = np.random.default_rng(0).random()", step="b")
     assert run(own)[1]["random"] == []  # a generator of its own moves no global one
+
+
+def test_a_last_value_whose_repr_fails_is_not_shown_and_the_step_goes_on_as_in_the_kernel(tmp_path, capsys):
+    # PythonDataScienceHandbook's `display` class evaluates, when shown, the names it was given
+    shown = component.CellOutput()
+    helper = ("class display:\n    def __init__(self, *names):\n        self.names = names\n\n"
+              "    def __repr__(self):\n        return ', '.join(repr(eval(n)) for n in self.names)")
+    code, result = run(spec_of(tmp_path, helper, "x = 1\ndisplay('x', 'missing')"), display=shown.display)
+    assert (code, result["state"]) == (0, "SUCCEEDED")
+    assert "NameError in the repr of a display: name 'missing' is not defined" in capsys.readouterr().err
 
 
 def test_parameters_are_set_before_the_prelude_runs(tmp_path):
