@@ -9,6 +9,7 @@ Stdlib only, so it can run anywhere.
 """
 
 import ast
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -191,6 +192,11 @@ def _magic_body(body: str) -> list[ast.stmt]:
     except (SyntaxError, ValueError, RecursionError):
         return []
 
+
+# Methods that evaluate an expression given as text, where `@name` reads a variable of the caller
+# (pandas' DataFrame.query and .eval, pd.eval): `frame.query('x > @limit')` reads limit.
+_EXPRESSION_METHODS = frozenset({"query", "eval"})
+_EXPRESSION_NAME = re.compile(r"@([A-Za-z_]\w*)")
 
 # Calls whose result holds (or iterates over) the very objects passed in.
 _SHARING_CALLS = frozenset({"zip", "enumerate", "reversed", "list", "tuple", "iter", "sorted"})
@@ -528,6 +534,16 @@ class _Walker(ast.NodeVisitor):
                     if keyword.arg in function.changed:
                         self._mutate(keyword.value, *self._sources(keyword.value))
         self.generic_visit(node)
+        self._expression_names(node)
+
+    def _expression_names(self, node):
+        """`frame.query('x > @limit')`: the `@` names of an expression given as text are read."""
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _EXPRESSION_METHODS:
+            texts = [*node.args[:1], *(keyword.value for keyword in node.keywords if keyword.arg == "expr")]
+            for text in texts:
+                if isinstance(text, ast.Constant) and isinstance(text.value, str):
+                    for name in _EXPRESSION_NAME.findall(text.value):
+                        self._load(name)
 
     def _seed_call(self, node):
         """Record `np.random.seed(0)`, `random.seed(1)`, `seed(2)`: calls of a `seed` reached through

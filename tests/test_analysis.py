@@ -21,6 +21,8 @@ CASES = [
     ("chained-assign", "a = b = c", {"c"}, {"a", "b"}, set()),
     ("value-before-target", "x = [x]", {"x"}, {"x"}, set()),
     ("builtins-kept", "print(len(xs))", {"print", "len", "xs"}, set(), set()),
+    ("pandas-query-at-names", "out = df.query('x > @limit') + pd.eval(expr='@a + 1')", {"df", "limit", "pd", "a"}, {"out"}, set()),
+    ("query-at-name-of-a-parameter", "def f(limit):\n    return df.query('x > @limit')\nf(1)", {"df"}, {"f"}, set()),
     ("dunders-dropped", "if __name__ == '__main__':\n    main(__file__)", {"main"}, set(), set()),
     # --- branches and loops: textual order ---
     ("if-branch-binds", "if c:\n    x = 1\nprint(x)", {"c", "print"}, {"x"}, set()),

@@ -72,6 +72,10 @@ CASES = [
     ("a-parameter-reported-as-a-metric",
      ["%%params\nrate = 3", "%%step a --metrics rate score\nscore = rate * 0.5"],
      ["score"]),
+    ("a-pandas-query-reads-an-at-name-of-an-earlier-step",
+     ["%%prelude\nimport pandas as pd", "%%step s1\nlimit = 4", "%%step s2\nframe = pd.DataFrame({'x': [1, 5, 9]})\n"
+      "out = frame.query('x > @limit')['x'].tolist()"],
+     ["out"]),
     ("steps-that-seed-the-global-random-generators-before-they-draw",
      ["%%prelude\nimport random\nimport numpy as np\nnp.random.seed(0)\nrandom.seed(0)",
       "%%step a\nfirst = (float(np.random.rand()), random.random())",
