@@ -9,6 +9,7 @@ Stdlib only, so it can run anywhere.
 """
 
 import ast
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -52,6 +53,12 @@ class CodeInfo:
     statement_reads: tuple = ()
     # Module-level names bound by import statements (`np` of `import numpy as np`, `SVC`)
     imported: tuple = ()
+    # What each of them names: (`np`, "numpy"), (`rnd`, "numpy.random"), (`seed`, "numpy.random.seed")
+    import_paths: tuple = ()
+    # Calls of a `seed` reached through module-level names (`np.random.seed(0)`, `seed(1)`): (owner,
+    # dotted callee, call text); owner is "" for the code's own statements, else the function (or
+    # class, ...) whose body makes the call when called
+    seed_calls: tuple = ()
 
 
 def analyze(source: str, functions: tuple = ()) -> CodeInfo:
@@ -94,6 +101,8 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
         runs=tuple(walker.runs),
         statement_reads=tuple(walker.statement_reads),
         imported=tuple(walker.imported),
+        import_paths=tuple(walker.import_paths.items()),
+        seed_calls=tuple(walker.seed_calls),
     )
 
 
@@ -183,6 +192,11 @@ def _magic_body(body: str) -> list[ast.stmt]:
     except (SyntaxError, ValueError, RecursionError):
         return []
 
+
+# Methods that evaluate an expression given as text, where `@name` reads a variable of the caller
+# (pandas' DataFrame.query and .eval, pd.eval): `frame.query('x > @limit')` reads limit.
+_EXPRESSION_METHODS = frozenset({"query", "eval"})
+_EXPRESSION_NAME = re.compile(r"@([A-Za-z_]\w*)")
 
 # Calls whose result holds (or iterates over) the very objects passed in.
 _SHARING_CALLS = frozenset({"zip", "enumerate", "reversed", "list", "tuple", "iter", "sorted"})
@@ -302,6 +316,8 @@ class _Walker(ast.NodeVisitor):
         self.class_names = []  # the module-level class whose body is being walked (its methods' owner)
         self.runs = []  # `%run` arguments
         self.statement_reads = {}  # reads outside any function body
+        self.import_paths = {}  # module-level name bound by an import -> the dotted path it names
+        self.seed_calls = []  # (owner, dotted callee, call text)
 
     def visit(self, node):
         super().visit(node)
@@ -352,6 +368,9 @@ class _Walker(ast.NodeVisitor):
             if owner in seen or (owner not in self.function_reads and owner not in self.function_changes):
                 continue
             seen.add(owner)
+            for _, dotted, text in [call for call in self.seed_calls if call[0] == owner]:
+                if ("", dotted, text) not in self.seed_calls:  # `def reset(): np.random.seed(0)` then `reset()`
+                    self.seed_calls.append(("", dotted, text))
             for read in self.function_reads.get(owner, ()):
                 todo.append(read)
                 if read not in self.scopes[0].local and not (read.startswith("__") and read.endswith("__")):
@@ -368,8 +387,8 @@ class _Walker(ast.NodeVisitor):
         scope = scope or self.scopes[-1]
         if scope.kind == "module":
             scope.local.add(name)
-            for records in (self.function_reads, self.function_changes, self.carries):
-                records.pop(name, None)  # rebound: no longer the function it was
+            for records in (self.function_reads, self.function_changes, self.carries, self.import_paths):
+                records.pop(name, None)  # rebound: no longer the function (or module) it was
         elif name in scope.declared_global:
             scope.assigned_globals.add(name)
             owners = self._owners()
@@ -498,6 +517,7 @@ class _Walker(ast.NodeVisitor):
             target = magic[1].split()[0] if magic[0] == "capture" and magic[1].split() else ""
             if target.isidentifier():  # `%%capture out` binds out
                 self._bind(target)
+        self._seed_call(node)
         if isinstance(node.func, ast.Attribute) and (node in self.discarded or _passes_inplace(node)):
             # A method called for its effect may change its receiver (`model.fit(X)`, `lst.append(x)`,
             # `df['c'].fillna(0, inplace=True)`); one whose value is used (`m = X.mean()`) only reads it.
@@ -514,6 +534,30 @@ class _Walker(ast.NodeVisitor):
                     if keyword.arg in function.changed:
                         self._mutate(keyword.value, *self._sources(keyword.value))
         self.generic_visit(node)
+        self._expression_names(node)
+
+    def _expression_names(self, node):
+        """`frame.query('x > @limit')`: the `@` names of an expression given as text are read."""
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _EXPRESSION_METHODS:
+            texts = [*node.args[:1], *(keyword.value for keyword in node.keywords if keyword.arg == "expr")]
+            for text in texts:
+                if isinstance(text, ast.Constant) and isinstance(text.value, str):
+                    for name in _EXPRESSION_NAME.findall(text.value):
+                        self._load(name)
+
+    def _seed_call(self, node):
+        """Record `np.random.seed(0)`, `random.seed(1)`, `seed(2)`: calls of a `seed` reached through
+        a module-level name, which may seed a global random generator (plan.py tells which)."""
+        parts, func = [], node.func
+        while isinstance(func, ast.Attribute):
+            parts.insert(0, func.attr)
+            func = func.value
+        if not isinstance(func, ast.Name) or (parts or [func.id])[-1] != "seed":
+            return
+        if self._scope_of(func.id) is self.scopes[0]:
+            owners = self._owners() or ("",)
+            text = ast.unparse(node)
+            self.seed_calls += [(owner, ".".join([func.id, *parts]), text) for owner in owners]
 
     # --- statements whose parts run in a different order than ast lists them ----------------
 
@@ -607,6 +651,7 @@ class _Walker(ast.NodeVisitor):
             self.imports.setdefault(alias.name.partition(".")[0])
             if self._bind(_import_binding(alias)):
                 self.imported.setdefault(_import_binding(alias))
+                self.import_paths[_import_binding(alias)] = alias.name if alias.asname else alias.name.partition(".")[0]
 
     def visit_ImportFrom(self, node):
         if node.level == 0:
@@ -616,6 +661,8 @@ class _Walker(ast.NodeVisitor):
                 self.star_imports.append("." * node.level + (node.module or ""))
             elif self._bind(alias.asname or alias.name):
                 self.imported.setdefault(alias.asname or alias.name)
+                if node.level == 0:
+                    self.import_paths[alias.asname or alias.name] = f"{node.module}.{alias.name}"
 
     # --- match patterns: captures bind, value and class patterns read ------------------------
 

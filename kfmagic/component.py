@@ -119,7 +119,11 @@ def _rich(obj):
             if kind == "png":
                 content = base64.b64encode(content).decode() if isinstance(content, bytes) else content
             return kind, content
-    return "text", repr(obj) + "\n"
+    try:
+        return "text", repr(obj) + "\n"
+    except Exception as error:  # as in the kernel: the error is shown, the value is not, the cell goes on
+        print(f"{type(error).__name__} in the repr of a {type(obj).__qualname__}: {error}", file=sys.stderr)
+        return "text", ""
 
 
 class _Tee:

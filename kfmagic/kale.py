@@ -265,14 +265,15 @@ def translate(nb, default_name="pipeline"):
             if step not in declared:  # Kale's defaults go where the step is declared, under its own tags
                 options = {**defaults, **options, "limit": {**defaults.get("limit", {}), **options.get("limit", {})}}
                 declared.add(step)
-            after = [name for name in map(kfmagic_name, tags.prev) if name != step]
-            steps.append(_StepCell(index, step, list(dict.fromkeys(after)), options))
+            after = {kfmagic_name(prev): prev for prev in tags.prev if kfmagic_name(prev) != step}
+            steps.append(_StepCell(index, step, list(after), options, continues=tags.role is None, prev=after))
         elif role == _METRICS:
             metrics += [(name, where) for name in _metric_names(source, where, found)]
         else:
             texts[index] = f"%%{'params' if role == _PARAMS else 'prelude'}\n{source}"
 
     _assign_metrics(steps, metrics, nb, texts, found)
+    _drop_unknown_prev_of_continuations(steps, found)
     for cell in steps:
         words = [cell.step, *(["--after", *cell.after] if cell.after else [])]
         words += ["--metrics", *cell.metrics] if cell.metrics else []
@@ -289,6 +290,22 @@ class _StepCell:
     after: list
     options: dict
     metrics: list = field(default_factory=list)
+    continues: bool = False  # untagged, or `block:` without a name: the cell continues the step before
+    prev: dict = field(default_factory=dict)  # each step in `after` -> its prev: tag's name as written
+
+
+def _drop_unknown_prev_of_continuations(steps, found):
+    """Kale reads no `prev:` tag of a cell that continues a step (kfmagic keeps them): one naming no
+    step of the notebook (`prev:pre`, a tag left half-typed) is dropped with a warning, not refused."""
+    names = {cell.step for cell in steps}
+    for cell in steps:
+        unknown = [name for name in cell.after if name not in names] if cell.continues else []
+        for name in unknown:
+            found.append(
+                f"cell {cell.index + 1}: tag prev:{cell.prev[name]} names no step of the notebook; as Kale does on a "
+                f"cell that continues step {cell.step!r}, it is not applied."
+            )
+        cell.after = [name for name in cell.after if name not in unknown]
 
 
 def _image(settings):

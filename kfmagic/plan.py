@@ -22,6 +22,10 @@ RUNTIME_TASK = "kfmagic_runtime"
 RESERVED = (METRICS_OUTPUT, DISPLAY_OUTPUT, RUNTIME_TASK, COMBINATION_ARG)
 # The compiled pipeline's own parameters, with a run store (compiler.py): no parameter may take them.
 STORE_PARAM, RUN_ID_PARAM = "kfmagic_store", "kfmagic_run_id"
+# The global random generators a step's runtime watches (runtime.random_states), by the module whose
+# `seed` seeds them, and how messages call them.
+GENERATORS = {"numpy.random": "numpy", "random": "random"}
+GENERATOR_NAMES = {"numpy": "numpy's global random generator (np.random)", "random": "the random module's generator"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class StepPlan:
     metrics: tuple
     options: dict
     needed_by: dict = field(default_factory=dict)  # variable it saves -> the steps that read it, in plan order
+    seeds: dict = field(default_factory=dict)  # global random generator its code seeds -> the seeding call
 
     @property
     def inferred(self):
@@ -63,6 +68,7 @@ class Plan:
     prelude: tuple  # CodePart
     params: dict  # name -> default
     warnings: tuple = field(default=())
+    seeded: dict = field(default_factory=dict)  # global random generator the prelude seeds -> the seeding call
 
     def step(self, name):
         return self._by_name[name]
@@ -131,6 +137,8 @@ class _Definitions:
     body_changes: dict = field(default_factory=dict)  # owner -> {name its body changes: "assign" | "mutate"}
     carries: dict = field(default_factory=dict)  # variable -> (names stored in its value, names called)
     classes: set = field(default_factory=set)
+    aliases: dict = field(default_factory=dict)  # name bound by an import -> the dotted path it names
+    seed_calls: list = field(default_factory=list)  # (owner or "", dotted callee, text): analysis.CodeInfo's
 
     def add(self, info):
         """Take a cell's definitions; a name it binds anew is no longer what it was."""
@@ -142,6 +150,22 @@ class _Definitions:
         self.body_changes.update((owner, dict(changes)) for owner, changes in info.function_changes)
         self.carries.update((target, (stored, called)) for target, stored, called in info.carries)
         self.classes.update(info.classes)
+        self.aliases.update(info.import_paths)
+        self.seed_calls += info.seed_calls
+
+    def seeds(self, owner, aliases):
+        """{global random generator: the call seeding it} of what `owner` ("": the code's own
+        statements) calls; a name is resolved with `aliases` (the prelude's) under this code's own."""
+        found = {}
+        for _, dotted, text in [call for call in self.seed_calls if call[0] == owner]:
+            head, _, rest = dotted.partition(".")
+            path = {**aliases, **self.aliases}.get(head)
+            if path is None:
+                continue  # not an import: `rng.seed(0)` seeds a generator of the notebook's own
+            generator = GENERATORS.get((f"{path}.{rest}" if rest else path).rpartition(".")[0])
+            if generator:  # `np.random.seed` is numpy.random.seed; `seed` may be random.seed
+                found.setdefault(generator, text)
+        return found
 
     def owners(self):
         """The names defined here whose use runs code written here (see `called`)."""
@@ -248,13 +272,14 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
     ancestors = _closure(upstream)
     for consumer, needs in inputs.items():
         for var, producer in needs.items():
-            warnings.extend(_parallel_writers(consumer, var, producer, steps, ancestors))
+            warnings.extend(_parallel_writers(consumer, var, producer, steps, ancestors, after_ancestors[consumer]))
     consumers = {}  # producer -> {var: [the steps that read it, in plan order]}
     for consumer in order:
         for var, producer in inputs[consumer].items():
             consumers.setdefault(producer, {}).setdefault(var, []).append(consumer)
 
     position = {name: i for i, name in enumerate(order)}
+    seeds = {step.name: _step_seeds(step, prelude, steps) for step in steps}
     planned = []
     for step_name in order:
         step = by_name[step_name]
@@ -278,12 +303,65 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
                 metrics=tuple(dict.fromkeys(step.metrics)),
                 options=dict(step.options),
                 needed_by=consumers.get(step_name, {}),
+                seeds=seeds[step_name],
             )
         )
     problems = _kubeflow_problems(planned, params)
     if problems:
         raise PlanError(problems)
-    return Plan(name, experiment, tuple(planned), prelude_parts, params, tuple(dict.fromkeys(warnings)))
+    return Plan(
+        name, experiment, tuple(planned), prelude_parts, params, tuple(dict.fromkeys(warnings)),
+        seeded=prelude.seeds("", {}),
+    )
+
+
+def _step_seeds(step, prelude, steps):
+    """{generator: call} of the global random generators a step seeds: in its own statements, or in
+    a function of the notebook that it calls (`set_seed(42)`)."""
+    found = step.seeds("", prelude.aliases)
+    for definer in (prelude, *steps):
+        for name in step.reads:
+            for generator, call in definer.seeds(name, prelude.aliases).items():
+                found.setdefault(generator, call)
+    return found
+
+
+def random_draw_warnings(plan, moved):
+    """What differs from the notebook because every step starts from the global random generators
+    as the prelude leaves them, while top to bottom a step continues from where the steps above it
+    left them. `moved`: {step: the generators its run left in another state than it found them}
+    (runtime.random_states); who seeds what, and the notebook order, are the plan's.
+
+    A step's numbers differ when it draws without seeding first, after a step above it moved the
+    generator, once something seeded it (the prelude, or a step above): unseeded, they are random
+    both ways. Steps that draw nothing are not affected, so only steps that drew are named.
+    """
+    found = []
+    for generator, said in GENERATOR_NAMES.items():
+        seeded = plan.seeded.get(generator) and f"the %%prelude: {plan.seeded[generator]}"
+        mover, diverged = None, {}  # mover: the last step above that left the generator elsewhere
+        for step in sorted(plan.steps, key=lambda step: step.index):
+            drew = generator in moved.get(step.name, ())
+            if generator in step.seeds:
+                seeded = f"step {step.name!r}: {step.seeds[generator]}"
+                mover = step.name if drew or generator not in plan.seeded else None
+                continue
+            if drew and seeded and mover:
+                diverged.setdefault(seeded, []).append(f"{step.name!r} (after {mover!r})")
+            mover = step.name if drew else mover
+        start = "which starts from the %%prelude's seed" if generator in plan.seeded else "where it is not seeded"
+        for seeder, steps in diverged.items():
+            names = ", ".join(steps)
+            many = len(steps) > 1
+            found.append(
+                f"Step{'s' * many} {names} drew random numbers from {said}, seeded by {seeder}, after a step "
+                "above drew from it: top to bottom a step continues from where the steps above left the generator, "
+                f"but each step of the pipeline runs in a process of its own, {start}. So "
+                f"{'these steps' if many else 'the step'} drew other numbers than the notebook does, and what "
+                f"{'they' if many else 'it'} computed from them may differ. Seed the generator at the top of each "
+                "step that draws, or give what it calls a random_state, and both draw the same numbers."
+            )
+    return found
 
 
 def kfp_name(step_name):
@@ -461,7 +539,8 @@ def _collect_steps(cells, prelude, problems):
     """Group step cells by name in notebook order and analyse each step's code as one.
 
     Calling a method on a prelude name (`np.zeros(3)`) is not a change worth marshalling: every
-    step runs the prelude afresh, so only rebinding a prelude name makes a step its provider.
+    step runs the prelude afresh, so only rebinding a prelude name makes a step its provider; an
+    import binding it to what the prelude imports (`import numpy as np` again) does not rebind it.
     A call to a function that changes its argument in place (`clean(df)`, defined in the prelude
     or an earlier cell) changes that argument.
     """
@@ -479,7 +558,7 @@ def _collect_steps(cells, prelude, problems):
             functions.update((function[0], function) for function in info.mutating_functions)
     for step in steps.values():
         step.positions = [position[id(cell)] for cell in step.cells]
-        bound = set()
+        bound, reimported = set(), set()
         for cell in step.cells:
             options = cell.spec.options
             step.after += options.get("after", [])
@@ -502,14 +581,17 @@ def _collect_steps(cells, prelude, problems):
             for var in info.reads:
                 step.read_at.setdefault(var, (position[id(cell)], cell.label))
             step.imported.update(info.imported)
-            mutates = [v for v in info.mutates if v not in prelude_names or v in bound]
+            mutates = [v for v in info.mutates if v not in prelude_names or v in bound - reimported]
             for var in [v for v in info.reads if v in bound]:  # a function an earlier cell of the step defined
                 mutates += _call_within(step, var, bound)
+            again = {name for name, path in info.import_paths if prelude.aliases.get(name) == path}
+            reimported = reimported - set(info.assigns) | again
+            assigned = [v for v in info.assigns if v not in again]
             bound.update(info.assigns)
-            step.bound.update(info.assigns)
+            step.bound.update(assigned)
             step.add(info)
-            step.changes.update(info.assigns, mutates)
-            step.assigns += [v for v in dict.fromkeys((*info.assigns, *mutates)) if v not in step.assigns]
+            step.changes.update(assigned, mutates)
+            step.assigns += [v for v in dict.fromkeys((*assigned, *mutates)) if v not in step.assigns]
     if prelude.unknown:  # what the prelude's star imports bind is unknown: a name that only has methods
         bound_anywhere = set().union(*(step.bound for step in steps.values()))  # called is one of them
         for step in steps.values():
@@ -635,12 +717,15 @@ def _find_cycle(remaining):
     return [*reversed(cycle), cycle[-1]]
 
 
-def _parallel_writers(consumer, var, producer, steps, ancestors):
+def _parallel_writers(consumer, var, producer, steps, ancestors, named_after):
+    """A step the consumer names with --after (`named_after`: reached through --after edges) also
+    changes `var`, in parallel with the step it comes from: the user may expect that one's. Where
+    no --after says so, the notebook's order alone decides, as top to bottom: nothing to warn of."""
     for other in steps:
         if (
             other.name not in (producer, consumer)
             and var in other.changes
-            and other.name in ancestors[consumer]
+            and other.name in named_after
             and other.name not in ancestors[producer]
             and producer not in ancestors[other.name]
         ):

@@ -5,7 +5,8 @@ inside a KFP component; it never imports IPython unless the step's code has `%`/
 
 SPEC is a JSON object: step, prelude/parts ([{code, source, label}]), params ({name: value}),
 inputs ({var: path}), outputs/keep/metrics ([var]), out_dir. The step writes RESULT_FILE in
-out_dir: {state, saved: {var: {type, bytes}}, skipped: {var: why}, metrics, error}.
+out_dir: {state, saved: {var: {type, bytes}}, skipped: {var: why}, metrics, error, random}
+(random: the global random generators the step's code left in another state than it found them).
 """
 
 import ast
@@ -16,6 +17,7 @@ import json
 import linecache
 import numbers
 import os
+import random
 import sys
 import traceback
 import types
@@ -93,6 +95,49 @@ def _display(*objects, **_):
     """display() outside a kernel: print each object's text form, as IPython's terminal does."""
     for obj in objects:
         print(repr(obj))
+
+
+def random_states():
+    """The state of each global random generator a notebook may seed and draw from: the random
+    module's, and numpy's (np.random) once numpy is imported."""
+    states = {"random": random.getstate()}
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        states["numpy"] = numpy.random.get_state()
+    return states
+
+
+def moved(before, after):
+    """The generators whose state differs between `before` and `after` (random_states). numpy first
+    imported in between counts as moved once it has drawn: its position in the block of 624 words is
+    623 when imported, 624 once seeded, and nothing is cached."""
+    def comparable(state):
+        return (state[0], state[1].tobytes(), *state[2:]) if isinstance(state[0], str) else state
+
+    return [
+        name for name, state in after.items()
+        if (comparable(state) != comparable(before[name]) if name in before else state[2:4] not in ((623, 0), (624, 0)))
+    ]
+
+
+def fork_states(before, after, seeded):
+    """{generator: the state a step forked from the warmed prelude starts from, or None for a fresh
+    one}, from the states `before` and `after` the prelude ran. As in a fresh process that runs the
+    prelude: where it left the generators it seeded (`seeded`, plan.Plan.seeded) or drew from, the
+    others seeded anew, so parallel steps do not draw the same numbers."""
+    touched = set(moved(before, after)) | set(seeded)
+    return {name: state if name in touched else None for name, state in after.items()}
+
+
+def start_random_states(states):
+    """In a step forked from the warmed prelude: its generators as fork_states said (a fork shares
+    its parent's; Python reseeds the random module's in every fork, losing the prelude's seed)."""
+    for name, state in states.items():
+        generator = random if name == "random" else sys.modules["numpy"].random
+        if state is None:
+            generator.seed()
+        else:
+            (generator.setstate if name == "random" else generator.set_state)(state)
 
 
 def _describe_type(value):
@@ -250,7 +295,7 @@ def run_step(spec, display=None, namespace=None, warm=False):
     run in it (a step forked from the supervisor), so the step's parameters only fill what it lacks,
     as they would have been there before the prelude.
     """
-    result = {"state": "RUNNING", "saved": {}, "skipped": {}, "metrics": {}, "error": None}
+    result = {"state": "RUNNING", "saved": {}, "skipped": {}, "metrics": {}, "error": None, "random": []}
     kernel_main = sys.modules.get("__main__")
     namespace = new_namespace(display) if namespace is None else namespace
     try:
@@ -261,8 +306,10 @@ def run_step(spec, display=None, namespace=None, warm=False):
             run_prelude(namespace, spec["params"], spec["prelude"])
         prelude = _defined_by_prelude(namespace)
         _load_inputs(spec, namespace)
+        found = random_states()
         for part in spec["parts"]:
             _run_code(part, namespace, f"step {spec['step']}", show=display)
+        result["random"] = moved(found, random_states())
         result["metrics"] = _metrics(spec, namespace)
         _save(spec, namespace, result, prelude)
         result["state"] = "SUCCEEDED"

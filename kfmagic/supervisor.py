@@ -181,7 +181,9 @@ class Supervisor:
                 namespace = runtime.new_namespace()
                 with open(message["prelude"]) as file:
                     prelude = json.load(file)
+                before = runtime.random_states()
                 runtime.run_prelude(namespace, prelude["params"], prelude["prelude"])
+                states = runtime.fork_states(before, runtime.random_states(), prelude.get("seeded", ()))
             why = _fork_unsafe()
         except BaseException as error:  # noqa: B036 - every step shows it, each running the prelude itself
             why = f"the prelude failed here ({type(error).__name__})"
@@ -192,7 +194,7 @@ class Supervisor:
             with contextlib.suppress(ImportError):
                 import cloudpickle  # noqa: F401 - every step that saves a value needs it
             gc.freeze()  # what the prelude made is never collected in a step: its pages stay shared
-            self.warm = (runtime, namespace, out.getvalue(), err.getvalue())
+            self.warm = (runtime, namespace, out.getvalue(), err.getvalue(), states)
         self.send(op="warm", fallback=why)
 
     def start(self, message, fds):
@@ -252,9 +254,10 @@ class Supervisor:
 
     def _become_warm_step(self, message, stdout, stderr, done):
         """In the forked child: the step, from the state the prelude left (what it printed first)."""
-        runtime, namespace, out, err = self.warm
+        runtime, namespace, out, err, states = self.warm
         try:
             self._into_session(stdout, stderr, {**_FRESH_HANDLERS, **self.prelude_handlers})
+            runtime.start_random_states(states)
             os.chdir(message["cwd"])
             sys.argv = [runtime.__file__, message["spec"]]  # as `python -m kfmagic.runtime SPEC` has it
             sys.stdout.write(out)

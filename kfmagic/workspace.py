@@ -145,7 +145,10 @@ _RESULT_FIELDS = {
     "skipped": lambda value: _entries(value, lambda why: isinstance(why, str)),
     "metrics": lambda value: _entries(value, _number),
 }
-_OPTIONAL_FIELDS = {"started": _number, "finished": _number}
+_OPTIONAL_FIELDS = {
+    "started": _number, "finished": _number,
+    "random": lambda value: isinstance(value, list) and all(isinstance(name, str) for name in value),
+}
 
 
 def _entries(value, check):
@@ -166,5 +169,5 @@ def _result_problem(result):
             return f"its {field!r} is not what the runtime writes ({json.dumps(result[field])[:80]})"
     for field, check in _OPTIONAL_FIELDS.items():
         if field in result and not check(result[field]):
-            return f"its {field!r} is not a time ({json.dumps(result[field])[:80]})"
+            return f"its {field!r} is not what the runtime writes ({json.dumps(result[field])[:80]})"
     return None

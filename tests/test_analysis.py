@@ -21,6 +21,8 @@ CASES = [
     ("chained-assign", "a = b = c", {"c"}, {"a", "b"}, set()),
     ("value-before-target", "x = [x]", {"x"}, {"x"}, set()),
     ("builtins-kept", "print(len(xs))", {"print", "len", "xs"}, set(), set()),
+    ("pandas-query-at-names", "out = df.query('x > @limit') + pd.eval(expr='@a + 1')", {"df", "limit", "pd", "a"}, {"out"}, set()),
+    ("query-at-name-of-a-parameter", "def f(limit):\n    return df.query('x > @limit')\nf(1)", {"df"}, {"f"}, set()),
     ("dunders-dropped", "if __name__ == '__main__':\n    main(__file__)", {"main"}, set(), set()),
     # --- branches and loops: textual order ---
     ("if-branch-binds", "if c:\n    x = 1\nprint(x)", {"c", "print"}, {"x"}, set()),
@@ -394,11 +396,26 @@ def test_imported_names_are_the_module_level_import_bindings():
     assert analyze(source).imported == ("np", "SVC", "a", "g")
 
 
+def test_import_paths_and_the_seed_calls_they_reach():
+    source = (
+        "import numpy as np\nimport numpy.random as rnd\nimport os.path\nfrom random import seed\n"
+        "np.random.seed(0)\nseed(1)\nrng.seed(2)\ndef reset(seed):\n    rnd.seed(3)\n    seed(4)\n"
+    )
+    info = analyze(source)
+    assert info.import_paths == (("np", "numpy"), ("rnd", "numpy.random"), ("os", "os"), ("seed", "random.seed"))
+    assert info.seed_calls == (  # a parameter named seed is no module's
+        ("", "np.random.seed", "np.random.seed(0)"), ("", "seed", "seed(1)"), ("", "rng.seed", "rng.seed(2)"),
+        ("reset", "rnd.seed", "rnd.seed(3)"),
+    )
+    assert analyze(source + "reset(5)").seed_calls[-1] == ("", "rnd.seed", "rnd.seed(3)")  # called: the code's own
+    assert analyze("import numpy as np\nnp = None").import_paths == ()
+
+
 def test_code_info_is_frozen_tuples():
     info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
     expected = CodeInfo(
         ("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",), imported=("os",),
-        carries=(("x", ("y",), ()),),
+        carries=(("x", ("y",), ()),), import_paths=(("os", "os"),),
     )
     assert info == expected  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):

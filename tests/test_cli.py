@@ -4,7 +4,6 @@ its help, signals, a closed output and credentials on the command line.
 Bad input of every kind (files, cells, command lines) is the table of tests/test_bad_input.py.
 """
 
-import json
 import os
 import shutil
 import signal

@@ -17,8 +17,8 @@ import threading
 
 import pytest
 
-from kfmagic import portability, workspace
-from kfmagic.backends import base, launcher, local
+from kfmagic import portability
+from kfmagic.backends import base, launcher
 from kfmagic.display import TextProgress
 from kfmagic.errors import KfmagicError, RunFailed
 from kfmagic.registry import Pipeline

@@ -117,7 +117,7 @@ def test_the_dag_has_no_overlapping_boxes_and_every_edge_runs_between_its_boxes_
     expected = {(up, step.name, up not in step.inferred) for step in plan.steps for up in step.upstream}
     assert {(source, target, dashed) for source, target, _, dashed in edges} == expected
     for source, target, points, _ in edges:
-        (sx, sy, sw, sh), (tx, ty, tw, th) = boxes[source], boxes[target]
+        (sx, sy, sw, sh), (tx, ty, tw, _) = boxes[source], boxes[target]
         assert points[0][1] == sy + sh and sx <= points[0][0] <= sx + sw, f"{source}->{target} leaves its box"
         assert points[-1][1] == ty and tx <= points[-1][0] <= tx + tw, f"{source}->{target} ends on its box"
         for a, b in zip(points, points[1:]):

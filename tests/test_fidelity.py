@@ -72,6 +72,22 @@ CASES = [
     ("a-parameter-reported-as-a-metric",
      ["%%params\nrate = 3", "%%step a --metrics rate score\nscore = rate * 0.5"],
      ["score"]),
+    ("a-pandas-query-reads-an-at-name-of-an-earlier-step",
+     ["%%prelude\nimport pandas as pd", "%%step s1\nlimit = 4", "%%step s2\nframe = pd.DataFrame({'x': [1, 5, 9]})\n"
+      "out = frame.query('x > @limit')['x'].tolist()"],
+     ["out"]),
+    ("steps-that-seed-the-global-random-generators-before-they-draw",
+     ["%%prelude\nimport random\nimport numpy as np\nnp.random.seed(0)\nrandom.seed(0)",
+      "%%step a\nfirst = (float(np.random.rand()), random.random())",
+      "%%step b\nnp.random.seed(0)\nrandom.seed(0)\nsecond = (float(np.random.rand()), random.random())"],
+     ["first", "second"]),
+]
+# Cases whose pipeline cannot give the notebook's values: the run says so, naming the step.
+WARNED = [
+    ("a-step-draws-after-another-from-the-preludes-seed",
+     ["%%prelude\nimport numpy as np\nnp.random.seed(0)", "%%step a\nfirst = np.random.permutation(5).tolist()",
+      "%%step b\nsecond = np.random.permutation(5).tolist()"],
+     ["first", "second"]),
 ]
 
 HELPERS = "import numpy as np\n\n\ndef double(v):\n    return v * 2\n"
@@ -94,7 +110,7 @@ def outcomes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fidelity")
     (folder / "helpers.py").write_text(HELPERS)
     sources, spans = ["%load_ext kfmagic"], {}
-    for case, cells, names in CASES:
+    for case, cells, names in CASES + WARNED:
         start = len(sources)
         sources += ["%reset -f", "%pipeline reset", *cells, _compare_cell(names)]
         spans[case] = (start, len(sources))
@@ -128,6 +144,15 @@ def test_a_star_import_of_the_prelude_gives_no_edge_between_steps(outcomes):
 def test_a_parameter_is_a_metric_of_the_step_that_reports_it(outcomes):
     result, _ = outcomes["a-parameter-reported-as-a-metric"]
     assert result["metrics"] == {"a": {"rate": 3.0, "score": 1.5}}
+
+
+def test_a_step_drawing_after_another_from_a_seeded_generator_is_named_by_the_run(outcomes):
+    result, shown = outcomes["a-step-draws-after-another-from-the-preludes-seed"]
+    assert result["top"]["first"] == result["pipe"]["first"]  # the first to draw gets the notebook's numbers
+    assert result["top"]["second"] != result["pipe"]["second"]  # what the warning says
+    assert "warning: Step 'b' (after 'a') drew random numbers from numpy's global random generator" in shown[-1]
+    _, seeded_in_each = outcomes["steps-that-seed-the-global-random-generators-before-they-draw"]
+    assert "drew random numbers" not in seeded_in_each[-1]
 
 
 def _kfmagic(*args, cwd):

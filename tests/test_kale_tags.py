@@ -307,3 +307,16 @@ def test_a_name_only_a_cell_outside_the_pipeline_assigns_is_explained_with_its_t
     ]
     assert [kale.is_skipped(cell) for cell in tagged(("a", "skip"), ("b", " Skip "), ("c", "block:skip"), ("d",),
                                                      ("e", "step:one", "step:two")).cells] == [True, True, True, False, False]
+
+
+def test_a_prev_tag_naming_no_step_is_dropped_on_a_continuing_cell_and_refused_on_a_step():
+    # kubeflow/examples' disaster-tweets notebook: `block:` + `prev:pre` on a cell continuing a step
+    nb = tagged(("x = 1", "block:load"), ("y = x", "block:prep", "prev:load"), ("z = y", "block:", "prev:pre", "prev:load"))
+    found, warnings = lines(nb)
+    assert found == ["%%step load", "%%step prep --after load", "%%step prep --after load"]
+    assert warnings == [
+        "cell 3: tag prev:pre names no step of the notebook; as Kale does on a cell that continues step 'prep', "
+        "it is not applied."
+    ]
+    refused = tagged(("x = 1", "block:load"), ("y = x", "block:prep", "prev:pre"))
+    assert lines(refused)[0] == ["%%step load", "%%step prep --after pre"]  # the plan refuses it, as Kale does

@@ -3,6 +3,7 @@
 import pytest
 
 from kfmagic.errors import CellSyntaxError, PlanError
+from kfmagic.plan import random_draw_warnings
 from kfmagic.registry import Pipeline
 from kfmagic.syntax import parse_cell
 
@@ -642,3 +643,80 @@ def test_after_a_name_its_called_function_assigns_the_step_still_reads_the_rest(
     plan = pipeline_of("%%prelude\ndef setup():\n    global mode\n    mode = 'x'", "%%step load\nrows = [1]",
                        "%%step a\nsetup()\nprint(mode, rows)").plan()
     assert plan.step("a").inputs == {"rows": "load"}
+
+
+def test_the_global_random_generators_the_prelude_and_each_step_seed():
+    plan = pipeline_of(
+        "%%prelude\nimport numpy as np\nimport random\nnp.random.seed(0)\ndef reset():\n    np.random.seed(4)",
+        "%%step a\nrandom.seed(1)\nx = 1",
+        "%%step b\nfrom numpy.random import seed\nseed(2)",
+        "%%step c\nrng = np.random.RandomState(0)\nrng.seed(3)",  # a generator of its own
+        "%%step d\nreset()",
+    ).plan()
+    assert plan.seeded == {"numpy": "np.random.seed(0)"}
+    assert {step.name: step.seeds for step in plan.steps} == {
+        "a": {"random": "random.seed(1)"}, "b": {"numpy": "seed(2)"}, "c": {}, "d": {"numpy": "np.random.seed(4)"},
+    }
+
+
+def test_a_step_drawing_after_another_from_the_preludes_seed_is_named_with_it():
+    plan = pipeline_of(
+        "%%prelude\nimport numpy as np\nnp.random.seed(0)",
+        "%%step a\nx = np.random.rand()", "%%step b\ny = 1", "%%step c\nz = np.random.rand()",
+        "%%step d\nnp.random.seed(1)\nw = np.random.rand()", "%%step e\nv = np.random.rand()",
+    ).plan()
+    drew = {"a": ["numpy"], "c": ["numpy"], "d": ["numpy"], "e": ["numpy"]}
+    tail = (
+        "after a step above drew from it: top to bottom a step continues from where the steps above left the "
+        "generator, but each step of the pipeline runs in a process of its own, which starts from the %%prelude's "
+        "seed. So the step drew other numbers than the notebook does, and what it computed from them may differ. "
+        "Seed the generator at the top of each step that draws, or give what it calls a random_state, and both draw "
+        "the same numbers."
+    )
+    assert random_draw_warnings(plan, drew) == [
+        "Step 'c' (after 'a') drew random numbers from numpy's global random generator (np.random), seeded by the "
+        "%%prelude: np.random.seed(0), " + tail,
+        "Step 'e' (after 'd') drew random numbers from numpy's global random generator (np.random), seeded by step "
+        "'d': np.random.seed(1), " + tail,
+    ]
+    assert random_draw_warnings(plan, {"c": ["numpy"], "d": ["numpy"]}) == []  # c is the first to draw
+    [both] = random_draw_warnings(plan, {"a": ["numpy"], "b": ["numpy"], "c": ["numpy"]})  # one per seed
+    assert both.startswith("Steps 'b' (after 'a'), 'c' (after 'b') drew random numbers from numpy's") and "So these steps drew" in both
+
+
+def test_random_draws_differ_only_where_the_notebook_gives_fixed_numbers():
+    unseeded = pipeline_of("%%prelude\nimport random", "%%step a\nx = random.random()", "%%step b\ny = random.random()")
+    assert random_draw_warnings(unseeded.plan(), {"a": ["random"], "b": ["random"]}) == []  # random both ways
+    seeded_by_a_step = pipeline_of(
+        "%%prelude\nimport random", "%%step a\nrandom.seed(0)\nx = random.random()", "%%step b\ny = random.random()"
+    ).plan()
+    [warning] = random_draw_warnings(seeded_by_a_step, {"a": ["random"], "b": ["random"]})
+    assert warning.startswith("Step 'b' (after 'a') drew random numbers from the random module's generator, seeded "
+                              "by step 'a': random.seed(0)")
+    assert "each step of the pipeline runs in a process of its own, where it is not seeded." in warning
+    reseeded_alike = pipeline_of(  # b leaves the generator as every step finds it: c draws what it would
+        "%%prelude\nimport random\nrandom.seed(0)", "%%step a\nx = random.random()", "%%step b\nrandom.seed(0)",
+        "%%step c\ny = random.random()",
+    ).plan()
+    assert random_draw_warnings(reseeded_alike, {"a": ["random"], "c": ["random"]}) == []
+
+
+def test_a_step_importing_again_what_the_prelude_imports_provides_nothing():
+    plan = pipeline_of(
+        "%%prelude\nimport numpy as np\nfrom sklearn.svm import SVC",
+        "%%step a\nimport numpy as np\nnp.random.seed(42)\nx = np.zeros(2)",  # handson-ml2 re-imports in cells
+        "%%step b\nimport numpy\nfrom sklearn.svm import SVC\ny = np.ones(2)",
+        "%%step c\nz = np.zeros(1), numpy.zeros(1), SVC()",
+        "%%step d\nimport pandas as np\nw = np.DataFrame()",  # another module under the name: d's own
+        "%%step e\nv = np.DataFrame()",
+    ).plan()
+    assert plan.step("c").inputs == {"numpy": "b"}  # `numpy` the prelude does not bind
+    assert plan.step("e").inputs == {"np": "d"}
+    assert [step.name for step in plan.steps if step.upstream] == ["c", "e"]
+
+
+def test_without_an_after_the_notebook_order_alone_decides_and_nothing_is_warned():
+    plan = pipeline_of("%%step left\nconfig = 1\nother = 1", "%%step right\nconfig = 2",
+                       "%%step merge\nprint(config, other)").plan()
+    assert plan.step("merge").inputs == {"config": "right", "other": "left"}
+    assert plan.warnings == ()

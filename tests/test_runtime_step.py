@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from kfmagic import runtime, serde
+from kfmagic import component, runtime, serde
 from kfmagic.syntax import parse_cell
 
 
@@ -52,7 +52,7 @@ def test_a_step_loads_its_inputs_runs_its_cells_and_saves_what_later_steps_read(
     first = spec_of(tmp_path / "a", "rows = [1, 2]\nnote = 'made by a'", step="a", outputs=["rows"], keep=["note"],
                     needed_by={"rows": ["b", "c"]})
     assert run(first) == (0, {
-        "state": "SUCCEEDED", "error": None, "metrics": {}, "skipped": {},
+        "state": "SUCCEEDED", "error": None, "metrics": {}, "skipped": {}, "random": [],
         "saved": {
             "rows": {"type": "list", "bytes": os.path.getsize(tmp_path / "a" / "outputs" / "rows.pkl"),
                      "digest": "sha256:" + hashlib.sha256((tmp_path / "a" / "outputs" / "rows.pkl").read_bytes()).hexdigest()},
@@ -70,6 +70,23 @@ def test_a_step_loads_its_inputs_runs_its_cells_and_saves_what_later_steps_read(
     assert oct((tmp_path / "a" / "outputs").stat().st_mode & 0o777) == "0o700"
     assert {oct(path.stat().st_mode & 0o777) for path in (tmp_path / "a").rglob("*") if path.is_file()} == {"0o600"}
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_step_records_the_global_random_generators_its_code_left_elsewhere(tmp_path):
+    drew = spec_of(tmp_path / "a", "import random\nimport numpy as np\nx = (random.random(), np.random.rand())", step="a")
+    assert run(drew)[1]["random"] == ["random", "numpy"]
+    own = spec_of(tmp_path / "b", "import numpy as np\nx = np.random.default_rng(0).random()", step="b")
+    assert run(own)[1]["random"] == []  # a generator of its own moves no global one
+
+
+def test_a_last_value_whose_repr_fails_is_not_shown_and_the_step_goes_on_as_in_the_kernel(tmp_path, capsys):
+    # PythonDataScienceHandbook's `display` class evaluates, when shown, the names it was given
+    shown = component.CellOutput()
+    helper = ("class display:\n    def __init__(self, *names):\n        self.names = names\n\n"
+              "    def __repr__(self):\n        return ', '.join(repr(eval(n)) for n in self.names)")
+    code, result = run(spec_of(tmp_path, helper, "x = 1\ndisplay('x', 'missing')"), display=shown.display)
+    assert (code, result["state"]) == (0, "SUCCEEDED")
+    assert "NameError in the repr of a display: name 'missing' is not defined" in capsys.readouterr().err
 
 
 def test_parameters_are_set_before_the_prelude_runs(tmp_path):

@@ -112,3 +112,16 @@ def test_a_large_prelude_is_warmed_too(run, capsys):
     warm, _ = run(f"{PRELUDE_ONCE}\n{big}", "%%step a\nt_a = (started, len(table))", "%%step b\nt_b = (started, len(table))")
     assert warm.load("t_a") == warm.load("t_b") and warm.load("t_a")[1] == 400_000
     assert "fresh process" not in capsys.readouterr().err
+
+
+def test_forked_steps_start_the_global_random_generators_as_fresh_processes_do(run):
+    # As in a fresh process: what the prelude seeded stays seeded (Python reseeds the random module in
+    # every fork), and what it did not seed is seeded anew in each step (a fork shares numpy's).
+    seeded = "%%prelude\nimport random\nimport numpy as np\nrandom.seed(0)\nnp.random.seed(0)"
+    unseeded = "%%prelude\nimport random\nimport numpy as np"
+    draw = ["%%step a\nx = (random.random(), float(np.random.rand()))", "%%step b\ny = (random.random(), float(np.random.rand()))"]
+    for isolate in (False, True):
+        same, _ = run(seeded, *draw, isolate=isolate)
+        assert same.load("x") == same.load("y") == (0.8444218515250481, 0.5488135039273248)
+        other, _ = run(unseeded, *draw, isolate=isolate)
+        assert all(a != b for a, b in zip(other.load("x"), other.load("y"))), (isolate, other.load("x"), other.load("y"))

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from .. import runtime, serde, workspace
 from ..component import LOG_FILE
 from ..errors import KfmagicError, RunFailed
+from ..plan import random_draw_warnings
 from ..store import FolderStore
 from . import RUNNERS
 
@@ -50,6 +52,7 @@ class StepRun:
     skipped: dict = field(default_factory=dict)  # var -> why it was not kept
     metrics: dict = field(default_factory=dict)
     cached_from: str | None = None  # the run whose outputs it reused, instead of running
+    random: tuple = ()  # the global random generators it left in another state than it found them
 
     @property
     def duration(self):
@@ -74,8 +77,15 @@ class StepRun:
             for var, info in result["saved"].items()
         }
         self.cached_from = result.get("cached_from") if isinstance(result.get("cached_from"), str) else None
+        self.random = tuple(result.get("random", ()))
         self.started = result.get("started", self.started)
         self.finished = result.get("finished", self.finished or time.time())
+
+
+def warn_of_random_draws(plan, record):
+    """After a run: the steps whose random numbers differ from the notebook's (plan.random_draw_warnings)."""
+    for warning in random_draw_warnings(plan, {name: step.random for name, step in record.steps.items()}):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def read_result(out_dir):

@@ -25,7 +25,7 @@ from ..compiler import Fanout, Target, compile_plan, kfp_name, pipeline_argument
 from ..errors import SweepInterrupted
 from ..store import FolderStore
 from ..sweep import swept as sweep_names
-from .base import Run, ended, held, interrupted, read_result, start_run, step_runs, tell_failures
+from .base import Run, ended, held, interrupted, read_result, start_run, step_runs, tell_failures, warn_of_random_draws
 from .launcher import supervised, supervising
 
 PACKAGE_FILE = "pipeline.yaml"
@@ -109,6 +109,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     tell_failures(record, progress, told)
     ended(record)
     progress.finish(record)
+    warn_of_random_draws(plan, record)
     return record
 
 

@@ -21,7 +21,7 @@ from .. import cache, runtime, workspace
 from ..component import LOG_FILE
 from ..errors import KfmagicError, SweepInterrupted
 from ..sweep import swept as sweep_names
-from .base import ended, held, interrupted, read_result, start_run, tell_failures
+from .base import ended, held, interrupted, read_result, start_run, tell_failures, warn_of_random_draws
 from .launcher import supervised, supervising
 
 _NOT_RUN = ("FAILED", "SKIPPED", "CANCELED")
@@ -218,7 +218,8 @@ class _Scheduler:
         if not self.pool.warmed and not self.settings.isolate:
             params = {name: self.record.params[name] for name in _prelude_params(self.plan)}
             prelude = os.path.join(self.record.run_dir, PRELUDE_FILE)  # by file: messages stay small
-            workspace.write_private_json(prelude, {"prelude": [vars(part) for part in self.plan.prelude], "params": params}, "the prelude")
+            warm = {"prelude": [vars(part) for part in self.plan.prelude], "params": params, "seeded": list(self.plan.seeded)}
+            workspace.write_private_json(prelude, warm, "the prelude")
             self.pool.launcher.warm(prelude, self.workdir)
             self.pool.warmed = True
 
@@ -393,6 +394,7 @@ def run(plan, params, *, workdir, workers, progress, settings):
     )
     with held(record), supervised(record, progress, events, stopped) as launcher:
         _Scheduler(plan, record, _Pool(launcher, events, workers), progress, workdir, settings, reused).run()
+    warn_of_random_draws(plan, record)
     return record
 
 

@@ -135,3 +135,69 @@ write("magics_run_helper_script", [
     ("%%step first\nstart = bump(BASE)",),
     ("%%step second --metrics doubled\ndoubled = start * 2",),
 ])
+
+# A Kale notebook seeded once in its imports cell, whose steps draw from numpy's global generator
+# without saying so (train_test_split and a random forest without random_state; Kale's
+# examples/serving/sklearn/iris.ipynb once seeded): a step after another that drew gets other numbers
+# than the notebook top to bottom, and the run names it.
+write("kale_seeded_implicit_random", [
+    "# Iris, seeded once\nThe split and the forest draw from numpy's global generator.",
+    ("import numpy as np\nfrom sklearn import datasets\nfrom sklearn.model_selection import train_test_split\n"
+     "from sklearn.ensemble import RandomForestClassifier\n\nnp.random.seed(0)", "imports"),
+    ("N_ESTIMATORS = 25", "pipeline-parameters"),
+    ("x, y = datasets.load_iris(return_X_y=True)", "step:load_transform_data"),
+    ("x_trn, x_tst, y_trn, y_tst = train_test_split(x, y, test_size=.3)",),
+    ("x_trn[:3]", "skip"),
+    ("model = RandomForestClassifier(n_estimators=int(N_ESTIMATORS), max_depth=2)", "prev:load_transform_data", "step:train_model"),
+    ("model.fit(x_trn, y_trn)",),
+    ("preds = model.predict(x_tst)\naccuracy = float((preds == y_tst).mean())", "prev:train_model", "step:evaluate_model"),
+    ("print(accuracy)", "pipeline-metrics"),
+], kale={"pipeline_name": "iris-seeded", "experiment_name": "corpus"})
+
+# An ordinary notebook marked as a new user would (handson-ml2's end-to-end chapter): a prelude that
+# seeds, sets up plots and a save_fig helper; steps that import numpy again and seed themselves; a
+# custom transformer whose methods read module globals that a later cell rebinds; a loop dropping a
+# column of two frames in place; a helper from one step called in another; joblib of the pipeline.
+write("magics_end_to_end_project", [
+    ("%load_ext kfmagic\n%pipeline init diabetes --experiment corpus",),
+    ("%%prelude\nimport os\nimport numpy as np\nnp.random.seed(42)\n%matplotlib inline\nimport matplotlib.pyplot as plt\n"
+     "IMAGES_PATH = os.path.join('.', 'images', 'end_to_end')\nos.makedirs(IMAGES_PATH, exist_ok=True)\n\n\n"
+     "def save_fig(fig_id):\n    plt.tight_layout()\n    plt.savefig(os.path.join(IMAGES_PATH, fig_id + '.png'), dpi=50)",),
+    ("%%step load\nimport pandas as pd\nfrom sklearn.datasets import load_diabetes\n\nframe = load_diabetes(as_frame=True).frame\nframe.head()",),
+    ("%%step load\nframe.hist(bins=20, figsize=(8, 6))\nsave_fig('histograms')",),
+    ("%%step random_split\n# to make this output identical at every run\nnp.random.seed(42)",),
+    ("%%step random_split\nimport numpy as np\n\n\ndef split_train_test(data, test_ratio):\n"
+     "    shuffled = np.random.permutation(len(data))\n    size = int(len(data) * test_ratio)\n"
+     "    return data.iloc[shuffled[size:]], data.iloc[shuffled[:size]]\n\n\n"
+     "train_set, test_set = split_train_test(frame, 0.2)\nlen(train_set)",),
+    ("%%step stratify\nfrom sklearn.model_selection import StratifiedShuffleSplit\n\n"
+     "frame['bmi_cat'] = pd.cut(frame['bmi'], bins=[-1.0, -0.03, 0.0, 0.03, 1.0], labels=[1, 2, 3, 4])\n"
+     "split = StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=42)\n"
+     "for train_index, test_index in split.split(frame, frame['bmi_cat']):\n"
+     "    strat_train_set = frame.loc[train_index]\n    strat_test_set = frame.loc[test_index]",),
+    ("%%step stratify\nfor set_ in (strat_train_set, strat_test_set):\n    set_.drop('bmi_cat', axis=1, inplace=True)",),
+    ("%%step features\nfrom sklearn.base import BaseEstimator, TransformerMixin\n\nbmi_ix, bp_ix = 0, 1\n\n\n"
+     "class CombinedAttributesAdder(BaseEstimator, TransformerMixin):\n"
+     "    def __init__(self, add_product=True):\n        self.add_product = add_product\n\n"
+     "    def fit(self, X, y=None):\n        return self\n\n"
+     "    def transform(self, X):\n        ratio = X[:, bmi_ix] / (np.abs(X[:, bp_ix]) + 1)\n"
+     "        if self.add_product:\n            return np.c_[X, ratio, X[:, bmi_ix] * X[:, bp_ix]]\n"
+     "        return np.c_[X, ratio]",),
+    ("%%step features\nfeatures = strat_train_set.drop('target', axis=1)\nlabels = strat_train_set['target'].copy()\n"
+     "col_names = 'bmi', 'bp'\nbmi_ix, bp_ix = [features.columns.get_loc(c) for c in col_names]",),
+    ("%%step prepare\nfrom sklearn.pipeline import Pipeline\nfrom sklearn.preprocessing import StandardScaler\n\n"
+     "num_pipeline = Pipeline([('attribs_adder', CombinedAttributesAdder()), ('std_scaler', StandardScaler())])\n"
+     "prepared = num_pipeline.fit_transform(features.values)\nprepared.shape",),
+    ("%%step linear --metrics lin_rmse\nfrom sklearn.linear_model import LinearRegression\n"
+     "from sklearn.metrics import mean_squared_error\n\nlin_reg = LinearRegression().fit(prepared, labels)\n"
+     "lin_rmse = float(np.sqrt(mean_squared_error(labels, lin_reg.predict(prepared))))\n\n\n"
+     "def display_scores(scores):\n    print('Scores:', scores.round(2))\n    print('Mean:', round(scores.mean(), 2))",),
+    ("%%step forest\nfrom sklearn.ensemble import RandomForestRegressor\nfrom sklearn.model_selection import cross_val_score\n\n"
+     "forest_reg = RandomForestRegressor(n_estimators=20, random_state=42)\n"
+     "scores = cross_val_score(forest_reg, prepared, labels, scoring='neg_mean_squared_error', cv=3)\n"
+     "forest_rmse_scores = np.sqrt(-scores)\ndisplay_scores(forest_rmse_scores)",),
+    ("%%step save\nimport joblib\n\nfull = Pipeline([('preparation', num_pipeline), ('linear', LinearRegression())])\n"
+     "full.fit(features.values, labels)\njoblib.dump(full, 'my_model.pkl')\n"
+     "my_model_loaded = joblib.load('my_model.pkl')\n"
+     "test_predictions = my_model_loaded.predict(strat_test_set.drop('target', axis=1).values).round(6)",),
+])
