@@ -235,12 +235,15 @@ def _sources():
     return _sources_of(tuple(os.path.getmtime(module.__file__) for module in EMBEDDED.values()))
 
 
+_GENERATED = "<kfmagic "  # the file name of every component function kfmagic writes: "<kfmagic NAME>"
+
+
 def _component(function_name, source, image, packages, install):
     """A kfp component from generated source; linecache lets kfp's inspect.getsource find the text."""
     from kfp import dsl
     from kfp.dsl import HTML, Artifact, Input, Metrics, Output
 
-    filename = f"<kfmagic {function_name}>"
+    filename = f"{_GENERATED}{function_name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "Metrics": Metrics, "HTML": HTML}
     exec(compile(source, filename, "exec"), namespace)
@@ -404,25 +407,36 @@ def compile_plan(plan, path, target=Target(), packages=None, fanout=None):
 
 @contextlib.contextmanager
 def _faster_kfp():
-    """Two costs of kfp's compiler that grow with a pipeline's steps, lifted while it compiles ours:
+    """Three costs of kfp's compiler that grow with a pipeline's steps, lifted while it compiles ours:
     it writes the IR with PyYAML's pure-Python emitter (libyaml's C emitter, where PyYAML has it,
-    writes the same documents several times faster), and for each task it sanitizes the name of
-    every task of the DAG again (a pure function of the name: remembered). Same output; without
-    libyaml, or where kfp moves these, it simply compiles as it does."""
+    writes the same documents several times faster); for each task it sanitizes the name of every
+    task of the DAG again (a pure function of the name: remembered); and it finds each component
+    function's text by tokenizing it (`inspect.getsource`), where ours is the whole generated text
+    `_component` keeps. Same output; without libyaml, or where kfp moves these, it simply compiles
+    as it does."""
     import yaml
     from kfp.compiler import pipeline_spec_builder
-    from kfp.dsl import utils
+    from kfp.dsl import component_factory, utils
 
-    saved = pipeline_spec_builder.yaml, utils.sanitize_task_name
+    saved = pipeline_spec_builder.yaml, utils.sanitize_task_name, component_factory._get_function_source_definition
     if yaml.__with_libyaml__:
         pipeline_spec_builder.yaml = types.SimpleNamespace(
             dump_all=lambda documents, stream, **options: yaml.dump_all(documents, stream, Dumper=yaml.CDumper, **options)
         )
     utils.sanitize_task_name = functools.lru_cache(maxsize=None)(utils.sanitize_task_name)
+    find_source = saved[2]
+
+    def generated_source(function):
+        filename = function.__code__.co_filename
+        if filename.startswith(_GENERATED) and filename in linecache.cache:
+            return "".join(linecache.cache[filename][2])
+        return find_source(function)
+
+    component_factory._get_function_source_definition = generated_source
     try:
         yield
     finally:
-        pipeline_spec_builder.yaml, utils.sanitize_task_name = saved
+        pipeline_spec_builder.yaml, utils.sanitize_task_name, component_factory._get_function_source_definition = saved
 
 
 def _why_unwritable(path, error):

@@ -362,3 +362,22 @@ def test_a_pipeline_near_what_a_cluster_accepts_is_warned_about_with_the_fix(tmp
     said = capsys.readouterr().err
     assert "The compiled pipeline is" in said and "etcdserver: request is too large" in said
     assert "Split the notebook into smaller pipelines" in said
+
+
+def test_what_kfmagic_lifts_from_kfps_compiler_leaves_the_pipeline_it_writes_as_it_was(tmp_path, monkeypatch):
+    """compile_plan skips some of kfp's work (its YAML emitter, names sanitized again, each component's
+    source tokenized): the file must hold what kfp writes on its own, for a sweep's loop too."""
+    import contextlib
+
+    from kfmagic import compiler
+
+    plan = pipeline_of("%%params\nC = 1.0\nname = 'a'", "%%prelude\nimport math",
+                       "%%step load\nrows = [1, 2]", "%%step fit --after load\nscore = C * len(rows)",
+                       "%%step report\nprint(name, score)").plan()
+    fanout = compiler.Fanout(({"C": 0.5}, {"C": 2.0}), ("fit", "report"), 2)
+    for with_fanout in (None, fanout):
+        ours = load_ir(compiler.compile_plan(plan, str(tmp_path / "ours.yaml"), fanout=with_fanout))
+        monkeypatch.setattr(compiler, "_faster_kfp", contextlib.nullcontext)
+        kfps = load_ir(compiler.compile_plan(plan, str(tmp_path / "kfps.yaml"), fanout=with_fanout))
+        monkeypatch.undo()
+        assert ours == kfps and "def fit(kfmagic_runtime" in json.dumps(ours)
