@@ -119,7 +119,7 @@ def main():
 
     wall([*KFMAGIC, "run", short], folder)  # fill the cache
     kf, base = best(args.repeats, ([*KFMAGIC, "run", short], folder), ([*KFMAGIC, "check", short], folder))
-    figures["rerun"] = row(f"unchanged re-run of the chain", kf, base, "vs check; target <= +200 ms", ratio=False)
+    figures["rerun"] = row("unchanged re-run of the chain", kf, base, "vs check; target <= +200 ms", ratio=False)
     edited = notebook(folder, "chain.ipynb", PRELUDE, [*chain(n)[: n // 2], f"x{n // 2} = x{n // 2 - 1} + 100", *chain(n)[n // 2 + 1:]])
     _, printed = wall([*KFMAGIC, "run", edited], folder)
     ran = sum(1 for line in printed.splitlines() if line.endswith("s)") and "] done" in line)

@@ -18,16 +18,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
+from notebook_speed import KFMAGIC, wall  # a sibling script: python bench/sweep.py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-KFMAGIC = [sys.executable, "-m", "kfmagic.cli"]
 COMBINATIONS = 12
 WORK = {
     "wait": "import time\ntime.sleep({seconds})",
@@ -49,20 +46,12 @@ def notebook(folder, kind, prep, train):
     return path
 
 
-def wall(command, cwd):
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
-    return time.perf_counter() - start
-
-
 def measure(folder, kind, prep, train, workers, repeats):
     path = notebook(folder, kind, prep, train)
     values = ",".join(str(c) for c in range(1, COMBINATIONS + 1))
     sweep = [*KFMAGIC, "sweep", path, "--param", f"C={values}", "--no-cache", "--workers", str(workers)]
-    took = min(wall(sweep, folder) for _ in range(repeats))
-    naive = sum(wall([*KFMAGIC, "run", path, "--param", f"C={c}", "--no-cache"], folder) for c in range(1, COMBINATIONS + 1))
+    took = min(wall(sweep, folder)[0] for _ in range(repeats))
+    naive = sum(wall([*KFMAGIC, "run", path, "--param", f"C={c}", "--no-cache"], folder)[0] for c in range(1, COMBINATIONS + 1))
     ideal = prep + COMBINATIONS * train / workers
     return {
         "kind": kind, "T": prep, "t": train, "workers": workers, "sweep_s": round(took, 2), "ideal_s": ideal,

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tracemalloc
 
 import pytest
 from nbclient import NotebookClient
@@ -39,6 +40,16 @@ def execute(nb, cwd, allow_errors=False, timeout=300):
     )
     client.execute()
     return nb
+
+
+def traced_peak(call):
+    """What `call()` returns, and the most memory Python allocated while it ran (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        value = call()
+        return value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def cell_text(cell):

@@ -365,14 +365,9 @@ def test_cells_see_the_builtins_module_and_their_functions_source(tmp_path):
 
 
 def test_a_value_is_digested_a_chunk_at_a_time(tmp_path):
-    import tracemalloc
+    from conftest import traced_peak
 
     path = tmp_path / "v.pkl"
     path.write_bytes(bytes(8 * 2**20))
-    tracemalloc.start()
-    try:
-        digest = runtime.file_digest(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    digest, peak = traced_peak(lambda: runtime.file_digest(path))
     assert digest == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() and peak < 3 * 2**20

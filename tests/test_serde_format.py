@@ -10,10 +10,10 @@ import json
 import pickle
 import struct
 import threading
-import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import traced_peak
 
 from kfmagic import serde
 
@@ -68,12 +68,7 @@ def test_an_empty_array_is_a_buffer_of_no_bytes_and_round_trips(tmp_path):
 def test_loading_maps_the_buffers_instead_of_reading_the_file_into_memory(tmp_path):
     path = tmp_path / "big.pkl"
     serde.dump(np.zeros(4 * 2**20 // 8), path)  # 4 MiB of buffer
-    tracemalloc.start()
-    try:
-        loaded = serde.load(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    loaded, peak = traced_peak(lambda: serde.load(path))
     assert loaded.nbytes == 4 * 2**20 and peak < 2**20
 
 
