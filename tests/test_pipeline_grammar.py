@@ -50,6 +50,12 @@ def parsed(grammar, line):
     ("compare r1 r2", {"run_ids": ["r1", "r2"]}), ("prune --keep 3", {"command": "prune", "keep": 3, "dry_run": False}),
     ("prune --keep 0 --dry-run", {"keep": 0, "dry_run": True}),
     ("pull train", {"command": "pull", "step": "train", "run_id": None}), ("pull train r3", {"run_id": "r3"}),
+    ("sweep", {"command": "sweep", "param": [], "grid": False, "random": None, "seed": None, "metric": None,
+               "maximize": None, "workers": None, "runner": None, "cache": True, "isolate": False}),
+    ("sweep --param C=1,2 --param k=a --random 4 --seed 7 --metric fit.acc --minimize --workers 2 --local --no-cache",
+     {"param": ["C=1,2", "k=a"], "random": 4, "seed": 7, "metric": "fit.acc", "maximize": False, "workers": 2,
+      "runner": "local", "cache": False}),
+    ("sweep --grid --maximize --runner kfp-local --isolate", {"grid": True, "maximize": True, "runner": "kfp-local", "isolate": True}),
 ])
 def test_each_subcommand_line_means_what_the_reference_says(grammar, line, meaning):
     found = parsed(grammar, line)
@@ -83,6 +89,12 @@ def test_each_subcommand_line_means_what_the_reference_says(grammar, line, meani
     ("prune --keep 1 --keep 2", "argument --keep: given twice in this line; give it once."),
     ("pull", "the following arguments are required: STEP"),
     ("runs r1", "unrecognized arguments: r1"),
+    ("sweep --grid --random 3", "argument --random: not allowed with argument --grid"),
+    ("sweep --random x", "argument --random: invalid int value: 'x'"),
+    ("sweep --maximize --minimize", "argument --minimize: given twice in this line (--minimize and --maximize set the "
+                                    "same thing); give one of them once."),
+    ("sweep --seed 1 --seed 2", "argument --seed: given twice in this line; give it once."),
+    ("sweep --metric a.b --metric c.d", "argument --metric: given twice in this line; give it once."),
 ])
 def test_a_line_the_grammar_refuses_says_which_argument_and_why(grammar, line, error):
     with pytest.raises(UsageError) as caught:
@@ -99,6 +111,7 @@ def test_the_reference_lists_every_subcommand_and_the_form_of_each_value(grammar
         "[--param NAME=VALUE] [--workers WORKERS]", "[--runner {local,kfp-local,kfp}] [--local] [--wait]",
         "[--from STEP]", "%pipeline compile [-o PATH]", "-o PATH, --output PATH", "[--token TOKEN | --token-path FILE | --cookies COOKIES]",
         "[--store URL]", "%pipeline status [RUN]", "%pipeline cancel [RUN]", "%pipeline remove name", "%pipeline reset",
+        "%pipeline sweep [--param NAME=VALUES] [--grid | --random N]", "[--seed SEED] [--metric STEP.NAME] [--maximize]",
     ):
         assert usage in reference, usage
     listed = [reference.index(f"\n    {name}  ") for name in subcommands]  # each with its one-line help

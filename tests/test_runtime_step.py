@@ -371,3 +371,25 @@ def test_a_value_is_digested_a_chunk_at_a_time(tmp_path):
     path.write_bytes(bytes(8 * 2**20))
     digest, peak = traced_peak(lambda: runtime.file_digest(path))
     assert digest == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() and peak < 3 * 2**20
+
+
+def test_a_generator_has_moved_when_its_state_changed_or_numpy_arrived_having_drawn():
+    import random
+
+    import numpy as np
+
+    state = random.getstate()
+    keys = np.arange(624, dtype=np.uint32)
+
+    def numpy_state(position, gauss=0, words=keys):
+        return ("MT19937", words.copy(), position, gauss, 0.0)
+
+    assert runtime.moved({"random": state}, {"random": state}) == []
+    assert runtime.moved({"random": state}, {"random": (3, (*state[1][:-1], 5), None)}) == ["random"]
+    fresh = [runtime.moved({"random": state}, {"random": state, "numpy": numpy_state(p)}) for p in (623, 624)]
+    assert fresh == [[], []]  # numpy imported between the two, never drawn from: as it would start anyway
+    drawn = [runtime.moved({"random": state}, {"random": state, "numpy": numpy_state(p, g)}) for p, g in ((5, 0), (624, 1))]
+    assert drawn == [["numpy"], ["numpy"]]
+    same = runtime.moved({"numpy": numpy_state(7)}, {"numpy": numpy_state(7)})
+    other_words = runtime.moved({"numpy": numpy_state(7)}, {"numpy": numpy_state(7, words=keys[::-1].copy())})
+    assert (same, other_words) == ([], ["numpy"])
