@@ -5,8 +5,10 @@ versions; so a step installs exactly the distributions providing the modules its
 import, at the versions installed here, plus what marshalling needs.
 """
 
+import contextlib
 import functools
 import importlib.metadata
+import os
 import re
 import sys
 
@@ -17,8 +19,24 @@ SHELL = ("ipython",)
 _NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
-@functools.lru_cache(maxsize=1)
+def _installed_stamp():
+    """When the installed distributions last changed, as far as a lookup here can tell: the
+    modification times of the folders on sys.path (installing, upgrading or removing a distribution
+    adds or removes its .dist-info folder in one of them). `!pip install -U` in a kernel changes it."""
+    stamps = []
+    for entry in sys.path:
+        with contextlib.suppress(OSError):
+            if entry:  # the working directory changes with every file a notebook writes
+                stamps.append((entry, os.stat(entry).st_mtime_ns))
+    return tuple(stamps)
+
+
 def _providers():
+    return _providers_at(_installed_stamp())
+
+
+@functools.lru_cache(maxsize=1)
+def _providers_at(stamp):
     return importlib.metadata.packages_distributions()
 
 
@@ -27,8 +45,12 @@ def normalize(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@functools.lru_cache(maxsize=None)
 def pinned(distribution):
+    return _pinned_at(distribution, _installed_stamp())
+
+
+@functools.lru_cache(maxsize=None)
+def _pinned_at(distribution, stamp):
     return f"{distribution}=={importlib.metadata.version(distribution)}"
 
 

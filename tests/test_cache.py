@@ -95,6 +95,30 @@ def test_editing_a_local_module_a_step_imports_runs_it_again(here):
     assert ran(result) == ["a"] and result.load("x") == 3
 
 
+def test_upgrading_a_package_a_step_imports_runs_it_again_in_the_same_kernel(here, monkeypatch):
+    import shutil
+
+    site = here / "site"
+
+    def install(version):  # what pip leaves: the module and its distribution's .dist-info
+        for old in site.glob("fakedist-*.dist-info"):
+            shutil.rmtree(old)
+        info = site / f"fakedist-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakedist\nVersion: {version}\n")
+        (info / "top_level.txt").write_text("fakemod\n")
+        (site / "fakemod.py").write_text(f"VERSION = {version!r}\n")
+
+    install("1.0")
+    monkeypatch.syspath_prepend(str(site))  # the kernel finds the distribution, the steps the module
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    pipeline = pipeline_of("%%step a\nimport fakemod\nx = fakemod.VERSION")
+    assert run(pipeline).load("x") == "1.0" and ran(run(pipeline)) == []
+    install("2.0")  # !pip install -U fakedist, in the same kernel
+    upgraded = run(pipeline)
+    assert ran(upgraded) == ["a"] and upgraded.load("x") == "2.0"
+
+
 def test_a_pruned_run_is_not_reused(here):
     import shutil
 
