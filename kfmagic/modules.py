@@ -11,6 +11,7 @@ chains steps through modules.
 import ast
 import hashlib
 import importlib.machinery
+import os
 import sys
 
 from .analysis import AnalysisError, analyze
@@ -45,10 +46,51 @@ def star_names(module, directory, depth=0):
 
 
 def module_source(module, directory):
-    """A digest of `module`'s source as an import would find it (None if there is none to read):
-    a local module's code decides what a step that imports it computes."""
-    found = _source(module, directory)
-    return None if found is None else hashlib.sha256(found[0].encode()).hexdigest()
+    """A digest of `module`'s source as an import would find it (None if there is none to read): a
+    local module's code decides what a step that imports it computes. For a package, every module in
+    it counts (`from pkg.mod import X` is known as `pkg`); so do the modules of `directory` (the
+    notebook's folder) that these import, however deep."""
+    files = _local_files(module, directory, set())
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        with open(path, "rb") as file:
+            digest.update(f"{len(path)}:{path}".encode() + hashlib.sha256(file.read()).digest())
+    return digest.hexdigest()
+
+
+def _local_files(module, directory, seen):
+    """The source files of `module` (all of a package's) and of the modules in `directory` they
+    import; `seen`: the files already gathered, which this adds to."""
+    spec = _find_spec(module, directory)
+    if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+        return seen
+    if spec.submodule_search_locations is None:
+        files = [spec.origin]
+    else:
+        files = [os.path.join(folder, name) for location in spec.submodule_search_locations
+                 for folder, _, names in os.walk(location) for name in names if name.endswith(".py")]
+    fresh = [path for path in files if path not in seen]
+    seen.update(fresh)
+    for path in fresh:
+        for imported in _imports_of(path):
+            found = _find_spec(imported, directory)
+            if found is not None and found.origin and _inside(found.origin, directory):
+                _local_files(imported, directory, seen)
+    return seen
+
+
+def _imports_of(path):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return analyze(file.read()).imports
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError, AnalysisError, RecursionError, MemoryError):
+        return ()
+
+
+def _inside(path, directory):
+    return os.path.abspath(path).startswith(os.path.join(os.path.abspath(directory), ""))
 
 
 def _absolute(name, package):
@@ -77,20 +119,24 @@ def _dunder_all(tree):
     return None
 
 
-def _source(module, directory):
-    """(source text, the package its relative imports start from) of `module`, found as an import
-    would find it, without importing anything; None if there is no Python source to read."""
+def _find_spec(module, directory):
+    """The spec an import of `module` would find, `directory` first, without importing anything."""
     if not module or module.startswith(".") or module in sys.builtin_module_names:
         return None
-    search = [directory, *sys.path]
-    spec = None
-    for depth, part in enumerate(module.split(".")):
-        name = ".".join(module.split(".")[: depth + 1])
-        spec = importlib.machinery.PathFinder.find_spec(name, search)
+    search, spec = [directory, *sys.path], None
+    for depth in range(module.count(".") + 1):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(module.split(".")[: depth + 1]), search)
         if spec is None:
             return None
         search = spec.submodule_search_locations or []
-    if not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+    return spec
+
+
+def _source(module, directory):
+    """(source text, the package its relative imports start from) of `module`, found as an import
+    would find it, without importing anything; None if there is no Python source to read."""
+    spec = _find_spec(module, directory)
+    if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
         return None
     package = module if spec.submodule_search_locations is not None else module.rpartition(".")[0]
     try:

@@ -85,7 +85,7 @@ def test_no_cache_runs_everything_and_a_step_option_keeps_one_step_running(here)
     assert again.load("loaded_at") != first.load("loaded_at")
 
 
-def test_editing_a_local_module_a_step_imports_runs_it_again(here):
+def test_editing_a_local_module_or_a_module_of_a_local_package_runs_what_imports_it_again(here):
     (here / "helpers.py").write_text("FACTOR = 2\n")
     pipeline = pipeline_of("%%step a\nimport helpers\nx = helpers.FACTOR")
     run(pipeline)
@@ -93,6 +93,14 @@ def test_editing_a_local_module_a_step_imports_runs_it_again(here):
     (here / "helpers.py").write_text("FACTOR = 3\n")
     result = run(pipeline)
     assert ran(result) == ["a"] and result.load("x") == 3
+    (here / "pkg").mkdir()
+    (here / "pkg" / "__init__.py").write_text("")
+    (here / "pkg" / "mod.py").write_text("VALUE = 1\n")
+    from_package = pipeline_of("%%step b\nfrom pkg.mod import VALUE\ny = VALUE")
+    assert run(from_package).load("y") == 1
+    (here / "pkg" / "mod.py").write_text("VALUE = 2\n")  # a module inside the package, not its __init__
+    result = run(from_package)
+    assert ran(result) == ["b"] and result.load("y") == 2
 
 
 def test_upgrading_a_package_a_step_imports_runs_it_again_in_the_same_kernel(here, monkeypatch):

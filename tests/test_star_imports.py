@@ -3,7 +3,6 @@ it (kfmagic.modules), and what the plan makes of it: local modules of the notebo
 packages, relative star imports, and modules whose source cannot tell (None: may bind anything).
 """
 
-import hashlib
 import textwrap
 
 import pytest
@@ -131,7 +130,22 @@ def test_a_local_modules_digest_follows_its_text(tmp_path):
 
     path = write(tmp_path, "helpers.py", "def scale(v):\n    return v * 2\n")
     first = module_source("helpers", str(tmp_path))
-    assert first == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert len(first) == 64 and module_source("helpers", str(tmp_path)) == first
     path.write_text("def scale(v):\n    return v * 3\n")
     assert module_source("helpers", str(tmp_path)) not in (None, first)
     assert module_source("sys", str(tmp_path)) is None and module_source("no_such_module_anywhere", str(tmp_path)) is None
+
+
+def test_a_local_packages_digest_covers_its_modules_and_the_local_modules_they_import(tmp_path):
+    from kfmagic.modules import module_source
+
+    write(tmp_path, "pkg/__init__.py", "")
+    inner = write(tmp_path, "pkg/sub/mod.py", "import units\nVALUE = units.SCALE\n")
+    units = write(tmp_path, "units.py", "import json\nSCALE = 1\n")
+    digests = [module_source("pkg", str(tmp_path))]
+    inner.write_text("import units\nVALUE = units.SCALE + 1\n")  # `from pkg.sub.mod import VALUE` is known as pkg
+    digests.append(module_source("pkg", str(tmp_path)))
+    units.write_text("import json\nSCALE = 2\n")  # a module of the notebook's folder that the package imports
+    digests.append(module_source("pkg", str(tmp_path)))
+    assert None not in digests and len(set(digests)) == 3
+    assert module_source("pkg", str(tmp_path)) == digests[-1]
