@@ -69,6 +69,7 @@ class Plan:
     params: dict  # name -> default
     warnings: tuple = field(default=())
     seeded: dict = field(default_factory=dict)  # global random generator the prelude seeds -> the seeding call
+    prelude_params: tuple = ()  # the parameters the %%prelude reads (every step is given them)
 
     def step(self, name):
         return self._by_name[name]
@@ -311,7 +312,7 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
         raise PlanError(problems)
     return Plan(
         name, experiment, tuple(planned), prelude_parts, params, tuple(dict.fromkeys(warnings)),
-        seeded=prelude.seeds("", {}),
+        seeded=prelude.seeds("", {}), prelude_params=tuple(name for name in prelude.params_read if name in params),
     )
 
 

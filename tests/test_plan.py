@@ -720,3 +720,9 @@ def test_without_an_after_the_notebook_order_alone_decides_and_nothing_is_warned
                        "%%step merge\nprint(config, other)").plan()
     assert plan.step("merge").inputs == {"config": "right", "other": "left"}
     assert plan.warnings == ()
+
+
+def test_the_plan_names_the_parameters_the_prelude_reads_its_functions_included():
+    plan = pipeline_of("%%params\nseed = 1\nC = 2\nunused = 3", "%%prelude\nbase = seed\ndef scaled(v):\n    return v * C",
+                       "%%step a\nx = scaled(base) + unused").plan()
+    assert plan.prelude_params == ("seed", "C")

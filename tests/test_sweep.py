@@ -287,3 +287,14 @@ def test_a_swept_parameter_the_prelude_reads_reaches_every_step_each_in_its_own_
     )
     found = pipeline.sweep({"seed": "1,2"}, progress=None)
     assert found.shared == () and [row["second.total"] for row in found.rows()] == [22, 11]  # not one warm prelude's value
+
+
+def test_a_swept_parameter_every_step_reads_but_the_prelude_does_not_keeps_the_warm_start(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline = pipeline_of(
+        "%%prelude\nimport os\nprelude_pid = os.getpid()", "%%params\nC = 1",
+        "%%step fit --metrics score\nscore = C * 10\nforked = prelude_pid != os.getpid()",
+    )
+    found = pipeline.sweep({"C": "1,2"}, progress=None)
+    assert sorted(row["fit.score"] for row in found.rows()) == [10, 20]
+    assert [run.load("forked") for run in found.runs] == [True, True]  # the prelude ran once, in the supervisor

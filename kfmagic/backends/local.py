@@ -216,7 +216,7 @@ class _Scheduler:
     def _warm_up(self):
         """Have the supervisor run the prelude once (unless every step is isolated)."""
         if not self.pool.warmed and not self.settings.isolate:
-            params = {name: self.record.params[name] for name in _prelude_params(self.plan)}
+            params = {name: self.record.params[name] for name in self.plan.prelude_params}
             prelude = os.path.join(self.record.run_dir, PRELUDE_FILE)  # by file: messages stay small
             warm = {"prelude": [vars(part) for part in self.plan.prelude], "params": params, "seeded": list(self.plan.seeded)}
             workspace.write_private_json(prelude, warm, "the prelude")
@@ -409,7 +409,7 @@ def run_sweep(plan, combinations, per_combination, *, workdir, workers, progress
     ended keep their state, the others are CANCELED. If the %%prelude reads a parameter the
     combinations change, every step starts afresh (one warm prelude cannot hold two values).
     """
-    if _prelude_params(plan) & set(sweep_names(combinations)):
+    if set(plan.prelude_params) & set(sweep_names(combinations)):
         settings = dataclasses.replace(settings, isolate=True)
     shared = [step.name for step in plan.steps if step.name not in per_combination]
     records = [start_run(plan, params, workdir, "local", suffix=f"c{i + 1}") for i, params in enumerate(combinations)]
@@ -436,8 +436,3 @@ def run_sweep(plan, combinations, per_combination, *, workdir, workers, progress
             schedulers.append(scheduler)
         _drive(schedulers, pool)
     return records
-
-
-def _prelude_params(plan):
-    """The parameters the %%prelude reads: every step is given them."""
-    return set.intersection(*(set(step.params) for step in plan.steps))
