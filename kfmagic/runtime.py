@@ -18,6 +18,7 @@ import linecache
 import numbers
 import os
 import random
+import re
 import sys
 import traceback
 import types
@@ -28,6 +29,7 @@ except ImportError:  # embedded in a KFP component: serde's functions are define
     serde = sys.modules[__name__]
 
 RESULT_FILE = "result.json"
+STEP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # a step's name: its records' folder, a Kubeflow task's name
 OUTPUTS_DIR = "outputs"
 
 

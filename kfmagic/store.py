@@ -14,14 +14,13 @@ they appear in no compiled pipeline, run folder or message.
 """
 
 import os
-import re
 import shutil
 import tempfile
 
 from . import workspace
 from .component import LOG_FILE, STEPS_FILE
 from .errors import KfmagicError
-from .runtime import OUTPUTS_DIR, RESULT_FILE
+from .runtime import OUTPUTS_DIR, RESULT_FILE, STEP_NAME
 
 STORE_ENV = "KFMAGIC_STORE"
 INSTALL_HINT = "pip install 'kfmagic[store]'"
@@ -29,7 +28,6 @@ CREDENTIALS_HINT = (
     "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for MinIO or another S3-compatible "
     "server) for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://"
 )
-_STEP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _FILE_NAMES = {RESULT_FILE, LOG_FILE, STEPS_FILE}
 
 
@@ -94,7 +92,7 @@ def _checked(parts):
     step, *rest = parts
     if step in _FILE_NAMES and not rest:
         return parts
-    good = _STEP_NAME.match(step) and (
+    good = STEP_NAME.match(step) and (
         rest in ([RESULT_FILE], [LOG_FILE])
         or (len(rest) == 2 and rest[0] == OUTPUTS_DIR and rest[1].endswith(".pkl") and rest[1][:-4].isidentifier())
     )
@@ -119,7 +117,7 @@ class FolderStore:
     def steps(self):
         """The steps that have a folder in the run."""
         names = os.listdir(self.local_dir) if os.path.isdir(self.local_dir) else ()
-        return sorted(name for name in names if _STEP_NAME.match(name) and os.path.isdir(os.path.join(self.local_dir, name)))
+        return sorted(name for name in names if STEP_NAME.match(name) and os.path.isdir(os.path.join(self.local_dir, name)))
 
 
 class ObjectStore:

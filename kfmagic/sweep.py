@@ -315,8 +315,7 @@ class Sweep:
     def value(self, index):
         """The metric combination `index` reported, or None."""
         step, name = self.metric
-        run = self.runs[index]
-        found = run.steps.get(step) if run is not None else None
+        found = self.runs[index].steps.get(step)
         value = found.metrics.get(name) if found is not None and found.state == "SUCCEEDED" else None
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
@@ -328,7 +327,7 @@ class Sweep:
 
     def finished(self):
         """Indexes of the combinations whose run ended SUCCEEDED."""
-        return [i for i, run in enumerate(self.runs) if run is not None and run.state == "SUCCEEDED"]
+        return [i for i, run in enumerate(self.runs) if run.state == "SUCCEEDED"]
 
     @property
     def best(self):

@@ -24,9 +24,9 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 
 from .analysis import AnalysisError, analyze
 from .errors import CellSyntaxError
+from .runtime import STEP_NAME
 from .step_options import check_step_options
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _CELL_MAGIC_RE = re.compile(r"^%%(step|prelude|params)(?=\s|$)(.*)$")
 _TRANSFORMER = TransformerManager()
 _SHELL_SPACE = " \t\r\n"  # what shlex splits words on
@@ -501,7 +501,7 @@ def parse_cell(text):
 
 
 def check_name(name, where):
-    if not _NAME_RE.match(name):
+    if not STEP_NAME.match(name):
         raise CellSyntaxError(
             f"{where}: {name!r} is not a valid name. Use lowercase letters, digits, '-' and '_', "
             "starting with a letter (at most 63 characters), e.g. 'train_model'."

@@ -29,7 +29,7 @@ from .base import Run, ended, held, interrupted, read_result, start_run, step_ru
 from .launcher import supervised, supervising
 
 PACKAGE_FILE = "pipeline.yaml"
-LOG_FILE = "kfp-local.log"
+KFP_LOCAL_LOG = "kfp-local.log"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_START = re.compile(r"Executing task '([^']+)'")
 
@@ -177,10 +177,10 @@ class CombinationRun(Run):
 
     records: str = ""
 
-    def refresh(self, per_combination, ended=None):
+    def refresh(self, per_combination):
         shared = {name: step for name, step in self.steps.items() if name not in per_combination}
-        _refresh(shared, self.run_dir, ended)
-        _refresh({name: step for name, step in self.steps.items() if name in per_combination}, self.records, ended)
+        _refresh(shared, self.run_dir)
+        _refresh({name: step for name, step in self.steps.items() if name in per_combination}, self.records)
 
     def gather(self, per_combination):
         """Final states, and the shared steps' records linked into this combination's folder (`logs`)."""
@@ -215,7 +215,7 @@ def _conclude(record, returncode):
     for step in steps.values():
         if step.state == "RUNNING":  # started, never reported: the task process died
             step.state, step.finished = "FAILED", time.time()
-            step.error = f"Step {step.name!r} ended without a result; kfp.local's log: {os.path.join(record.run_dir, LOG_FILE)}"
+            step.error = f"Step {step.name!r} ended without a result; kfp.local's log: {os.path.join(record.run_dir, KFP_LOCAL_LOG)}"
         elif step.state == "PENDING":
             step.state = "SKIPPED" if failed else step.state
     record.state = "FAILED" if failed else "SUCCEEDED"
@@ -232,7 +232,7 @@ def _kfp_local(run_dir, package, params):
     env = {"TMPDIR": scratch, component.RESULT_DIR_ENV: run_dir}  # kfp's launcher makes temp folders
     argv = [sys.executable, "-m", __name__, package, os.path.join(run_dir, "kfp"), json.dumps(pipeline_arguments(params))]
     events = queue.Queue()
-    log = os.fdopen(os.open(os.path.join(run_dir, LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+    log = os.fdopen(os.open(os.path.join(run_dir, KFP_LOCAL_LOG), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
 
     def execute(launcher, workdir, on_line, on_tick):
         launcher.start("kfp-local", argv, workdir, env)
