@@ -21,7 +21,6 @@ import textwrap
 import time
 from collections import deque
 
-from .errors import KfmagicError
 
 TEXT_WIDTH = 100  # a terminal's or a log's columns: every text view fits
 UPDATE_SECONDS = 0.25  # the live display sends changes at most this often (the final state always)
@@ -492,7 +491,6 @@ class NotebookProgress:
         from IPython.display import display
 
         self.run, self.key = run, f"kfm-{secrets.token_hex(4)}"
-        self.plan = self.plan or _plan_of(run)
         self.index = {name: i for i, name in enumerate(run.steps)}
         self.sent = {name: _step_cells(step) for name, step in run.steps.items()}
         self.sent_header = self._header(run)
@@ -540,21 +538,6 @@ class NotebookProgress:
             script = f"<script>window.kfmagicPatch&&kfmagicPatch('{self.key}',{data})</script>"
             self.patch.update({"text/html": script, "text/plain": ""}, raw=True)
             self.sent_at = now
-
-
-def _plan_of(run):
-    """The plan of a run this kernel's pipeline started, for its DAG (the progress is handed the
-    Run alone): the current pipeline's, when its name and steps are the run's; else None."""
-    from .registry import current_pipeline
-
-    pipeline = current_pipeline()
-    if pipeline.name != run.pipeline:
-        return None
-    try:
-        plan = pipeline.plan()
-    except KfmagicError:
-        return None
-    return plan if [step.name for step in plan.steps] == list(run.steps) else None
 
 
 def _flush_streams():
