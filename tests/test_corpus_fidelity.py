@@ -104,3 +104,12 @@ def test_a_kale_notebook_seeding_each_step_that_draws_gives_the_kernels_values(c
     run, stderr = as_a_pipeline(corpus, name, names, monkeypatch)
     assert {n: canonical(v) for n, v in run.items()} == {n: canonical(v) for n, v in kernel.items()}
     assert "drew random numbers" not in stderr
+
+
+def test_a_kale_notebook_passing_xgboost_dmatrices_gives_the_kernels_values(corpus, monkeypatch):
+    pytest.importorskip("xgboost", reason="the notebook trains with xgboost (not a test dependency)")
+    name, names = "kale_xgboost_dmatrix.ipynb", ["preds", "max_preds", "accuracy", "f1"]
+    kernel = top_to_bottom(corpus, name, names)
+    run, _ = as_a_pipeline(corpus, name, names, monkeypatch)
+    assert {n: canonical(v) for n, v in run.items()} == {n: canonical(v) for n, v in kernel.items()}
+    assert run["preds"].shape == (30, 3) and run["accuracy"] > 0.8  # a model trained on the DMatrix that travelled

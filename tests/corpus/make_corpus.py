@@ -201,3 +201,23 @@ write("magics_end_to_end_project", [
      "my_model_loaded = joblib.load('my_model.pkl')\n"
      "test_predictions = my_model_loaded.predict(strat_test_set.drop('target', axis=1).values).round(6)",),
 ])
+
+# Kubeflow Kale's examples/serving/xgboost/iris.ipynb (kubeflow-kale/kale at 3e6b711, Apache-2.0),
+# its split given a random_state, its `!pip3 install` cell left out: xgboost DMatrix objects (native memory, no pickle support) pass
+# from the step that builds them to the steps that train and evaluate, as Kale passes them.
+write("kale_xgboost_dmatrix", [
+    ("import numpy as np\nimport xgboost as xgb\n\nfrom sklearn import datasets\nfrom sklearn.model_selection import train_test_split\n"
+     "from sklearn.metrics import precision_score, recall_score, f1_score, accuracy_score", "imports"),
+    ('ETA = .3\nMAX_DEPTH = 3\nOBJECTIVE = "multi:softprob"\nSTEPS = 20', "pipeline-parameters"),
+    ("x, y = datasets.load_iris(return_X_y=True)", "step:load_transform_data"),
+    ("x_trn, x_tst, y_trn, y_tst = train_test_split(x, y, test_size=.2, random_state=3)",),
+    ("D_trn = xgb.DMatrix(x_trn, label=y_trn)\nD_tst = xgb.DMatrix(x_tst, label=y_tst)",),
+    ('param = {"eta": float(ETA),\n         "max_depth": int(MAX_DEPTH),\n         "objective": OBJECTIVE,\n         "num_class": 3}\n\n'
+     "steps = int(STEPS)", "prev:load_transform_data", "step:train_model"),
+    ("model = xgb.train(param, D_trn, steps)",),
+    ("preds = model.predict(D_tst)\nmax_preds = np.asarray([np.argmax(line) for line in preds])",
+     "prev:load_transform_data", "prev:train_model", "step:evaluate_model"),
+    ("precision = precision_score(y_tst, max_preds, average='macro')\nrecall = recall_score(y_tst, max_preds, average='macro')\n"
+     "f1 = f1_score(y_tst, max_preds, average='macro')\naccuracy = accuracy_score(y_tst, max_preds)",),
+    ("print(precision)\nprint(recall)\nprint(f1)\nprint(accuracy)", "pipeline-metrics"),
+], kale={"pipeline_name": "iris-xgboost", "experiment_name": "corpus"})
