@@ -194,9 +194,25 @@ def _magic_body(body: str) -> list[ast.stmt]:
 
 
 # Methods that evaluate an expression given as text, where `@name` reads a variable of the caller
-# (pandas' DataFrame.query and .eval, pd.eval): `frame.query('x > @limit')` reads limit.
+# (pandas' DataFrame.query and .eval, pd.eval): `frame.query('x > @limit')` reads limit. The
+# top-level `pd.eval('df1 + df2')` reads every name of its expression from the caller, but the
+# math functions it knows (`sin(x)`), while a frame's `eval`/`query` takes bare names for columns.
 _EXPRESSION_METHODS = frozenset({"query", "eval"})
 _EXPRESSION_NAME = re.compile(r"@([A-Za-z_]\w*)")
+_PANDAS_EVAL_FUNCTIONS = frozenset({
+    "sin", "cos", "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "arcsinh",
+    "arccosh", "arctanh", "abs", "log", "log10", "log1p", "exp", "expm1", "sqrt", "floor", "ceil",
+})
+
+
+def _eval_variables(text: str) -> list[str]:
+    """The names `pd.eval(text)` looks up in its caller (none if the text is not an expression)."""
+    try:
+        tree = ast.parse(text.strip())
+    except (SyntaxError, ValueError, RecursionError):
+        return []
+    return [node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+            and node.id not in _PANDAS_EVAL_FUNCTIONS]
 
 # Calls whose result holds (or iterates over) the very objects passed in.
 _SHARING_CALLS = frozenset({"zip", "enumerate", "reversed", "list", "tuple", "iter", "sorted"})
@@ -537,13 +553,23 @@ class _Walker(ast.NodeVisitor):
         self._expression_names(node)
 
     def _expression_names(self, node):
-        """`frame.query('x > @limit')`: the `@` names of an expression given as text are read."""
+        """`frame.query('x > @limit')`: the `@` names of an expression given as text are read; all
+        the names of a `pd.eval('df1 + df2')` expression are."""
         if isinstance(node.func, ast.Attribute) and node.func.attr in _EXPRESSION_METHODS:
+            top_level = node.func.attr == "eval" and self._names_pandas(node.func.value)
             texts = [*node.args[:1], *(keyword.value for keyword in node.keywords if keyword.arg == "expr")]
             for text in texts:
                 if isinstance(text, ast.Constant) and isinstance(text.value, str):
-                    for name in _EXPRESSION_NAME.findall(text.value):
+                    for name in _EXPRESSION_NAME.findall(text.value) + (_eval_variables(text.value) if top_level else []):
                         self._load(name)
+
+    def _names_pandas(self, receiver):
+        """Whether `receiver` is the pandas module: a name this code imports it as, else (imported in
+        another cell, the prelude) the names it always goes by."""
+        if not isinstance(receiver, ast.Name):
+            return False
+        path = self.import_paths.get(receiver.id)
+        return path == "pandas" if path is not None else receiver.id in ("pd", "pandas")
 
     def _seed_call(self, node):
         """Record `np.random.seed(0)`, `random.seed(1)`, `seed(2)`: calls of a `seed` reached through

@@ -22,6 +22,10 @@ CASES = [
     ("value-before-target", "x = [x]", {"x"}, {"x"}, set()),
     ("builtins-kept", "print(len(xs))", {"print", "len", "xs"}, set(), set()),
     ("pandas-query-at-names", "out = df.query('x > @limit') + pd.eval(expr='@a + 1')", {"df", "limit", "pd", "a"}, {"out"}, set()),
+    ("pd-eval-reads-every-name", "out = pd.eval('-df1 * df2 / sqrt(df3.A)') + frame.eval('A + B')",
+     {"pd", "df1", "df2", "df3", "frame"}, {"out"}, set()),
+    ("pd-eval-of-pandas-imported-here", "import pandas as p\nout = p.eval('x + 1', target=t)", {"x", "t"}, {"p", "out"}, set()),
+    ("eval-of-another-module-reads-no-names", "import numexpr as pd\nout = pd.eval('x + 1')", set(), {"pd", "out"}, set()),
     ("query-at-name-of-a-parameter", "def f(limit):\n    return df.query('x > @limit')\nf(1)", {"df"}, {"f"}, set()),
     ("dunders-dropped", "if __name__ == '__main__':\n    main(__file__)", {"main"}, set(), set()),
     # --- branches and loops: textual order ---

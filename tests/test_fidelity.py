@@ -76,6 +76,10 @@ CASES = [
      ["%%prelude\nimport pandas as pd", "%%step s1\nlimit = 4", "%%step s2\nframe = pd.DataFrame({'x': [1, 5, 9]})\n"
       "out = frame.query('x > @limit')['x'].tolist()"],
      ["out"]),
+    ("pd-eval-reads-frames-of-an-earlier-step-by-name",  # PythonDataScienceHandbook 03.12, a step per cell
+     ["%%prelude\nimport pandas as pd", "%%step frames\ndf1, df2 = (pd.DataFrame({'x': [1, 2]}) * k for k in (1, 10))",
+      "%%step total\nout = pd.eval('df1 + df2 * 2')['x'].tolist()"],
+     ["out"]),
     ("steps-that-seed-the-global-random-generators-before-they-draw",
      ["%%prelude\nimport random\nimport numpy as np\nnp.random.seed(0)\nrandom.seed(0)",
       "%%step a\nfirst = (float(np.random.rand()), random.random())",
