@@ -26,6 +26,9 @@ CASES = [
      {"pd", "df1", "df2", "df3", "frame"}, {"out"}, set()),
     ("pd-eval-of-pandas-imported-here", "import pandas as p\nout = p.eval('x + 1', target=t)", {"x", "t"}, {"p", "out"}, set()),
     ("eval-of-another-module-reads-no-names", "import numexpr as pd\nout = pd.eval('x + 1')", set(), {"pd", "out"}, set()),
+    ("numexpr-evaluate-reads-every-name", "import numexpr\nm = numexpr.evaluate('(x > 0.5) & where(y < 0.5, 1, 0)')",
+     {"x", "y"}, {"numexpr", "m"}, set()),
+    ("evaluator-given-its-names-reads-none", "m = ne.evaluate('a * b', local_dict={'a': 1, 'b': b})", {"ne", "b"}, {"m"}, set()),
     ("query-at-name-of-a-parameter", "def f(limit):\n    return df.query('x > @limit')\nf(1)", {"df"}, {"f"}, set()),
     ("dunders-dropped", "if __name__ == '__main__':\n    main(__file__)", {"main"}, set(), set()),
     # --- branches and loops: textual order ---
@@ -247,7 +250,9 @@ CASES = [
         {"z"},
         set(),
     ),
-    ("line-magic-timeit-own-namespace", "get_ipython().run_line_magic('timeit', 'y = f(x)')", {"get_ipython"}, set(), set()),
+    ("line-magic-timeit-own-namespace", "get_ipython().run_line_magic('timeit', 'y = f(x)')", {"get_ipython", "f", "x"}, set(), set()),
+    ("line-magic-timeit-reads-and-changes", "get_ipython().run_line_magic('timeit', '-n1 -r 3 df1 + df2; items.sort()')",
+     {"get_ipython", "df1", "df2", "items"}, set(), {"items"}),
     ("line-magic-unreadable", "get_ipython().run_line_magic('time', 'y = (')", {"get_ipython"}, set(), set()),
     ("shell-capture", "z = get_ipython().getoutput('ls')", {"get_ipython"}, {"z"}, set()),
     ("cell-magic-time", "get_ipython().run_cell_magic('time', '', 'm = fit(X)\\nm.score(X)\\n')", {"get_ipython", "fit", "X"}, {"m"}, {"m"}),
@@ -258,7 +263,8 @@ CASES = [
         {"out", "x", "y"},
         set(),
     ),
-    ("cell-magic-timeit-own-namespace", "get_ipython().run_cell_magic('timeit', '', 'y = f()\\n')", {"get_ipython"}, set(), set()),
+    ("cell-magic-timeit-own-namespace", "get_ipython().run_cell_magic('timeit', '-n 2 m = g(w)', 'y = f(m)\\nm.fit(y)\\n')",
+     {"get_ipython", "f", "g", "w"}, set(), set()),
     ("cell-magic-unreadable-body", "get_ipython().run_cell_magic('time', '', 'y = (\\n')", {"get_ipython"}, set(), set()),
     ("top-level-await", "result = await fetch(url)", {"fetch", "url"}, {"result"}, set()),
     (
@@ -386,7 +392,7 @@ def test_null_byte_is_an_analysis_error_without_line():
         ("%time model = fit(X)\n", {"get_ipython", "fit", "X"}, {"model"}),
         ("model = %time SVC().fit(X, y)\n", {"get_ipython", "SVC", "X", "y"}, {"model"}),
         ("%prun -s cumulative z = g(w)\n", {"get_ipython", "g", "w"}, {"z"}),
-        ("%timeit y = f(x)\n", {"get_ipython"}, set()),
+        ("%timeit y = f(x)\n", {"get_ipython", "f", "x"}, set()),
     ],
 )
 def test_time_and_prun_line_magics_run_their_line_here(cell, reads, assigns):

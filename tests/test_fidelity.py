@@ -80,6 +80,10 @@ CASES = [
      ["%%prelude\nimport pandas as pd", "%%step frames\ndf1, df2 = (pd.DataFrame({'x': [1, 2]}) * k for k in (1, 10))",
       "%%step total\nout = pd.eval('df1 + df2 * 2')['x'].tolist()"],
      ["out"]),
+    ("timeit-reads-what-an-earlier-step-made",  # PythonDataScienceHandbook 03.12: `%timeit df1 + df2`, a step per cell
+     ["%%step a\nxs = [3, 1, 2]", "%%step b\n%timeit -n1 -r1 sorted(xs)\nout = 1",
+      "%%step c\n%%timeit -n1 -r1 ys = list(xs)\nys.sort()"],
+     ["out"]),
     ("steps-that-seed-the-global-random-generators-before-they-draw",
      ["%%prelude\nimport random\nimport numpy as np\nnp.random.seed(0)\nrandom.seed(0)",
       "%%step a\nfirst = (float(np.random.rand()), random.random())",
