@@ -541,6 +541,7 @@ def _collect_steps(cells, prelude, problems):
     Calling a method on a prelude name (`np.zeros(3)`) is not a change worth marshalling: every
     step runs the prelude afresh, so only rebinding a prelude name makes a step its provider; an
     import binding it to what the prelude imports (`import numpy as np` again) does not rebind it.
+    Nor is calling one on a name steps bind only by importing it (`_drop_changes_to_imports`).
     A call to a function that changes its argument in place (`clean(df)`, defined in the prelude
     or an earlier cell) changes that argument.
     """
@@ -592,6 +593,7 @@ def _collect_steps(cells, prelude, problems):
             step.add(info)
             step.changes.update(assigned, mutates)
             step.assigns += [v for v in dict.fromkeys((*assigned, *mutates)) if v not in step.assigns]
+    _drop_changes_to_imports(steps.values())
     if prelude.unknown:  # what the prelude's star imports bind is unknown: a name that only has methods
         bound_anywhere = set().union(*(step.bound for step in steps.values()))  # called is one of them
         for step in steps.values():
@@ -599,6 +601,18 @@ def _collect_steps(cells, prelude, problems):
                 step.changes.discard(var)
                 step.assigns.remove(var)
     return list(steps.values())
+
+
+def _drop_changes_to_imports(steps):
+    """A name that steps bind only by importing it (a module, a class or function of one) travels by
+    reference: what a step does to it (`np.allclose(a, b)` as a statement, `plt.plot(x)`) reaches no
+    other step, so it does not make that step the name's provider, nor chain the steps that use it."""
+    imported = set().union(*(step.imported for step in steps))
+    rebound = set().union(*(step.bound - step.imported for step in steps))
+    for step in steps:
+        for var in (step.changes - step.bound) & (imported - rebound):
+            step.changes.discard(var)
+            step.assigns.remove(var)
 
 
 def _call_within(step, name, bound):

@@ -715,6 +715,17 @@ def test_a_step_importing_again_what_the_prelude_imports_provides_nothing():
     assert [step.name for step in plan.steps if step.upstream] == ["c", "e"]
 
 
+def test_using_a_module_a_step_imported_chains_no_steps():
+    plan = pipeline_of(  # PythonDataScienceHandbook 03.12: a section per step, each ending in np.allclose(...)
+        "%%step arrays\nimport numpy as np\nimport matplotlib.pyplot as plt\nx = np.arange(3.0)",
+        "%%step check\nnp.allclose(x, x * 1)\nplt.plot(x)",
+        "%%step again\nnp.allclose(x, x + 0)",
+        "%%step last\ny = np.zeros(2)\nplt.plot(y)",
+    ).plan()
+    assert plan.step("last").inputs == {"np": "arrays", "plt": "arrays"}
+    assert plan.step("again").upstream == ("arrays",) and plan.step("check").outputs == ()
+
+
 def test_without_an_after_the_notebook_order_alone_decides_and_nothing_is_warned():
     plan = pipeline_of("%%step left\nconfig = 1\nother = 1", "%%step right\nconfig = 2",
                        "%%step merge\nprint(config, other)").plan()
