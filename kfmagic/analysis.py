@@ -59,6 +59,11 @@ class CodeInfo:
     # dotted callee, call text); owner is "" for the code's own statements, else the function (or
     # class, ...) whose body makes the call when called
     seed_calls: tuple = ()
+    # Module-level names this code binds to a random generator of its own (`rng = np.random.default_rng(0)`)
+    generators: tuple = ()
+    # Module-level names its statements hand to a call, as the receiver of a method or an argument
+    # (`rng.random(3)`, `split(X, random_state=rs)`): a generator used so has drawn, so changed
+    called_with: tuple = ()
 
 
 def analyze(source: str, functions: tuple = ()) -> CodeInfo:
@@ -103,6 +108,8 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
         imported=tuple(walker.imported),
         import_paths=tuple(walker.import_paths.items()),
         seed_calls=tuple(walker.seed_calls),
+        generators=tuple(name for name in walker.generators if name in walker.assigns),
+        called_with=tuple(walker.called_with),
     )
 
 
@@ -140,6 +147,20 @@ _PRUN_VALUE_OPTIONS = frozenset("DlsT")
 # `%timeit` / `%%timeit` run their code against the notebook's namespace as a function's body: it
 # reads (and may change) the namespace's objects, and what it assigns stays its own.
 _TIMEIT_VALUE_OPTIONS = frozenset("nrp")
+
+
+# What makes a random generator of one's own: numpy's default_rng, Generator and RandomState, the
+# random module's Random (by the last part of the callee's name: `np.random.default_rng(0)`, `Random(1)`).
+_GENERATOR_FACTORIES = frozenset({"default_rng", "Generator", "RandomState", "Random"})
+
+
+def _makes_generator(value: ast.expr) -> bool:
+    """Whether `value` is a call making a random generator (`np.random.default_rng(42)`)."""
+    if not isinstance(value, ast.Call):
+        return False
+    func = value.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    return name in _GENERATOR_FACTORIES
 
 
 def _magic_call(node: ast.Call, method: str, arity: int):
@@ -342,6 +363,7 @@ class _Walker(ast.NodeVisitor):
         self.statement_reads = {}  # reads outside any function body
         self.import_paths = {}  # module-level name bound by an import -> the dotted path it names
         self.seed_calls = []  # (owner, dotted callee, call text)
+        self.generators, self.called_with = {}, {}  # ordered sets, see CodeInfo
 
     def visit(self, node):
         super().visit(node)
@@ -557,6 +579,7 @@ class _Walker(ast.NodeVisitor):
         if magic and magic[0] == "timeit" and self.scopes[-1].kind == "module":  # setup line, then body
             self._visit_apart(_magic_body(_magic_code(magic[1], _TIMEIT_VALUE_OPTIONS)) + _magic_body(magic[2]))
         self._seed_call(node)
+        self._called_with(node)
         if isinstance(node.func, ast.Attribute) and (node in self.discarded or _passes_inplace(node)):
             # A method called for its effect may change its receiver (`model.fit(X)`, `lst.append(x)`,
             # `df['c'].fillna(0, inplace=True)`); one whose value is used (`m = X.mean()`) only reads it.
@@ -596,6 +619,17 @@ class _Walker(ast.NodeVisitor):
         path = self.import_paths.get(func.value.id)
         return path == module if path is not None else func.value.id in usual_names
 
+    def _called_with(self, node):
+        """Record the module-level names the code's own statements hand to this call (see CodeInfo)."""
+        if any(scope.kind == "function" for scope in self.scopes):
+            return
+        handed = [node.func.value] if isinstance(node.func, ast.Attribute) else []
+        handed += [*node.args, *(keyword.value for keyword in node.keywords)]
+        for value in handed:
+            value = value.value if isinstance(value, ast.Starred) else value
+            if isinstance(value, ast.Name) and self._scope_of(value.id) is self.scopes[0]:
+                self.called_with.setdefault(value.id)
+
     def _seed_call(self, node):
         """Record `np.random.seed(0)`, `random.seed(1)`, `seed(2)`: calls of a `seed` reached through
         a module-level name, which may seed a global random generator (plan.py tells which)."""
@@ -615,6 +649,10 @@ class _Walker(ast.NodeVisitor):
     def visit_Assign(self, node):
         module_level = len(self.scopes) == 1
         targets = tuple(target.id for target in node.targets if isinstance(target, ast.Name)) if module_level else ()
+        for target in targets:  # `rng = np.random.default_rng(0)` binds a generator; any other value does not
+            self.generators.pop(target, None)
+            if _makes_generator(node.value):
+                self.generators.setdefault(target)
         self.assigning = targets  # lambdas in the value belong to the targets: they run when called
         self.visit(node.value)
         self.assigning = ()

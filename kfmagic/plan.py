@@ -557,6 +557,7 @@ def _collect_steps(cells, prelude, problems):
                 infos[id(cell)] = error
                 continue
             functions.update((function[0], function) for function in info.mutating_functions)
+    generators = {name for info in infos.values() if not isinstance(info, AnalysisError) for name in info.generators}
     for step in steps.values():
         step.positions = [position[id(cell)] for cell in step.cells]
         bound, reimported = set(), set()
@@ -583,6 +584,7 @@ def _collect_steps(cells, prelude, problems):
                 step.read_at.setdefault(var, (position[id(cell)], cell.label))
             step.imported.update(info.imported)
             mutates = [v for v in info.mutates if v not in prelude_names or v in bound - reimported]
+            mutates += [v for v in info.called_with if v in generators and v not in prelude_names and v not in mutates]
             for var in [v for v in info.reads if v in bound]:  # a function an earlier cell of the step defined
                 mutates += _call_within(step, var, bound)
             again = {name for name, path in info.import_paths if prelude.aliases.get(name) == path}

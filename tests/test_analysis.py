@@ -425,7 +425,7 @@ def test_code_info_is_frozen_tuples():
     info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
     expected = CodeInfo(
         ("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",), imported=("os",),
-        carries=(("x", ("y",), ()),), import_paths=(("os", "os"),),
+        carries=(("x", ("y",), ()),), import_paths=(("os", "os"),), called_with=("x",),
     )
     assert info == expected  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -444,6 +444,13 @@ def test_an_analysis_error_keeps_its_message_when_pickled():
 
 # (id, source, field, expected): one rule each, read from the CodeInfo field that shows it (as sets).
 RULES = [
+    # random generators of one's own, and what reaches a call (a generator drawn from, or passed on)
+    ("generator-made", "rng = np.random.default_rng(0)\nrs = RandomState(1)\nr = random.Random(2)", "generators", {"rng", "rs", "r"}),
+    ("generator-rebound-to-a-value", "rng = default_rng(0)\nrng = rng.random(3)", "generators", set()),
+    ("generator-in-a-function-is-local", "def f():\n    rng = default_rng(0)\n    return rng", "generators", set()),
+    ("called-with-receiver-and-arguments", "a = rng.random(3)\nb = split(X, *parts, random_state=rs)\nc = m.p.q(y)",
+     "called_with", {"rng", "X", "parts", "rs", "y"}),
+    ("called-with-not-in-function-bodies", "def f():\n    return rng.random()", "called_with", set()),
     # calls that look like IPython's rewrite of a magic but are not one
     ("magic-wrong-arity", "get_ipython().run_line_magic('time')", "reads", {"get_ipython"}),
     ("magic-of-another-object", "other().run_line_magic('time', 'x = f()')", "assigns", set()),

@@ -726,6 +726,19 @@ def test_using_a_module_a_step_imported_chains_no_steps():
     assert plan.step("again").upstream == ("arrays",) and plan.step("check").outputs == ()
 
 
+def test_a_step_drawing_from_a_generator_of_its_own_passes_it_on_with_its_state():
+    plan = pipeline_of(
+        "%%prelude\nimport numpy as np",
+        "%%step make\nrng = np.random.default_rng(42)\nx = rng.random(3)",
+        "%%step draw\ny = rng.random(2)",
+        "%%step other\nz = x.mean()",
+        "%%step again\nw = rng.normal()\nv = x.sum()",
+    ).plan()
+    assert plan.step("draw").inputs == {"rng": "make"} and "rng" in plan.step("draw").outputs
+    assert plan.step("again").inputs == {"rng": "draw", "x": "make"}
+    assert plan.step("other").inputs == {"x": "make"}  # a value used by a call is read, not changed
+
+
 def test_without_an_after_the_notebook_order_alone_decides_and_nothing_is_warned():
     plan = pipeline_of("%%step left\nconfig = 1\nother = 1", "%%step right\nconfig = 2",
                        "%%step merge\nprint(config, other)").plan()
