@@ -3,8 +3,9 @@ run again; its outputs are reused.
 
 A step's key is a hash of everything that decides what it saves: its code, the prelude, the values
 of the parameters it reads, its options, what it must save, the content of each of its inputs (the
-digest its producer recorded), the versions of the packages its code and the prelude import (and the
-text of local modules they import), and Python's version. A step whose code gives random or
+digest its producer recorded), the size and modification time of the files its code reads (by a
+literal path, files.py), the versions of the packages its code and the prelude import (and the text
+of local modules they import), and Python's version. A step whose code gives random or
 time-dependent results is still reused by that key, as Kubeflow Pipelines caches.
 
 An entry (`.kfmagic/cache/<key>.json`) names the run and step whose outputs it is; reusing it links
@@ -19,11 +20,12 @@ import sys
 
 from . import runtime, workspace
 from .analysis import AnalysisError, analyze
+from .files import step_paths
 from .modules import module_source
 from .packages import requirements
 
 CACHE_DIR = os.path.join(workspace.KFMAGIC_DIR, "cache")
-_FORMAT = 1  # bumped when what a key covers changes
+_FORMAT = 2  # bumped when what a key covers changes
 
 
 def step_key(plan, step, params, inputs, folder):
@@ -46,8 +48,22 @@ def step_key(plan, step, params, inputs, folder):
         "inputs": inputs,
         "packages": pinned,
         "local": {module: module_source(module, folder) for module in local},
+        "files": _read_files(step, folder),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_files(step, folder):
+    """{path: [size, modification time]} of the files the step's code reads that exist now (its
+    upstream steps have written theirs): a file written anew makes the step run again."""
+    found = {}
+    for path in step_paths([part.code for part in step.parts])[0]:
+        try:
+            stat = os.stat(os.path.join(folder, path))
+        except OSError:
+            continue
+        found[path] = [stat.st_size, stat.st_mtime_ns]
+    return found
 
 
 def _entry_path(workdir, key):

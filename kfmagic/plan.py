@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .analysis import AnalysisError, analyze
 from .component import COMBINATION_ARG, DISPLAY_OUTPUT, METRICS_OUTPUT
 from .errors import CellSyntaxError, PlanError
+from .files import file_edges
 
 # Names a step may read that no step provides: the step's runtime or Python supplies them.
 RUNTIME_NAMES = frozenset({"get_ipython", "display", "In", "Out", "exit", "quit"})
@@ -262,8 +263,10 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
                         f"Step {step.name!r}: {option} {var}: the step's code never assigns {var!r}."
                     )
 
+    shared_files = file_edges([(s.name, [c.spec.code for c in s.cells]) for s in steps])
     upstream = {
-        s.name: sorted((set(s.after) & set(by_name) | set(inputs[s.name].values())) - {s.name}) for s in steps
+        s.name: sorted((set(s.after) & set(by_name) | set(inputs[s.name].values()) | shared_files[s.name]) - {s.name})
+        for s in steps
     }
     order = _topological(steps, upstream, problems)
     if problems:

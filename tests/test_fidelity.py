@@ -215,3 +215,17 @@ def test_without_cell_ids_a_broken_step_cell_is_registered_and_named(run_cells):
     out = run_cells(["%load_ext kfmagic", "%%step a\nx = 1", "%%step bad\ny = (x +", "%pipeline check"],
                     allow_errors=True)
     assert "SyntaxError" in out[2] and "Step 'bad' (In [3]): line 2: '(' was never closed" in out[3]
+
+
+def test_a_step_reading_a_file_an_earlier_step_writes_reads_what_that_step_wrote(tmp_path):
+    # handson-ml2 tools_pandas: my_df.to_csv("my_df.csv") in a cell, pd.read_csv("my_df.csv") in later ones
+    cells = ["%load_ext kfmagic", "%%params\nscale = 1", "%%prelude\nimport time\nimport pandas as pd",
+             "%%step write\ntime.sleep(0.5)  # some work first\npd.DataFrame({'x': [scale, 2 * scale]}).to_csv('my_df.csv')",
+             "%%step read\nprint('read', pd.read_csv('my_df.csv', index_col=0)['x'].tolist())"]
+    top = cell_text(execute(make_notebook(cells), tmp_path).cells[-1])
+    nbformat.write(make_notebook(cells), tmp_path / "files.ipynb")
+    (tmp_path / "my_df.csv").unlink()
+    first = _kfmagic("run", "files.ipynb", cwd=tmp_path)
+    assert top.strip() == "read [1, 2]" and "[read] read [1, 2]" in first.stdout, first.stdout + first.stderr
+    again = _kfmagic("run", "files.ipynb", "--param", "scale=3", cwd=tmp_path)  # the writer runs anew: so does the reader
+    assert "[read] read [3, 6]" in again.stdout, again.stdout + again.stderr

@@ -739,6 +739,20 @@ def test_a_step_drawing_from_a_generator_of_its_own_passes_it_on_with_its_state(
     assert plan.step("other").inputs == {"x": "make"}  # a value used by a call is read, not changed
 
 
+def test_steps_sharing_a_file_run_in_notebook_order():
+    plan = pipeline_of(  # handson-ml2 tools_pandas: my_df.to_csv("my_df.csv"), then pd.read_csv("my_df.csv") in another cell
+        "%%prelude\nimport joblib\nimport pandas as pd",
+        "%%step write\nframe = pd.DataFrame()\nframe.to_csv('out/my_df.csv')\njoblib.dump(frame, 'frame.pkl')",
+        "%%step read\nback = pd.read_csv('./out/my_df.csv', index_col=0)",
+        "%%step load\nwith open('frame.pkl', 'rb') as f:\n    again = f.read()",
+        "%%step overwrite\nwith open('out/my_df.csv', 'w') as f:\n    f.write('x')",
+        "%%step unrelated\nother = pd.read_csv('other.csv')",
+    ).plan()
+    assert plan.step("read").upstream == ("write",) and plan.step("load").upstream == ("write",)
+    assert plan.step("overwrite").upstream == ("write", "read")  # not before what it overwrites is read
+    assert plan.step("unrelated").upstream == () and plan.step("read").inputs == {}
+
+
 def test_without_an_after_the_notebook_order_alone_decides_and_nothing_is_warned():
     plan = pipeline_of("%%step left\nconfig = 1\nother = 1", "%%step right\nconfig = 2",
                        "%%step merge\nprint(config, other)").plan()
