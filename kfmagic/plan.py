@@ -194,6 +194,7 @@ class _Prelude(_Definitions):
     params_read: dict = field(default_factory=dict)  # names its code reads anywhere (ordered set)
     statement_reads: list = field(default_factory=list)  # (label, name) read by its statements as they run
     functions: dict = field(default_factory=dict)  # name -> its analysis.mutating_functions entry
+    generators: set = field(default_factory=set)  # names it binds to random generators of its own
 
 
 @dataclass
@@ -448,6 +449,7 @@ def _analyze_prelude(parts, star_names, problems):
             prelude.unknown = True
             continue
         prelude.names.update(info.assigns)
+        prelude.generators = prelude.generators - set(info.assigns) | set(info.generators)
         for module in info.star_imports:
             exported = star_names(module) if star_names else None
             prelude.unknown = prelude.unknown or exported is None
@@ -560,7 +562,10 @@ def _collect_steps(cells, prelude, problems):
                 infos[id(cell)] = error
                 continue
             functions.update((function[0], function) for function in info.mutating_functions)
-    generators = {name for info in infos.values() if not isinstance(info, AnalysisError) for name in info.generators}
+    # A generator of the notebook's own changes as it draws, made in the prelude too: the step that
+    # draws passes it on (in place of the prelude's fresh one), as top to bottom it draws on.
+    made = {name for info in infos.values() if not isinstance(info, AnalysisError) for name in info.generators}
+    generators = prelude.generators | (made - prelude_names)
     for step in steps.values():
         step.positions = [position[id(cell)] for cell in step.cells]
         bound, reimported = set(), set()
@@ -587,7 +592,7 @@ def _collect_steps(cells, prelude, problems):
                 step.read_at.setdefault(var, (position[id(cell)], cell.label))
             step.imported.update(info.imported)
             mutates = [v for v in info.mutates if v not in prelude_names or v in bound - reimported]
-            mutates += [v for v in info.called_with if v in generators and v not in prelude_names and v not in mutates]
+            mutates += [v for v in info.called_with if v in generators and v not in mutates]
             for var in [v for v in info.reads if v in bound]:  # a function an earlier cell of the step defined
                 mutates += _call_within(step, var, bound)
             again = {name for name, path in info.import_paths if prelude.aliases.get(name) == path}

@@ -737,6 +737,9 @@ def test_a_step_drawing_from_a_generator_of_its_own_passes_it_on_with_its_state(
     assert plan.step("draw").inputs == {"rng": "make"} and "rng" in plan.step("draw").outputs
     assert plan.step("again").inputs == {"rng": "draw", "x": "make"}
     assert plan.step("other").inputs == {"x": "make"}  # a value used by a call is read, not changed
+    made_first = pipeline_of("%%prelude\nimport random\nrng = random.Random(1)", "%%step a\nx = rng.random()",
+                             "%%step b\ny = rng.choice([1, 2])").plan()
+    assert made_first.step("b").inputs == {"rng": "a"}  # not the prelude's fresh one: the one a drew from
 
 
 def test_steps_sharing_a_file_run_in_notebook_order():
