@@ -5,7 +5,8 @@ Steps also talk through files: a cell saves `df.to_csv('clean.csv')` or `joblib.
 pipeline, only what orders the steps does. The planner orders a step that reads (or writes) a path
 after the latest earlier step that writes it, and a writer after the earlier steps that read the
 path it overwrites; the cache keys a step on the files it reads. Only literal paths relative to the
-working folder are seen (`open(f'{name}.csv')` is not). Pure, stdlib only.
+working folder are seen, or a name the same code binds to such literals (`path = 'x.csv'`, `for name
+in ('a.csv', 'b.json'):`); `open(f'{name}.csv')` is not. Pure, stdlib only.
 """
 
 import ast
@@ -43,12 +44,30 @@ def _mode(call):
     return given.value if isinstance(given, ast.Constant) and isinstance(given.value, str) else "r"
 
 
+def _named_literals(tree):
+    """{name: [literal path, ...]} for the names `tree` binds to string literals: `path = 'x.csv'`,
+    `for name in ('a.csv', 'b.json'):` (a name bound so anywhere, to any of them)."""
+    named = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, values = node.targets[0], [node.value]
+        elif isinstance(node, ast.For) and isinstance(node.iter, (ast.Tuple, ast.List)):
+            target, values = node.target, node.iter.elts
+        else:
+            continue
+        found = [relative_literal(value) for value in values]
+        if isinstance(target, ast.Name) and found and None not in found:
+            named.setdefault(target.id, []).extend(found)
+    return named
+
+
 def paths(code):
     """(paths read, paths written) by `code`, each in order of appearance; ([], []) if it does not parse."""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError):
         return [], []
+    named = _named_literals(tree)
     reads, writes = {}, {}
     for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
         name, args = _name(call), call.args
@@ -64,9 +83,10 @@ def paths(code):
             target, args = writes, args[1:]
         else:
             continue
-        path = relative_literal(args[0])
-        if path is not None:
-            target.setdefault(os.path.normpath(path))
+        found = named.get(args[0].id, []) if isinstance(args[0], ast.Name) else [relative_literal(args[0])]
+        for path in found:
+            if path is not None:
+                target.setdefault(os.path.normpath(path))
     return list(reads), list(writes)
 
 

@@ -750,10 +750,12 @@ def test_steps_sharing_a_file_run_in_notebook_order():
         "%%step load\nwith open('frame.pkl', 'rb') as f:\n    again = f.read()",
         "%%step overwrite\nwith open('out/my_df.csv', 'w') as f:\n    f.write('x')",
         "%%step unrelated\nother = pd.read_csv('other.csv')",
+        "%%step show\nfor filename in ('out/my_df.csv', 'frame.pkl'):\n    with open(filename, 'rb') as f:\n        print(len(f.read()))",
     ).plan()
     assert plan.step("read").upstream == ("write",) and plan.step("load").upstream == ("write",)
     assert plan.step("overwrite").upstream == ("write", "read")  # not before what it overwrites is read
     assert plan.step("unrelated").upstream == () and plan.step("read").inputs == {}
+    assert plan.step("show").upstream == ("write", "overwrite")  # names bound to literal paths count
 
 
 def test_without_an_after_the_notebook_order_alone_decides_and_nothing_is_warned():
