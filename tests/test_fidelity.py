@@ -233,3 +233,6 @@ def test_a_step_reading_a_file_an_earlier_step_writes_reads_what_that_step_wrote
     assert top.strip() == "read [1, 2]" and "[read] read [1, 2]" in first.stdout, first.stdout + first.stderr
     again = _kfmagic("run", "files.ipynb", "--param", "scale=3", cwd=tmp_path)  # the writer runs anew: so does the reader
     assert "[read] read [3, 6]" in again.stdout, again.stdout + again.stderr
+    (tmp_path / "my_df.csv").unlink()  # what the writer wrote is gone: reusing its outputs would not make it
+    third = _kfmagic("run", "files.ipynb", "--param", "scale=3", cwd=tmp_path)
+    assert "[write] done" in third.stdout and "[read] read [3, 6]" in third.stdout, third.stdout + third.stderr
