@@ -238,7 +238,7 @@ def _eval_variables(text: str) -> list[str]:
     """The names `pd.eval(text)` looks up in its caller (none if the text is not an expression)."""
     try:
         tree = ast.parse(text.strip())
-    except (SyntaxError, ValueError, RecursionError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
     return [node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
             and node.id not in _EVALUATOR_FUNCTIONS]

@@ -65,7 +65,7 @@ def paths(code):
     """(paths read, paths written) by `code`, each in order of appearance; ([], []) if it does not parse."""
     try:
         tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # too deeply nested: the plan says so
         return [], []
     named = _named_literals(tree)
     reads, writes = {}, {}
