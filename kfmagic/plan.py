@@ -594,7 +594,8 @@ def _collect_steps(cells, prelude, problems):
             mutates = [v for v in info.mutates if v not in prelude_names or v in bound - reimported]
             mutates += [v for v in info.called_with if v in generators and v not in mutates]
             for var in [v for v in info.reads if v in bound]:  # a function an earlier cell of the step defined
-                mutates += _call_within(step, var, bound)
+                changed = _call_within(step, var, bound)  # what it assigns is bound by now
+                mutates += [v for v in changed if v not in prelude_names or v in bound - reimported]
             again = {name for name, path in info.import_paths if prelude.aliases.get(name) == path}
             reimported = reimported - set(info.assigns) | again
             assigned = [v for v in info.assigns if v not in again]

@@ -158,6 +158,17 @@ def test_prelude_method_calls_do_not_make_a_step_a_provider():
     assert plan.step("b").inputs == {} and plan.step("b").upstream == ()
 
 
+def test_a_function_of_a_step_calling_a_method_of_a_prelude_name_makes_no_provider():
+    plan = pipeline_of(  # PythonDataScienceHandbook 05.10: make_hello() draws with plt and closes its figure
+        "%%prelude\nimport matplotlib.pyplot as plt\nmode = 'a'",
+        "%%step hello\ndef make_hello():\n    fig, ax = plt.subplots()\n    plt.close(fig)\n    return 1",
+        "%%step hello\nX = make_hello()",
+        "%%step setter\ndef set_mode():\n    global mode\n    mode = 'b'\nset_mode()",
+        "%%step plot\nplt.plot([X])\nprint(mode)",
+    ).plan()
+    assert plan.step("plot").inputs == {"X": "hello", "mode": "setter"}  # plt is the prelude's; mode was rebound
+
+
 def test_a_step_over_several_cells_reads_what_its_earlier_cells_assign():
     plan = pipeline_of(
         "%%step load\nraw = [1, 2]",
