@@ -59,6 +59,11 @@ class CodeInfo:
     # dotted callee, call text); owner is "" for the code's own statements, else the function (or
     # class, ...) whose body makes the call when called
     seed_calls: tuple = ()
+    # Module-level names this code binds to a random generator of its own (`rng = np.random.default_rng(0)`)
+    generators: tuple = ()
+    # Module-level names its statements hand to a call, as the receiver of a method or an argument
+    # (`rng.random(3)`, `split(X, random_state=rs)`): a generator used so has drawn, so changed
+    called_with: tuple = ()
 
 
 def analyze(source: str, functions: tuple = ()) -> CodeInfo:
@@ -103,6 +108,8 @@ def analyze(source: str, functions: tuple = ()) -> CodeInfo:
         imported=tuple(walker.imported),
         import_paths=tuple(walker.import_paths.items()),
         seed_calls=tuple(walker.seed_calls),
+        generators=tuple(name for name in walker.generators if name in walker.assigns),
+        called_with=tuple(walker.called_with),
     )
 
 
@@ -137,6 +144,23 @@ _NAMESPACE_CELL_MAGICS = frozenset({"time", "capture", "prun"})
 _NAMESPACE_LINE_MAGICS = frozenset({"time", "prun"})
 # Options of %prun that take a value (`-s cumulative`); its others (-r, -q) take none.
 _PRUN_VALUE_OPTIONS = frozenset("DlsT")
+# `%timeit` / `%%timeit` run their code against the notebook's namespace as a function's body: it
+# reads (and may change) the namespace's objects, and what it assigns stays its own.
+_TIMEIT_VALUE_OPTIONS = frozenset("nrp")
+
+
+# What makes a random generator of one's own: numpy's default_rng, Generator and RandomState, the
+# random module's Random (by the last part of the callee's name: `np.random.default_rng(0)`, `Random(1)`).
+_GENERATOR_FACTORIES = frozenset({"default_rng", "Generator", "RandomState", "Random"})
+
+
+def _makes_generator(value: ast.expr) -> bool:
+    """Whether `value` is a call making a random generator (`np.random.default_rng(42)`)."""
+    if not isinstance(value, ast.Call):
+        return False
+    func = value.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    return name in _GENERATOR_FACTORIES
 
 
 def _magic_call(node: ast.Call, method: str, arity: int):
@@ -156,8 +180,9 @@ def _line_magic(node: ast.Call):
     return _magic_call(node, "run_line_magic", 2)
 
 
-def _prun_code(line: str) -> str:
-    """The code of a `%prun` line, after its options (`-s cumulative -q`), as IPython's getopt reads them."""
+def _magic_code(line: str, value_options=_PRUN_VALUE_OPTIONS) -> str:
+    """The code of a `%prun` (or `%timeit`) line, after its options (`-s cumulative -q`, `-n1 -r 3`),
+    as IPython's getopt reads them."""
     rest = line.lstrip()
     while rest.startswith("-"):
         token, _, rest = rest.partition(" ")
@@ -166,7 +191,7 @@ def _prun_code(line: str) -> str:
             break
         flags = token[1:]
         for index, flag in enumerate(flags):
-            if flag in _PRUN_VALUE_OPTIONS:
+            if flag in value_options:
                 if index == len(flags) - 1:  # `-s cumulative`: the value is the next word
                     _, _, rest = rest.partition(" ")
                     rest = rest.lstrip()
@@ -197,6 +222,26 @@ def _magic_body(body: str) -> list[ast.stmt]:
 # (pandas' DataFrame.query and .eval, pd.eval): `frame.query('x > @limit')` reads limit.
 _EXPRESSION_METHODS = frozenset({"query", "eval"})
 _EXPRESSION_NAME = re.compile(r"@([A-Za-z_]\w*)")
+# Module functions that look every name of their expression up in the caller (`pd.eval('df1 + df2')`,
+# `numexpr.evaluate('x > 0.5')`), but the math functions they know, unless given the names to use:
+# function name -> (module, the names that module goes by when imported elsewhere, as the prelude does).
+_TEXT_EVALUATORS = {"eval": ("pandas", ("pd", "pandas")), "evaluate": ("numexpr", ("ne", "numexpr"))}
+_EVALUATOR_NAMESPACES = frozenset({"local_dict", "global_dict", "resolvers"})
+_EVALUATOR_FUNCTIONS = frozenset({
+    "sin", "cos", "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "arcsinh",
+    "arccosh", "arctanh", "abs", "log", "log10", "log1p", "exp", "expm1", "sqrt", "floor", "ceil",
+    "where", "real", "imag", "complex", "conj", "contains", "sum", "prod", "round", "fmod",
+})
+
+
+def _eval_variables(text: str) -> list[str]:
+    """The names `pd.eval(text)` looks up in its caller (none if the text is not an expression)."""
+    try:
+        tree = ast.parse(text.strip())
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    return [node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+            and node.id not in _EVALUATOR_FUNCTIONS]
 
 # Calls whose result holds (or iterates over) the very objects passed in.
 _SHARING_CALLS = frozenset({"zip", "enumerate", "reversed", "list", "tuple", "iter", "sorted"})
@@ -318,6 +363,7 @@ class _Walker(ast.NodeVisitor):
         self.statement_reads = {}  # reads outside any function body
         self.import_paths = {}  # module-level name bound by an import -> the dotted path it names
         self.seed_calls = []  # (owner, dotted callee, call text)
+        self.generators, self.called_with = {}, {}  # ordered sets, see CodeInfo
 
     def visit(self, node):
         super().visit(node)
@@ -381,6 +427,17 @@ class _Walker(ast.NodeVisitor):
                     self.assigns.setdefault(changed)
                 else:
                     self.mutates.setdefault(changed)
+
+    def _visit_apart(self, statements):
+        """Code that runs now in a namespace of its own over the module's (`%timeit`): what it reads
+        and changes counts, what it binds stays there."""
+        scan = _Bindings()
+        for statement in statements:
+            scan.visit(statement)
+        self.scopes = [*self.scopes, _Scope("comprehension", scan.names - scan.globals)]
+        for statement in statements:
+            self.visit(statement)
+        self.scopes = self.scopes[:-1]
 
     def _bind(self, name: str, scope: _Scope | None = None) -> bool:
         """Bind `name` in `scope` (default: the innermost); True if that binds a module name."""
@@ -504,12 +561,14 @@ class _Walker(ast.NodeVisitor):
             if magic == "run":  # `%run script.py` (or a notebook): its names are unknown here
                 self.runs.append(line)
             elif magic in _NAMESPACE_LINE_MAGICS:  # `%time model = fit(X)`: the line runs here
-                statements = _magic_body(_prun_code(line) if magic == "prun" else line)
+                statements = _magic_body(_magic_code(line) if magic == "prun" else line)
                 if node not in self.discarded and len(statements) == 1 and isinstance(statements[0], ast.Expr):
                     self.visit(statements[0].value)  # `m = %time X.mean()`: its value is used
                 else:
                     for statement in statements:
                         self.visit(statement)
+            elif magic == "timeit":  # `%timeit df1 + df2` reads df1 and df2
+                self._visit_apart(_magic_body(_magic_code(line, _TIMEIT_VALUE_OPTIONS)))
         magic = _cell_magic(node)
         if magic and magic[0] in _NAMESPACE_CELL_MAGICS and self.scopes[-1].kind == "module":
             for statement in _magic_body(magic[2]):  # `%%time` / `%%capture` cells: the body runs here
@@ -517,7 +576,10 @@ class _Walker(ast.NodeVisitor):
             target = magic[1].split()[0] if magic[0] == "capture" and magic[1].split() else ""
             if target.isidentifier():  # `%%capture out` binds out
                 self._bind(target)
+        if magic and magic[0] == "timeit" and self.scopes[-1].kind == "module":  # setup line, then body
+            self._visit_apart(_magic_body(_magic_code(magic[1], _TIMEIT_VALUE_OPTIONS)) + _magic_body(magic[2]))
         self._seed_call(node)
+        self._called_with(node)
         if isinstance(node.func, ast.Attribute) and (node in self.discarded or _passes_inplace(node)):
             # A method called for its effect may change its receiver (`model.fit(X)`, `lst.append(x)`,
             # `df['c'].fillna(0, inplace=True)`); one whose value is used (`m = X.mean()`) only reads it.
@@ -537,13 +599,36 @@ class _Walker(ast.NodeVisitor):
         self._expression_names(node)
 
     def _expression_names(self, node):
-        """`frame.query('x > @limit')`: the `@` names of an expression given as text are read."""
-        if isinstance(node.func, ast.Attribute) and node.func.attr in _EXPRESSION_METHODS:
-            texts = [*node.args[:1], *(keyword.value for keyword in node.keywords if keyword.arg == "expr")]
+        """`frame.query('x > @limit')`: the `@` names of an expression given as text are read; all
+        the names of a `pd.eval('df1 + df2')` (or `numexpr.evaluate`) expression are."""
+        if isinstance(node.func, ast.Attribute) and node.func.attr in (*_EXPRESSION_METHODS, *_TEXT_EVALUATORS):
+            top_level = self._names_evaluator(node.func) and not any(
+                keyword.arg in _EVALUATOR_NAMESPACES for keyword in node.keywords)
+            texts = [*node.args[:1], *(keyword.value for keyword in node.keywords if keyword.arg in ("expr", "ex"))]
             for text in texts:
                 if isinstance(text, ast.Constant) and isinstance(text.value, str):
-                    for name in _EXPRESSION_NAME.findall(text.value):
+                    for name in _EXPRESSION_NAME.findall(text.value) + (_eval_variables(text.value) if top_level else []):
                         self._load(name)
+
+    def _names_evaluator(self, func):
+        """Whether `func` is `pd.eval` or `numexpr.evaluate`: called through a name this code imports
+        the module as, else (imported in another cell, the prelude) a name the module goes by."""
+        if func.attr not in _TEXT_EVALUATORS or not isinstance(func.value, ast.Name):
+            return False
+        module, usual_names = _TEXT_EVALUATORS[func.attr]
+        path = self.import_paths.get(func.value.id)
+        return path == module if path is not None else func.value.id in usual_names
+
+    def _called_with(self, node):
+        """Record the module-level names the code's own statements hand to this call (see CodeInfo)."""
+        if any(scope.kind == "function" for scope in self.scopes):
+            return
+        handed = [node.func.value] if isinstance(node.func, ast.Attribute) else []
+        handed += [*node.args, *(keyword.value for keyword in node.keywords)]
+        for value in handed:
+            value = value.value if isinstance(value, ast.Starred) else value
+            if isinstance(value, ast.Name) and self._scope_of(value.id) is self.scopes[0]:
+                self.called_with.setdefault(value.id)
 
     def _seed_call(self, node):
         """Record `np.random.seed(0)`, `random.seed(1)`, `seed(2)`: calls of a `seed` reached through
@@ -564,6 +649,10 @@ class _Walker(ast.NodeVisitor):
     def visit_Assign(self, node):
         module_level = len(self.scopes) == 1
         targets = tuple(target.id for target in node.targets if isinstance(target, ast.Name)) if module_level else ()
+        for target in targets:  # `rng = np.random.default_rng(0)` binds a generator; any other value does not
+            self.generators.pop(target, None)
+            if _makes_generator(node.value):
+                self.generators.setdefault(target)
         self.assigning = targets  # lambdas in the value belong to the targets: they run when called
         self.visit(node.value)
         self.assigning = ()

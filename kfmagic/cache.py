@@ -3,13 +3,15 @@ run again; its outputs are reused.
 
 A step's key is a hash of everything that decides what it saves: its code, the prelude, the values
 of the parameters it reads, its options, what it must save, the content of each of its inputs (the
-digest its producer recorded), the versions of the packages its code and the prelude import (and the
-text of local modules they import), and Python's version. A step whose code gives random or
+digest its producer recorded), the size and modification time of the files its code reads (by a
+literal path, files.py), the versions of the packages its code and the prelude import (and the text
+of local modules they import), and Python's version. A step whose code gives random or
 time-dependent results is still reused by that key, as Kubeflow Pipelines caches.
 
 An entry (`.kfmagic/cache/<key>.json`) names the run and step whose outputs it is; reusing it links
 those files into the new run's step folder — a hard link, never a copy of a large value — and the
-step's result says which run it came from. An entry whose files are gone (a pruned run) is a miss.
+step's result says which run it came from. An entry whose files are gone (a pruned run) is a miss,
+and so is one whose step wrote a file (by a literal path) that is gone or was written since.
 """
 
 import hashlib
@@ -19,11 +21,12 @@ import sys
 
 from . import runtime, workspace
 from .analysis import AnalysisError, analyze
+from .files import step_paths
 from .modules import module_source
 from .packages import requirements
 
 CACHE_DIR = os.path.join(workspace.KFMAGIC_DIR, "cache")
-_FORMAT = 1  # bumped when what a key covers changes
+_FORMAT = 2  # bumped when what a key covers changes
 
 
 def step_key(plan, step, params, inputs, folder):
@@ -46,8 +49,30 @@ def step_key(plan, step, params, inputs, folder):
         "inputs": inputs,
         "packages": pinned,
         "local": {module: module_source(module, folder) for module in local},
+        "files": file_stats(step, folder),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_stats(step, folder, written=False):
+    """{path: [size, modification time]} of the files the step's code reads (or, `written`, writes)
+    that exist now. In a key, taken once its upstream steps have written theirs: a file written
+    anew makes the step run again. In an entry, what the step wrote: reused only while they stand."""
+    found = {}
+    for path in step_paths([part.code for part in step.parts])[1 if written else 0]:
+        stat = _stat(os.path.join(folder, path))
+        if stat is not None:
+            found[path] = stat
+    return found
+
+
+def _stat(path):
+    """[size, modification time] of the file at `path`, None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _entry_path(workdir, key):
@@ -65,6 +90,8 @@ def lookup(workdir, key):
         return None
     if not all(os.path.isfile(runtime.output_path(out_dir, var)) for var in saved):
         return None
+    if any(_stat(os.path.join(workdir, path)) != stat for path, stat in dict(entry.get("files") or {}).items()):
+        return None  # a file the step wrote is gone or was written since: top to bottom, the step writes it
     return entry
 
 
@@ -84,10 +111,11 @@ def reuse(entry, out_dir):
     return result
 
 
-def record(workdir, key, run_id, out_dir, result):
-    """Remember that `result` (a step's, in `out_dir` of run `run_id`) is what `key` gives."""
+def record(workdir, key, run_id, out_dir, result, files=None):
+    """Remember that `result` (a step's, in `out_dir` of run `run_id`) is what `key` gives; `files`:
+    the step's `file_stats` of what it wrote."""
     folder = workspace.private_dir(os.path.join(workdir, CACHE_DIR), "kfmagic's cache")
-    entry = {"run": run_id, "out_dir": out_dir, "result": result}
+    entry = {"run": run_id, "out_dir": out_dir, "result": result, "files": files or {}}
     workspace.write_private_json(os.path.join(folder, f"{key}.json"), entry, "a cache entry")
 
 

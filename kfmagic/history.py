@@ -378,7 +378,8 @@ def _hand_over(workdir, gone, staying):
         step = os.path.basename(str(entry.get("out_dir", "")))
         heir = heirs.get(step)
         if heir is not None:
-            cache.record(workdir, os.path.basename(path)[: -len(".json")], heir.id, os.path.join(heir.run_dir, step), entry["result"])
+            cache.record(workdir, os.path.basename(path)[: -len(".json")], heir.id, os.path.join(heir.run_dir, step), entry["result"],
+                         entry.get("files"))
         else:
             cache.forget(path)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .analysis import AnalysisError, analyze
 from .component import COMBINATION_ARG, DISPLAY_OUTPUT, METRICS_OUTPUT
 from .errors import CellSyntaxError, PlanError
+from .files import file_edges
 
 # Names a step may read that no step provides: the step's runtime or Python supplies them.
 RUNTIME_NAMES = frozenset({"get_ipython", "display", "In", "Out", "exit", "quit"})
@@ -194,6 +195,7 @@ class _Prelude(_Definitions):
     params_read: dict = field(default_factory=dict)  # names its code reads anywhere (ordered set)
     statement_reads: list = field(default_factory=list)  # (label, name) read by its statements as they run
     functions: dict = field(default_factory=dict)  # name -> its analysis.mutating_functions entry
+    generators: set = field(default_factory=set)  # names it binds to random generators of its own
 
 
 @dataclass
@@ -263,8 +265,10 @@ def build_plan(name, experiment, cells, explain_missing=None, star_names=None):
                         f"Step {step.name!r}: {option} {var}: the step's code never assigns {var!r}."
                     )
 
+    shared_files = file_edges([(s.name, [c.spec.code for c in s.cells]) for s in steps])
     upstream = {
-        s.name: sorted((set(s.after) & set(by_name) | set(inputs[s.name].values())) - {s.name}) for s in steps
+        s.name: sorted((set(s.after) & set(by_name) | set(inputs[s.name].values()) | shared_files[s.name]) - {s.name})
+        for s in steps
     }
     order = _topological(steps, upstream, problems)
     if problems:
@@ -446,6 +450,7 @@ def _analyze_prelude(parts, star_names, problems):
             prelude.unknown = True
             continue
         prelude.names.update(info.assigns)
+        prelude.generators = prelude.generators - set(info.assigns) | set(info.generators)
         for module in info.star_imports:
             exported = star_names(module) if star_names else None
             prelude.unknown = prelude.unknown or exported is None
@@ -542,6 +547,7 @@ def _collect_steps(cells, prelude, problems):
     Calling a method on a prelude name (`np.zeros(3)`) is not a change worth marshalling: every
     step runs the prelude afresh, so only rebinding a prelude name makes a step its provider; an
     import binding it to what the prelude imports (`import numpy as np` again) does not rebind it.
+    Nor is calling one on a name steps bind only by importing it (`_drop_changes_to_imports`).
     A call to a function that changes its argument in place (`clean(df)`, defined in the prelude
     or an earlier cell) changes that argument.
     """
@@ -557,6 +563,10 @@ def _collect_steps(cells, prelude, problems):
                 infos[id(cell)] = error
                 continue
             functions.update((function[0], function) for function in info.mutating_functions)
+    # A generator of the notebook's own changes as it draws, made in the prelude too: the step that
+    # draws passes it on (in place of the prelude's fresh one), as top to bottom it draws on.
+    made = {name for info in infos.values() if not isinstance(info, AnalysisError) for name in info.generators}
+    generators = prelude.generators | (made - prelude_names)
     for step in steps.values():
         step.positions = [position[id(cell)] for cell in step.cells]
         bound, reimported = set(), set()
@@ -583,8 +593,10 @@ def _collect_steps(cells, prelude, problems):
                 step.read_at.setdefault(var, (position[id(cell)], cell.label))
             step.imported.update(info.imported)
             mutates = [v for v in info.mutates if v not in prelude_names or v in bound - reimported]
+            mutates += [v for v in info.called_with if v in generators and v not in mutates]
             for var in [v for v in info.reads if v in bound]:  # a function an earlier cell of the step defined
-                mutates += _call_within(step, var, bound)
+                changed = _call_within(step, var, bound)  # what it assigns is bound by now
+                mutates += [v for v in changed if v not in prelude_names or v in bound - reimported]
             again = {name for name, path in info.import_paths if prelude.aliases.get(name) == path}
             reimported = reimported - set(info.assigns) | again
             assigned = [v for v in info.assigns if v not in again]
@@ -593,6 +605,7 @@ def _collect_steps(cells, prelude, problems):
             step.add(info)
             step.changes.update(assigned, mutates)
             step.assigns += [v for v in dict.fromkeys((*assigned, *mutates)) if v not in step.assigns]
+    _drop_changes_to_imports(steps.values())
     if prelude.unknown:  # what the prelude's star imports bind is unknown: a name that only has methods
         bound_anywhere = set().union(*(step.bound for step in steps.values()))  # called is one of them
         for step in steps.values():
@@ -600,6 +613,18 @@ def _collect_steps(cells, prelude, problems):
                 step.changes.discard(var)
                 step.assigns.remove(var)
     return list(steps.values())
+
+
+def _drop_changes_to_imports(steps):
+    """A name that steps bind only by importing it (a module, a class or function of one) travels by
+    reference: what a step does to it (`np.allclose(a, b)` as a statement, `plt.plot(x)`) reaches no
+    other step, so it does not make that step the name's provider, nor chain the steps that use it."""
+    imported = set().union(*(step.imported for step in steps))
+    rebound = set().union(*(step.bound - step.imported for step in steps))
+    for step in steps:
+        for var in (step.changes - step.bound) & (imported - rebound):
+            step.changes.discard(var)
+            step.assigns.remove(var)
 
 
 def _call_within(step, name, bound):

@@ -9,12 +9,12 @@ import ast
 import glob
 import os
 
+from .files import READERS, relative_literal
 from .runtime import RESULT_FILE
 from .workspace import RUNS_DIR, UnreadableResult, step_result
 
 # A value this big travels through object storage on each run: worth a word at compile time.
 LARGE_VALUE_BYTES = 64 * 2**20
-_OPENERS = {"open", "Path", "loadtxt", "genfromtxt", "fromfile", "imread", "load", "load_workbook"}
 # Magics that act on the kernel or the front-end: in a step's process they do nothing useful.
 _KERNEL_MAGICS = {
     "matplotlib", "pipeline", "load_ext", "reload_ext", "unload_ext", "store", "history", "who", "whos",
@@ -43,13 +43,11 @@ def relative_paths(code):
     found = []
     for call in _calls(code):
         name = _function_name(call)
-        if not name or not (name in _OPENERS or name.startswith("read_")) or not call.args:
+        if not name or not (name in READERS or name.startswith("read_")) or not call.args:
             continue
-        first = call.args[0]
-        if isinstance(first, ast.Constant) and isinstance(first.value, str):
-            path = first.value
-            if path and not os.path.isabs(path) and "://" not in path and not path.startswith("~"):
-                found.append(path)
+        path = relative_literal(call.args[0])
+        if path is not None:
+            found.append(path)
     return list(dict.fromkeys(found))
 
 

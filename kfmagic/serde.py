@@ -86,6 +86,36 @@ def live_kind(obj):
     return _live_kind_of_type[kind]
 
 
+# Library objects that wrap native memory and have no pickle support, each with how to rebuild one
+# from what it holds: (module, qualname) -> function returning a reduce tuple that names only the
+# library's own callables, so a value file loads wherever the library is installed (the kernel,
+# a step, a KFP container), without kfmagic. Kale passes these between steps; so must a run.
+def _rebuild_dmatrix(matrix):
+    """An xgboost DMatrix as its constructor called with its data (CSR: absent = missing) and info."""
+    import functools
+
+    info = {name: matrix.get_float_info(name) for name in _DMATRIX_FLOAT_INFO}
+    info = {name: values for name, values in info.items() if len(values)}
+    group_bounds = matrix.get_uint_info("group_ptr")
+    if len(group_bounds) > 1:
+        info["group"] = group_bounds[1:] - group_bounds[:-1]
+    types_ = matrix.feature_types
+    build = functools.partial(type(matrix), feature_names=matrix.feature_names, feature_types=types_,
+                              enable_categorical=bool(types_) and "c" in types_, **info)
+    return build, (matrix.get_data(),)
+
+
+_DMATRIX_FLOAT_INFO = ("label", "weight", "base_margin", "label_lower_bound", "label_upper_bound", "feature_weights")
+_REBUILT = {("xgboost.core", "DMatrix"): _rebuild_dmatrix}
+
+
+def _reduce_native(obj):
+    """How to rebuild `obj` if it is one of `_REBUILT`'s types, else NotImplemented."""
+    kind = type(obj)
+    rebuild = _REBUILT.get((kind.__module__, kind.__qualname__)) if isinstance(kind.__module__, str) else None
+    return rebuild(obj) if rebuild else NotImplemented
+
+
 def _refuse_live(obj):
     kind = live_kind(obj)
     if kind is not None and not any(obj is stream for stream in (sys.stdin, sys.stdout, sys.stderr)):
@@ -134,7 +164,7 @@ def _dump_with_dill(value, path, errors):
     class Pickler(dill.Pickler):
         def reducer_override(self, obj):
             _refuse_live(obj)
-            return NotImplemented
+            return _reduce_native(obj)
 
     try:
         with _open_private(path) as file:
@@ -165,7 +195,8 @@ def _pickler(by_name):
             if same is obj:
                 return getattr, (_Main(), name)
             _refuse_live(obj)
-            return super().reducer_override(obj)
+            rebuilt = _reduce_native(obj)
+            return super().reducer_override(obj) if rebuilt is NotImplemented else rebuilt
 
     return Pickler
 

@@ -22,6 +22,13 @@ CASES = [
     ("value-before-target", "x = [x]", {"x"}, {"x"}, set()),
     ("builtins-kept", "print(len(xs))", {"print", "len", "xs"}, set(), set()),
     ("pandas-query-at-names", "out = df.query('x > @limit') + pd.eval(expr='@a + 1')", {"df", "limit", "pd", "a"}, {"out"}, set()),
+    ("pd-eval-reads-every-name", "out = pd.eval('-df1 * df2 / sqrt(df3.A)') + frame.eval('A + B')",
+     {"pd", "df1", "df2", "df3", "frame"}, {"out"}, set()),
+    ("pd-eval-of-pandas-imported-here", "import pandas as p\nout = p.eval('x + 1', target=t)", {"x", "t"}, {"p", "out"}, set()),
+    ("eval-of-another-module-reads-no-names", "import numexpr as pd\nout = pd.eval('x + 1')", set(), {"pd", "out"}, set()),
+    ("numexpr-evaluate-reads-every-name", "import numexpr\nm = numexpr.evaluate('(x > 0.5) & where(y < 0.5, 1, 0)')",
+     {"x", "y"}, {"numexpr", "m"}, set()),
+    ("evaluator-given-its-names-reads-none", "m = ne.evaluate('a * b', local_dict={'a': 1, 'b': b})", {"ne", "b"}, {"m"}, set()),
     ("query-at-name-of-a-parameter", "def f(limit):\n    return df.query('x > @limit')\nf(1)", {"df"}, {"f"}, set()),
     ("dunders-dropped", "if __name__ == '__main__':\n    main(__file__)", {"main"}, set(), set()),
     # --- branches and loops: textual order ---
@@ -243,7 +250,9 @@ CASES = [
         {"z"},
         set(),
     ),
-    ("line-magic-timeit-own-namespace", "get_ipython().run_line_magic('timeit', 'y = f(x)')", {"get_ipython"}, set(), set()),
+    ("line-magic-timeit-own-namespace", "get_ipython().run_line_magic('timeit', 'y = f(x)')", {"get_ipython", "f", "x"}, set(), set()),
+    ("line-magic-timeit-reads-and-changes", "get_ipython().run_line_magic('timeit', '-n1 -r 3 df1 + df2; items.sort()')",
+     {"get_ipython", "df1", "df2", "items"}, set(), {"items"}),
     ("line-magic-unreadable", "get_ipython().run_line_magic('time', 'y = (')", {"get_ipython"}, set(), set()),
     ("shell-capture", "z = get_ipython().getoutput('ls')", {"get_ipython"}, {"z"}, set()),
     ("cell-magic-time", "get_ipython().run_cell_magic('time', '', 'm = fit(X)\\nm.score(X)\\n')", {"get_ipython", "fit", "X"}, {"m"}, {"m"}),
@@ -254,7 +263,8 @@ CASES = [
         {"out", "x", "y"},
         set(),
     ),
-    ("cell-magic-timeit-own-namespace", "get_ipython().run_cell_magic('timeit', '', 'y = f()\\n')", {"get_ipython"}, set(), set()),
+    ("cell-magic-timeit-own-namespace", "get_ipython().run_cell_magic('timeit', '-n 2 m = g(w)', 'y = f(m)\\nm.fit(y)\\n')",
+     {"get_ipython", "f", "g", "w"}, set(), set()),
     ("cell-magic-unreadable-body", "get_ipython().run_cell_magic('time', '', 'y = (\\n')", {"get_ipython"}, set(), set()),
     ("top-level-await", "result = await fetch(url)", {"fetch", "url"}, {"result"}, set()),
     (
@@ -382,7 +392,7 @@ def test_null_byte_is_an_analysis_error_without_line():
         ("%time model = fit(X)\n", {"get_ipython", "fit", "X"}, {"model"}),
         ("model = %time SVC().fit(X, y)\n", {"get_ipython", "SVC", "X", "y"}, {"model"}),
         ("%prun -s cumulative z = g(w)\n", {"get_ipython", "g", "w"}, {"z"}),
-        ("%timeit y = f(x)\n", {"get_ipython"}, set()),
+        ("%timeit y = f(x)\n", {"get_ipython", "f", "x"}, set()),
     ],
 )
 def test_time_and_prun_line_magics_run_their_line_here(cell, reads, assigns):
@@ -415,7 +425,7 @@ def test_code_info_is_frozen_tuples():
     info = analyze("import os\nx = y\nx.append(1)\nfrom m import *")
     expected = CodeInfo(
         ("y",), ("os", "x"), ("x", "y"), ("os", "m"), ("m",), statement_reads=("y",), imported=("os",),
-        carries=(("x", ("y",), ()),), import_paths=(("os", "os"),),
+        carries=(("x", ("y",), ()),), import_paths=(("os", "os"),), called_with=("x",),
     )
     assert info == expected  # x is y
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -434,6 +444,13 @@ def test_an_analysis_error_keeps_its_message_when_pickled():
 
 # (id, source, field, expected): one rule each, read from the CodeInfo field that shows it (as sets).
 RULES = [
+    # random generators of one's own, and what reaches a call (a generator drawn from, or passed on)
+    ("generator-made", "rng = np.random.default_rng(0)\nrs = RandomState(1)\nr = random.Random(2)", "generators", {"rng", "rs", "r"}),
+    ("generator-rebound-to-a-value", "rng = default_rng(0)\nrng = rng.random(3)", "generators", set()),
+    ("generator-in-a-function-is-local", "def f():\n    rng = default_rng(0)\n    return rng", "generators", set()),
+    ("called-with-receiver-and-arguments", "a = rng.random(3)\nb = split(X, *parts, random_state=rs)\nc = m.p.q(y)",
+     "called_with", {"rng", "X", "parts", "rs", "y"}),
+    ("called-with-not-in-function-bodies", "def f():\n    return rng.random()", "called_with", set()),
     # calls that look like IPython's rewrite of a magic but are not one
     ("magic-wrong-arity", "get_ipython().run_line_magic('time')", "reads", {"get_ipython"}),
     ("magic-of-another-object", "other().run_line_magic('time', 'x = f()')", "assigns", set()),

@@ -104,3 +104,25 @@ def test_a_kale_notebook_seeding_each_step_that_draws_gives_the_kernels_values(c
     run, stderr = as_a_pipeline(corpus, name, names, monkeypatch)
     assert {n: canonical(v) for n, v in run.items()} == {n: canonical(v) for n, v in kernel.items()}
     assert "drew random numbers" not in stderr
+
+
+def test_a_kale_notebook_passing_xgboost_dmatrices_gives_the_kernels_values(corpus, monkeypatch):
+    pytest.importorskip("xgboost", reason="the notebook trains with xgboost, not installed (the test extra has xgboost-cpu)")
+    name, names = "kale_xgboost_dmatrix.ipynb", ["preds", "max_preds", "accuracy", "f1"]
+    kernel = top_to_bottom(corpus, name, names)
+    run, _ = as_a_pipeline(corpus, name, names, monkeypatch)
+    assert {n: canonical(v) for n, v in run.items()} == {n: canonical(v) for n, v in kernel.items()}
+    assert run["preds"].shape == (30, 3) and run["accuracy"] > 0.8  # a model trained on the DMatrix that travelled
+
+
+def test_sections_drawing_from_one_generator_and_evaluating_text_give_the_kernels_values(corpus, monkeypatch):
+    name, names = "magics_eval_query_sections.ipynb", ["summary", "result2", "my_df_loaded"]
+    plan = notebook.load(os.path.join(corpus, name))[0].plan()
+    kernel = top_to_bottom(corpus, name, names)
+    os.remove(os.path.join(corpus, "my_df.csv"))  # the run writes its own
+    run, _ = as_a_pipeline(corpus, name, names, monkeypatch)
+    assert {n: canonical(v) for n, v in run.items()} == {n: canonical(v) for n, v in kernel.items()}
+    assert [plan.step(s).inputs.get("rng") for s in ("frames", "small_frames", "df")] == ["arrays", "frames", "small_frames"]
+    assert plan.step("eval_check").inputs == {"df1": "frames", "df2": "frames", "df3": "frames", "df4": "frames",
+                                              "np": "arrays", "pd": "frames"}
+    assert plan.step("eval_arith").inputs["np"] == "arrays" and "save" in plan.step("reload").upstream

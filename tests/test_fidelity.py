@@ -76,6 +76,27 @@ CASES = [
      ["%%prelude\nimport pandas as pd", "%%step s1\nlimit = 4", "%%step s2\nframe = pd.DataFrame({'x': [1, 5, 9]})\n"
       "out = frame.query('x > @limit')['x'].tolist()"],
      ["out"]),
+    ("pd-eval-reads-frames-of-an-earlier-step-by-name",  # PythonDataScienceHandbook 03.12, a step per cell
+     ["%%prelude\nimport pandas as pd", "%%step frames\ndf1, df2 = (pd.DataFrame({'x': [1, 2]}) * k for k in (1, 10))",
+      "%%step total\nout = pd.eval('df1 + df2 * 2')['x'].tolist()"],
+     ["out"]),
+    ("timeit-reads-what-an-earlier-step-made",  # PythonDataScienceHandbook 03.12: `%timeit df1 + df2`, a step per cell
+     ["%%step a\nxs = [3, 1, 2]", "%%step b\n%timeit -n1 -r1 sorted(xs)\nout = 1",
+      "%%step c\n%%timeit -n1 -r1 ys = list(xs)\nys.sort()"],
+     ["out"]),
+    ("steps-drawing-in-turn-from-a-generator-of-ones-own",  # PythonDataScienceHandbook 03.12: rng drawn in each section
+     ["%%prelude\nimport numpy as np\nimport pandas as pd\nfrom sklearn.model_selection import train_test_split",
+      "%%step make\nrng = np.random.default_rng(42)\nx = rng.random(3)",
+      "%%step frames\ndf1, df2 = (pd.DataFrame(rng.random((2, 2))) for i in range(2))",
+      "%%step more\ny = rng.integers(0, 1000, 4)\nstate = np.random.RandomState(0)",
+      "%%step split\nparts = train_test_split(list(range(6)), random_state=state)",
+      "%%step again\nparts2 = train_test_split(list(range(6)), random_state=state)\nz = rng.normal(size=2)",
+      "%%step report\nout = [v.round(9).tolist() for v in (x, df1.values, df2.values, y, z)] + [parts, parts2]"],
+     ["out"]),
+    ("steps-drawing-in-turn-from-a-generator-the-prelude-made",
+     ["%%prelude\nimport numpy as np\nrng = np.random.default_rng(7)", "%%step a\nx = rng.random(2)",
+      "%%step b\ny = rng.normal(size=2)", "%%step c\nout = [x.round(9).tolist(), y.round(9).tolist(), rng.random(1).round(9).tolist()]"],
+     ["out"]),
     ("steps-that-seed-the-global-random-generators-before-they-draw",
      ["%%prelude\nimport random\nimport numpy as np\nnp.random.seed(0)\nrandom.seed(0)",
       "%%step a\nfirst = (float(np.random.rand()), random.random())",
@@ -198,3 +219,20 @@ def test_without_cell_ids_a_broken_step_cell_is_registered_and_named(run_cells):
     out = run_cells(["%load_ext kfmagic", "%%step a\nx = 1", "%%step bad\ny = (x +", "%pipeline check"],
                     allow_errors=True)
     assert "SyntaxError" in out[2] and "Step 'bad' (In [3]): line 2: '(' was never closed" in out[3]
+
+
+def test_a_step_reading_a_file_an_earlier_step_writes_reads_what_that_step_wrote(tmp_path):
+    # handson-ml2 tools_pandas: my_df.to_csv("my_df.csv") in a cell, pd.read_csv("my_df.csv") in later ones
+    cells = ["%load_ext kfmagic", "%%params\nscale = 1", "%%prelude\nimport time\nimport pandas as pd",
+             "%%step write\ntime.sleep(0.5)  # some work first\npd.DataFrame({'x': [scale, 2 * scale]}).to_csv('my_df.csv')",
+             "%%step read\nprint('read', pd.read_csv('my_df.csv', index_col=0)['x'].tolist())"]
+    top = cell_text(execute(make_notebook(cells), tmp_path).cells[-1])
+    nbformat.write(make_notebook(cells), tmp_path / "files.ipynb")
+    (tmp_path / "my_df.csv").unlink()
+    first = _kfmagic("run", "files.ipynb", cwd=tmp_path)
+    assert top.strip() == "read [1, 2]" and "[read] read [1, 2]" in first.stdout, first.stdout + first.stderr
+    again = _kfmagic("run", "files.ipynb", "--param", "scale=3", cwd=tmp_path)  # the writer runs anew: so does the reader
+    assert "[read] read [3, 6]" in again.stdout, again.stdout + again.stderr
+    (tmp_path / "my_df.csv").unlink()  # what the writer wrote is gone: reusing its outputs would not make it
+    third = _kfmagic("run", "files.ipynb", "--param", "scale=3", cwd=tmp_path)
+    assert "[write] done" in third.stdout and "[read] read [3, 6]" in third.stdout, third.stdout + third.stderr

@@ -155,3 +155,29 @@ def test_the_demo_notebook_gives_the_same_results_under_kfp_local(tmp_path):
     assert set(spec["root"]["dag"]["tasks"]) == {
         "kfmagic-runtime", "load", "prepare", "train-svm", "train-forest", "train-logreg", "compare",
     }
+
+
+def test_a_step_named_like_its_pipeline_runs_under_kfp_local(tmp_path, monkeypatch):
+    # PythonDataScienceHandbook 05.13 marked as pipeline `kde` with a step `kde`: kfp loaded the step as the pipeline
+    monkeypatch.chdir(tmp_path)
+    pipeline = Pipeline().init("kde")
+    for number, text in enumerate(["%%params\nbandwidth = 2", "%%step kde\nwidth = bandwidth * 2",
+                                   "%%step report --metrics score\nscore = width + 0.5"]):
+        pipeline.add(parse_cell(text), label=f"cell {number}")
+    local = pipeline.run(runner="local", params={"bandwidth": 3}, progress=TextProgress())
+    run = pipeline.run(runner="kfp-local", params={"bandwidth": 3}, progress=TextProgress())
+    assert run.metrics == local.metrics == {"report": {"score": 6.5}}
+
+
+def test_kfp_local_stopping_before_any_step_says_why(tmp_path, monkeypatch):
+    broken = tmp_path / "broken" / "kfp"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('kfp is broken in this environment')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))  # kfp.local's process cannot import kfp
+    pipeline = Pipeline().init("nowhere")
+    pipeline.add(parse_cell("%%step make\nx = 1"), label="cell 1")
+    with pytest.raises(RunFailed) as failed:
+        pipeline.run(runner="kfp-local", progress=TextProgress())
+    assert "kfp.local stopped (exit status 1) before any step failed: ImportError: kfp is broken in this environment" in str(failed.value)
+    assert pipeline.last_run.steps["make"].state == "SKIPPED"

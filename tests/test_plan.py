@@ -158,6 +158,17 @@ def test_prelude_method_calls_do_not_make_a_step_a_provider():
     assert plan.step("b").inputs == {} and plan.step("b").upstream == ()
 
 
+def test_a_function_of_a_step_calling_a_method_of_a_prelude_name_makes_no_provider():
+    plan = pipeline_of(  # PythonDataScienceHandbook 05.10: make_hello() draws with plt and closes its figure
+        "%%prelude\nimport matplotlib.pyplot as plt\nmode = 'a'",
+        "%%step hello\ndef make_hello():\n    fig, ax = plt.subplots()\n    plt.close(fig)\n    return 1",
+        "%%step hello\nX = make_hello()",
+        "%%step setter\ndef set_mode():\n    global mode\n    mode = 'b'\nset_mode()",
+        "%%step plot\nplt.plot([X])\nprint(mode)",
+    ).plan()
+    assert plan.step("plot").inputs == {"X": "hello", "mode": "setter"}  # plt is the prelude's; mode was rebound
+
+
 def test_a_step_over_several_cells_reads_what_its_earlier_cells_assign():
     plan = pipeline_of(
         "%%step load\nraw = [1, 2]",
@@ -713,6 +724,49 @@ def test_a_step_importing_again_what_the_prelude_imports_provides_nothing():
     assert plan.step("c").inputs == {"numpy": "b"}  # `numpy` the prelude does not bind
     assert plan.step("e").inputs == {"np": "d"}
     assert [step.name for step in plan.steps if step.upstream] == ["c", "e"]
+
+
+def test_using_a_module_a_step_imported_chains_no_steps():
+    plan = pipeline_of(  # PythonDataScienceHandbook 03.12: a section per step, each ending in np.allclose(...)
+        "%%step arrays\nimport numpy as np\nimport matplotlib.pyplot as plt\nx = np.arange(3.0)",
+        "%%step check\nnp.allclose(x, x * 1)\nplt.plot(x)",
+        "%%step again\nnp.allclose(x, x + 0)",
+        "%%step last\ny = np.zeros(2)\nplt.plot(y)",
+    ).plan()
+    assert plan.step("last").inputs == {"np": "arrays", "plt": "arrays"}
+    assert plan.step("again").upstream == ("arrays",) and plan.step("check").outputs == ()
+
+
+def test_a_step_drawing_from_a_generator_of_its_own_passes_it_on_with_its_state():
+    plan = pipeline_of(
+        "%%prelude\nimport numpy as np",
+        "%%step make\nrng = np.random.default_rng(42)\nx = rng.random(3)",
+        "%%step draw\ny = rng.random(2)",
+        "%%step other\nz = x.mean()",
+        "%%step again\nw = rng.normal()\nv = x.sum()",
+    ).plan()
+    assert plan.step("draw").inputs == {"rng": "make"} and "rng" in plan.step("draw").outputs
+    assert plan.step("again").inputs == {"rng": "draw", "x": "make"}
+    assert plan.step("other").inputs == {"x": "make"}  # a value used by a call is read, not changed
+    made_first = pipeline_of("%%prelude\nimport random\nrng = random.Random(1)", "%%step a\nx = rng.random()",
+                             "%%step b\ny = rng.choice([1, 2])").plan()
+    assert made_first.step("b").inputs == {"rng": "a"}  # not the prelude's fresh one: the one a drew from
+
+
+def test_steps_sharing_a_file_run_in_notebook_order():
+    plan = pipeline_of(  # handson-ml2 tools_pandas: my_df.to_csv("my_df.csv"), then pd.read_csv("my_df.csv") in another cell
+        "%%prelude\nimport joblib\nimport pandas as pd",
+        "%%step write\nframe = pd.DataFrame()\nframe.to_csv('out/my_df.csv')\njoblib.dump(frame, 'frame.pkl')",
+        "%%step read\nback = pd.read_csv('./out/my_df.csv', index_col=0)",
+        "%%step load\nwith open('frame.pkl', 'rb') as f:\n    again = f.read()",
+        "%%step overwrite\nwith open('out/my_df.csv', 'w') as f:\n    f.write('x')",
+        "%%step unrelated\nother = pd.read_csv('other.csv')",
+        "%%step show\nfor filename in ('out/my_df.csv', 'frame.pkl'):\n    with open(filename, 'rb') as f:\n        print(len(f.read()))",
+    ).plan()
+    assert plan.step("read").upstream == ("write",) and plan.step("load").upstream == ("write",)
+    assert plan.step("overwrite").upstream == ("write", "read")  # not before what it overwrites is read
+    assert plan.step("unrelated").upstream == () and plan.step("read").inputs == {}
+    assert plan.step("show").upstream == ("write", "overwrite")  # names bound to literal paths count
 
 
 def test_without_an_after_the_notebook_order_alone_decides_and_nothing_is_warned():

@@ -98,6 +98,21 @@ def test_what_cloudpickle_cannot_dill_can(tmp_path):
     assert loaded["ref"]() is loaded["node"]
 
 
+def test_an_xgboost_dmatrix_is_rebuilt_with_its_data_and_info(tmp_path):
+    xgb = pytest.importorskip("xgboost", reason="xgboost is not installed (the test extra has xgboost-cpu)")
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    x[x > 1.2] = np.nan  # missing values stay missing, zeros stay zeros
+    x[0, 0] = 0.0
+    matrix = xgb.DMatrix(x, label=np.arange(40) % 2, weight=np.linspace(1, 2, 40), feature_names=["a", "b", "c"])
+    loaded, path = roundtrip({"train": matrix}, tmp_path)
+    copy = loaded["train"]
+    assert (copy.num_row(), copy.num_col(), copy.feature_names) == (40, 3, ["a", "b", "c"])
+    assert np.array_equal(copy.get_label(), matrix.get_label()) and np.array_equal(copy.get_weight(), matrix.get_weight())
+    booster = xgb.train({"max_depth": 2}, matrix, 5)
+    assert np.array_equal(xgb.train({"max_depth": 2}, copy, 5).predict(matrix), booster.predict(matrix))
+    assert b"kfmagic" not in path.read_bytes()  # built by xgboost's own constructor: loads without kfmagic
+
+
 class Unpicklable:
     def __reduce__(self):
         raise TypeError("cannot pickle 'Unpicklable' object")

@@ -116,6 +116,7 @@ class Run:
     state: str = "PENDING"
     started: float = field(default_factory=time.time)
     finished: float | None = None
+    error: str | None = None  # why the run failed when no step's error says it (its runner could not go on)
 
     @property
     def metrics(self):
@@ -225,7 +226,7 @@ class Run:
     def failure_message(self):
         failed = [s for s in self.steps.values() if s.state == "FAILED"]
         not_run = [s.name for s in self.steps.values() if s.state in ("SKIPPED", "CANCELED", "PENDING")]
-        lines = [f"Run {self.id} {self.state}."]
+        lines = [f"Run {self.id} {self.state}."] + ([self.error] if self.error else [])
         for step in failed:
             first = (step.error or "").strip().splitlines()
             lines.append(f"Step {step.name!r} failed: {first[-1] if first else 'no error reported'}")

@@ -212,6 +212,8 @@ def _conclude(record, returncode):
     started was skipped (after a failure)."""
     steps = record.steps
     failed = any(step.state != "SUCCEEDED" for step in steps.values()) or returncode != 0
+    if returncode != 0 and not any(step.state in ("RUNNING", "FAILED") for step in steps.values()):
+        record.error = _kfp_local_failure(record.run_dir, returncode)
     for step in steps.values():
         if step.state == "RUNNING":  # started, never reported: the task process died
             step.state, step.finished = "FAILED", time.time()
@@ -220,6 +222,18 @@ def _conclude(record, returncode):
             step.state = "SKIPPED" if failed else step.state
     record.state = "FAILED" if failed else "SUCCEEDED"
     record.finished = time.time()
+
+
+def _kfp_local_failure(run_dir, returncode):
+    """What kfp.local said when it stopped before any step failed (it could not start the pipeline)."""
+    path = os.path.join(run_dir, KFP_LOCAL_LOG)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            said = [line.strip() for line in file if line.strip()]
+    except OSError:
+        said = []
+    last = _ANSI.sub("", said[-1]) if said else "it printed nothing"
+    return f"kfp.local stopped (exit status {returncode}) before any step failed: {last} Its log: {path}"
 
 
 @contextlib.contextmanager
@@ -269,6 +283,21 @@ def _tidied(run_dir, scratch):
         workspace.make_private(run_dir)
 
 
+def _as_a_pipeline(package):
+    """The package's text, loadable as its pipeline: kfp loads the component named like the pipeline
+    instead of the pipeline (`comp-kde` for pipeline `kde`), so a step named like the pipeline is
+    given another pipeline name here (kfp.local shows it; the tasks keep theirs)."""
+    import yaml
+    from kfp.dsl.utils import sanitize_component_name
+
+    with open(package) as file:
+        documents = list(yaml.safe_load_all(file))
+    info = documents[0]["pipelineInfo"]
+    while sanitize_component_name(info["name"]) in documents[0]["components"]:
+        info["name"] += "-pipeline"
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
 def _execute(package, pipeline_root, params_json):
     """In the child process: run the compiled IR with kfp.local; exit code 1 if a task failed."""
     import kfp.local
@@ -276,7 +305,7 @@ def _execute(package, pipeline_root, params_json):
 
     os.dup2(1, 2)  # one stream, in order: which task a line belongs to is told by the lines before it
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
-    pipeline = components.load_component_from_file(package)
+    pipeline = components.load_component_from_text(_as_a_pipeline(package))
     try:
         pipeline(**json.loads(params_json))
     except RuntimeError as error:  # kfp.local: "Pipeline ... finished with status FAILURE"

@@ -272,7 +272,8 @@ class _Scheduler:
         done = self.record.steps[name]
         _read_result(done, process.returncode, out_dir, process.stderr_tail)
         if done.state == "SUCCEEDED" and name in self.keys:
-            cache.record(self.workdir, self.keys[name], self.record.id, out_dir, read_result(out_dir))
+            written = cache.file_stats(self.plan.step(name), self.workdir, written=True)
+            cache.record(self.workdir, self.keys[name], self.record.id, out_dir, read_result(out_dir), written)
         tell_failures(self.record, self.progress, self.told)
         self.progress.update(self.record)
 

@@ -201,3 +201,49 @@ write("magics_end_to_end_project", [
      "my_model_loaded = joblib.load('my_model.pkl')\n"
      "test_predictions = my_model_loaded.predict(strat_test_set.drop('target', axis=1).values).round(6)",),
 ])
+
+# Kubeflow Kale's examples/serving/xgboost/iris.ipynb (kubeflow-kale/kale at 3e6b711, Apache-2.0),
+# its split given a random_state, its `!pip3 install` cell left out: xgboost DMatrix objects (native memory, no pickle support) pass
+# from the step that builds them to the steps that train and evaluate, as Kale passes them.
+write("kale_xgboost_dmatrix", [
+    ("import numpy as np\nimport xgboost as xgb\n\nfrom sklearn import datasets\nfrom sklearn.model_selection import train_test_split\n"
+     "from sklearn.metrics import precision_score, recall_score, f1_score, accuracy_score", "imports"),
+    ('ETA = .3\nMAX_DEPTH = 3\nOBJECTIVE = "multi:softprob"\nSTEPS = 20', "pipeline-parameters"),
+    ("x, y = datasets.load_iris(return_X_y=True)", "step:load_transform_data"),
+    ("x_trn, x_tst, y_trn, y_tst = train_test_split(x, y, test_size=.2, random_state=3)",),
+    ("D_trn = xgb.DMatrix(x_trn, label=y_trn)\nD_tst = xgb.DMatrix(x_tst, label=y_tst)",),
+    ('param = {"eta": float(ETA),\n         "max_depth": int(MAX_DEPTH),\n         "objective": OBJECTIVE,\n         "num_class": 3}\n\n'
+     "steps = int(STEPS)", "prev:load_transform_data", "step:train_model"),
+    ("model = xgb.train(param, D_trn, steps)",),
+    ("preds = model.predict(D_tst)\nmax_preds = np.asarray([np.argmax(line) for line in preds])",
+     "prev:load_transform_data", "prev:train_model", "step:evaluate_model"),
+    ("precision = precision_score(y_tst, max_preds, average='macro')\nrecall = recall_score(y_tst, max_preds, average='macro')\n"
+     "f1 = f1_score(y_tst, max_preds, average='macro')\naccuracy = accuracy_score(y_tst, max_preds)",),
+    ("print(precision)\nprint(recall)\nprint(f1)\nprint(accuracy)", "pipeline-metrics"),
+], kale={"pipeline_name": "iris-xgboost", "experiment_name": "corpus"})
+
+# PythonDataScienceHandbook's notebooks/03.12-Performance-Eval-and-Query.ipynb (jakevdp at d662314,
+# code MIT), shortened, a step per section as a new user marks it: one generator of the notebook's
+# own drawn from by section after section, `%timeit` and `pd.eval` reading frames of another step by
+# name, `np.allclose(...)` closing sections (numpy imported in the first step), query with @names;
+# then a frame saved to a file and read back in another step (handson-ml2's tools_pandas.ipynb).
+write("magics_eval_query_sections", [
+    ("%load_ext kfmagic\n%pipeline init eval-query --experiment corpus",),
+    ("%%step arrays\nimport numpy as np\nrng = np.random.default_rng(42)\nx = rng.random(100000)\ny = rng.random(100000)\n"
+     "%timeit -n1 -r1 x + y",),
+    ("%%step mask\nmask = (x > 0.5) & (y < 0.5)",),
+    ("%%step frames\nimport pandas as pd\nnrows, ncols = 1000, 10\n"
+     "df1, df2, df3, df4 = (pd.DataFrame(rng.random((nrows, ncols))) for i in range(4))",),
+    ("%%step time_eval\n%timeit -n1 -r1 pd.eval('df1 + df2 + df3 + df4')",),
+    ("%%step eval_check\nnp.allclose(df1 + df2 + df3 + df4,\n            pd.eval('df1 + df2 + df3 + df4'))",),
+    ("%%step small_frames\ndf1, df2, df3, df4, df5 = (pd.DataFrame(rng.integers(0, 1000, (100, 3)))\n"
+     "                           for i in range(5))",),
+    ("%%step eval_arith\nresult1 = -df1 * df2 / (df3 + df4) - df5\nresult2 = pd.eval('-df1 * df2 / (df3 + df4) - df5')\n"
+     "np.allclose(result1, result2)",),
+    ("%%step df\ndf = pd.DataFrame(rng.random((1000, 3)), columns=['A', 'B', 'C'])\ndf.head()",),
+    ("%%step assign\ndf.eval('D = (A + B) / C', inplace=True)\ndf.head()",),
+    ("%%step query_at\nCmean = df['C'].mean()\nresult3 = df.query('A < @Cmean and B < @Cmean')",),
+    ("%%step save\ndf.to_csv('my_df.csv')",),
+    ("%%step reload\nmy_df_loaded = pd.read_csv('my_df.csv', index_col=0)\n"
+     "summary = [round(float(v), 9) for v in (mask.sum(), result2.values.sum(), result3.values.sum(), my_df_loaded.values.sum())]",),
+])
