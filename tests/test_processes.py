@@ -258,3 +258,41 @@ def test_the_cli_cancels_a_cluster_run_by_id(kfp_server, tmp_path, monkeypatch):
     missing = subprocess.run(["kfmagic", "cancel", "no-such-run", "--host", kfp_server.url],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no-such-run" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_supervisor_killed_between_steps_fails_the_run_with_one_message_and_leaves_nothing_open(here, monkeypatch, capsys):
+    from kfmagic.backends import launcher
+
+    start = launcher.Launcher.start
+
+    def killed_first(self, name, *args, **kwargs):  # the supervisor dies (SIGKILL from outside) once a has ended
+        if name == "b":
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        return start(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(launcher.Launcher, "start", killed_first)
+    before = open_fds()
+    result = run(pipeline_of("%%step a\nx = 1", "%%step b\ny = x + 1", "%%step c\nz = y + 1"))
+    states = {name: step.state for name, step in result.steps.items()}
+    assert (result.state, states) == ("FAILED", {"a": "SUCCEEDED", "b": "FAILED", "c": "SKIPPED"})
+    assert "supervisor process ended unexpectedly" in result.steps["b"].error
+    assert "Traceback" not in capsys.readouterr().err
+    assert open_fds() <= before and kfmagic_processes() == []
+
+
+def test_ctrl_c_while_the_prelude_runs_stops_it_at_once(here):
+    pids = here / "pids"
+    prelude = ("%%prelude\nimport os, subprocess, time\nchild = subprocess.Popen(['sleep', '60'])\n"
+               f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\ntime.sleep(30)")
+    pipeline = pipeline_of(prelude, "%%step a\nx = 1")
+    _interrupt_when([pids], gap=0.2)
+    started = time.time()
+    with pytest.raises(RunFailed, match="interrupted") as caught:
+        pipeline.run(progress=TextProgress(io.StringIO()), cache=False)
+    assert caught.value.run.state == "CANCELED" and time.time() - started < 4  # not a grace it cannot use
+    assert alive(pids_in(pids)) == [] and kfmagic_processes() == []
