@@ -265,7 +265,10 @@ class Supervisor:
         sys.stderr.flush()
         try:
             pid = os.fork()
-        except OSError as error:
+        except OSError as error:  # nothing of the step is left open: its output ends at once
+            for fd in (stdout, stderr, done_read, done_write):
+                if fd is not None:
+                    os.close(fd)
             self.send(op="failed", name=message["name"], error=str(error))
             return
         if pid == 0:
@@ -437,7 +440,7 @@ class Supervisor:
 
 def serve(channel):
     """The supervisor's loop: messages, exits and signals, until a stop has finished."""
-    subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # the run loop's process died: stop, as on EOF
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -479,7 +482,7 @@ def serve(channel):
         if watching:
             supervisor.track()
     supervisor.kill_all()
-    supervisor.send(op="stopped", subreaper=subreaper)
+    supervisor.send(op="stopped")
 
 
 def main(argv=None):
