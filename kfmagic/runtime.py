@@ -9,6 +9,7 @@ out_dir: {state, saved: {var: {type, bytes}}, skipped: {var: why}, metrics, erro
 (random: the global random generators the step's code left in another state than it found them).
 """
 
+import _io
 import ast
 import atexit
 import builtins
@@ -341,13 +342,14 @@ def forget_exit_handlers():
 def open_files():
     """Every file object open now, as the collector sees them (in a warm step: not the prelude's,
     frozen, which its supervisor listed when it ran the prelude)."""
-    is_file, found = {}, []
-    for obj in gc.get_objects():
-        kind = type(obj)
-        if kind not in is_file:
-            is_file[kind] = issubclass(kind, io.IOBase)
-        if is_file[kind] and not _closed(obj):
-            found.append(obj)
+    kinds = _subclasses(_io._IOBase)  # by type, not isinstance: a few ms, not tens, among 200,000 objects
+    return [obj for obj in gc.get_objects() if type(obj) in kinds and not _closed(obj)]
+
+
+def _subclasses(kind):
+    found = {kind}
+    for subclass in type.__subclasses__(kind):
+        found |= _subclasses(subclass)
     return found
 
 

@@ -158,8 +158,9 @@ def test_what_the_prelude_made_lasts_for_every_step_and_its_exit_handlers_run_on
     cells = [
         "%%prelude\nimport atexit, os, tempfile\ntmp = tempfile.TemporaryDirectory()\n"
         "atexit.register(lambda: open('exits.txt', 'a').write('prelude\\n'))",
-        "%%step a --outputs where\nwhere = tmp.name\nopen(os.path.join(tmp.name, 'a'), 'w').write('a')\n"
-        "atexit.register(lambda: open('exits.txt', 'a').write('a\\n'))\nx = 1",
+        "%%step a --outputs where kept\nwhere = tmp.name\nopen(os.path.join(tmp.name, 'a'), 'w').write('a')\n"
+        "atexit.register(lambda: open('exits.txt', 'a').write('a\\n'))\n"
+        "tempfile.kept = tempfile.TemporaryDirectory()  # the step's own, removed at exit\nkept = tempfile.kept.name\nx = 1",
         "%%step b\nopen(os.path.join(tmp.name, 'b'), 'w').write('b')\ny = x + 1",
     ]
     for isolate, prelude_exits in ((False, 1), (True, 2)):  # warm: the prelude ran once, in the supervisor
@@ -167,7 +168,7 @@ def test_what_the_prelude_made_lasts_for_every_step_and_its_exit_handlers_run_on
         assert result.state == "SUCCEEDED", result.failure_message()
         exits = (tmp_path / "exits.txt").read_text().splitlines()
         assert sorted(exits) == ["a"] + ["prelude"] * prelude_exits, (isolate, exits)
-        assert not os.path.exists(result.load("where"))  # removed at the end all the same
+        assert not os.path.exists(result.load("where")) and not os.path.exists(result.load("kept"))
         os.remove(tmp_path / "exits.txt")
 
 
