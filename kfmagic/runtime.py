@@ -15,7 +15,6 @@ import atexit
 import builtins
 import gc
 import hashlib
-import io
 import json
 import linecache
 import numbers
@@ -342,7 +341,7 @@ def forget_exit_handlers():
 def open_files():
     """Every file object open now, as the collector sees them (in a warm step: not the prelude's,
     frozen, which its supervisor listed when it ran the prelude)."""
-    kinds = _subclasses(_io._IOBase)  # by type, not isinstance: a few ms, not tens, among 200,000 objects
+    kinds = _subclasses(_io._IOBase)  # by type: half the time isinstance takes among 200,000 objects
     return [obj for obj in gc.get_objects() if type(obj) in kinds and not _closed(obj)]
 
 
