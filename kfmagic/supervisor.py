@@ -16,9 +16,13 @@
 
 Warm start: a step's process costs its own work, not the prelude's imports again. The supervisor
 runs the prelude once (in a `__main__` namespace, as a step would) and each step is a fork of it:
-it starts from the state the prelude left, and nothing a step does reaches another. Where forking
-is not safe (the prelude started threads, initialised a GPU runtime, or failed), it says why once,
-and steps start afresh, each running the prelude itself.
+it starts from the state the prelude left, and nothing a step does reaches another. What the
+prelude printed (caught at fds 1 and 2, so that the streams it handed out stay the real ones) is
+written first in each step's output. What the prelude made stays referenced here, so no step
+finalizes it for the others (a temporary folder), and its exit handlers run once, when the
+supervisor exits; a step runs its own. Where forking is not safe (the prelude started threads,
+initialised a GPU runtime, or failed, or its file could not be read), it says why once, and steps
+start afresh, each running the prelude itself.
 
 Why a process of its own: a step is finished when its process exits, whatever it left behind (a
 server it started, a child that holds its output open); the supervisor then stops what is left of
