@@ -359,7 +359,8 @@ def _closed(file):
         return True
 
 
-def _flush(files):
+def flush(files):
+    """Flush each of `files` still open, whatever fails."""
     for file in files:
         try:
             if not file.closed:
@@ -380,7 +381,7 @@ def leave(code, namespace, done=None, files=()):
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is not None:
         run_exit_handlers()
-    _flush([*open_files(), *files])
+    flush([*open_files(), *files])
     namespace.clear()
     gc.collect()  # what only a cycle holds (an object referring to itself, holding a file) is released too
     for stream in (sys.stdout, sys.stderr):

@@ -182,7 +182,9 @@ def _run_prelude(runtime, prelude):
         why = _fork_unsafe()
     except BaseException as error:  # noqa: B036 - every step shows it, each running the prelude itself
         return f"the prelude failed here ({type(error).__name__})", None
-    return why, _Warm(runtime, namespace, dict(namespace), printed, states, runtime.open_files())
+    files = runtime.open_files()
+    runtime.flush(files)  # each step would write again what a file of the prelude still held
+    return why, _Warm(runtime, namespace, dict(namespace), printed, states, files)
 
 
 def _say_done(done, code):

@@ -188,3 +188,16 @@ def test_a_step_leaves_as_a_process_exits_cycles_exit_handlers_and_the_preludes_
         result, _ = run(*cells, isolate=isolate)
         assert result.state == "SUCCEEDED", result.failure_message()
         assert {name: (tmp_path / name).read_text() for name in expected} == expected, isolate
+
+
+def test_a_file_the_prelude_opened_holds_what_plain_python_writes_to_it_step_after_step(run, tmp_path):
+    # What the prelude wrote and had not flushed is written once, not again by every step.
+    cells = [
+        "%%prelude\njournal = open('journal.txt', 'w')\njournal.write('header, ')",
+        "%%step a\njournal.write('a, ')\nx = 1",
+        "%%step b\njournal.write('b')\ny = x + 1",
+    ]
+    subprocess.run([sys.executable, "-c", "\n".join(cell.split("\n", 1)[1] for cell in cells)], cwd=tmp_path, check=True)
+    assert (tmp_path / "journal.txt").read_text() == "header, a, b"
+    result, _ = run(*cells)
+    assert result.state == "SUCCEEDED" and (tmp_path / "journal.txt").read_text() == "header, a, b"
