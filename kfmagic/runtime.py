@@ -21,6 +21,7 @@ import numbers
 import os
 import random
 import sys
+import threading
 import traceback
 import types
 import weakref
@@ -371,13 +372,17 @@ def flush(files):
 
 def leave(code, namespace, done=None, files=()):
     """End a step's process without the interpreter's teardown (a sixth of a trivial step's time),
-    doing what teardown does that a user can see, in its order: exit handlers run, then what the
-    cells made is released, cycles included (open files flushed and closed, temporary folders
-    removed; in a warm step the prelude's objects stay, frozen and held by the supervisor's copy),
-    output flushed. Every open file is flushed first (`files`: those of the prelude, in a warm step):
-    the collector closes what only a cycle holds in no set order, a file's text layer possibly after
-    the file under it, and a file still open is never closed. `done()` is told just before the
-    process ends, when nothing of the step is left to run."""
+    doing what teardown does that a user can see, in its order: the threads the step started that are
+    not daemons are waited for (an executor's idle workers told to go first); exit handlers run; every
+    open file is flushed (`files`: the prelude's too, in a warm step), since the collector closes what
+    only a cycle holds in no set order, a file's text layer possibly after the file under it, and a
+    file still referenced is never closed; then what the cells made is released, cycles included
+    (files closed, temporary folders removed; in a warm step the prelude's objects stay, held by the
+    supervisor); output flushed. `done()` is told just before the process ends, when nothing of the
+    step is left to run."""
+    wait_for_threads = getattr(threading, "_shutdown", None)  # a thread still working finishes first
+    if wait_for_threads is not None:
+        wait_for_threads()
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is not None:
         run_exit_handlers()

@@ -201,3 +201,20 @@ def test_a_file_the_prelude_opened_holds_what_plain_python_writes_to_it_step_aft
     assert (tmp_path / "journal.txt").read_text() == "header, a, b"
     result, _ = run(*cells)
     assert result.state == "SUCCEEDED" and (tmp_path / "journal.txt").read_text() == "header, a, b"
+
+
+def test_what_a_steps_threads_were_still_doing_when_it_ended_is_done_as_in_plain_python(run, tmp_path):
+    cell = (
+        "%%step a\nimport threading, time\nfrom concurrent.futures import ThreadPoolExecutor\n"
+        "ThreadPoolExecutor(2).submit(lambda: (time.sleep(0.3), open('pool.txt', 'w').write('pool')))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), open('thread.txt', 'w').write('thread'))).start()\nx = 1"
+    )
+    subprocess.run([sys.executable, "-c", cell.split("\n", 1)[1]], cwd=tmp_path, check=True)
+    expected = {"pool.txt": "pool", "thread.txt": "thread"}
+    for isolate in (None, False, True):  # None: plain python
+        if isolate is not None:
+            result, _ = run(cell, isolate=isolate)
+            assert result.state == "SUCCEEDED", result.failure_message()
+        assert {name: (tmp_path / name).read_text() for name in expected} == expected, isolate
+        for name in expected:
+            os.remove(tmp_path / name)
