@@ -16,9 +16,13 @@
 
 Warm start: a step's process costs its own work, not the prelude's imports again. The supervisor
 runs the prelude once (in a `__main__` namespace, as a step would) and each step is a fork of it:
-it starts from the state the prelude left, and nothing a step does reaches another. Where forking
-is not safe (the prelude started threads, initialised a GPU runtime, or failed), it says why once,
-and steps start afresh, each running the prelude itself.
+it starts from the state the prelude left, and nothing a step does reaches another. What the
+prelude printed (caught at fds 1 and 2, so that the streams it handed out stay the real ones) is
+written first in each step's output. What the prelude made stays referenced here, so no step
+finalizes it for the others (a temporary folder), and its exit handlers run once, when the
+supervisor exits; a step runs its own. Where forking is not safe (the prelude started threads,
+initialised a GPU runtime, or failed, or its file could not be read), it says why once, and steps
+start afresh, each running the prelude itself.
 
 Why a process of its own: a step is finished when its process exits, whatever it left behind (a
 server it started, a child that holds its output open); the supervisor then stops what is left of
@@ -34,15 +38,17 @@ back to process groups. Stdlib only; single-threaded, so forking is safe.
 import contextlib
 import ctypes
 import gc
-import io
 import json
 import os
 import selectors
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
+import types
+import typing
 
 MAX_MESSAGE = 1 << 20
 STEP_ENV = "KFMAGIC_STEP_ID"  # in every step's environment: "<supervisor pid>:<step>", inherited by what it starts
@@ -57,6 +63,18 @@ _FRESH_HANDLERS = {
 }
 # Modules whose runtime does not survive a fork once imported (threads and GPU contexts of their own).
 _UNFORKABLE = {"tensorflow": "TensorFlow", "jax": "JAX", "cupy": "CuPy", "pycuda": "PyCUDA"}
+
+
+class _Warm(typing.NamedTuple):
+    """What a warm step starts from: the state the prelude left here."""
+
+    runtime: types.ModuleType
+    namespace: dict  # the prelude's __main__, each step's own once forked
+    made: dict  # its names' values as the prelude left them, held here whatever a step rebinds or
+    # clears (a step releasing the prelude's temporary folder would remove it for every step)
+    printed: dict  # {fd: bytes}: what the prelude printed, each step's output too
+    random_states: dict  # runtime.fork_states
+    files: list  # the files the prelude opened, flushed when a step ends
 
 
 def _prctl(option, value):
@@ -119,6 +137,56 @@ def _fork_unsafe():
     return None
 
 
+@contextlib.contextmanager
+def _printed():
+    """What is written to fds 1 and 2 meanwhile, kept aside: {1: bytes, 2: bytes} once done.
+    At the descriptors, not by swapping sys.stdout/sys.stderr: what keeps hold of those (a logging
+    handler, `OUT = sys.stdout`) keeps the real streams, which in a step's fork are its own output."""
+    printed, saved = {}, {}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        _flush_std()
+        try:
+            for fd, file in ((1, out), (2, err)):
+                saved[fd] = os.dup(fd)
+                os.dup2(file.fileno(), fd)
+            yield printed
+        finally:
+            _flush_std()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+        for fd, file in ((1, out), (2, err)):
+            file.seek(0)
+            printed[fd] = file.read()
+
+
+def _flush_std():
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+
+
+def _write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _run_prelude(runtime, prelude):
+    """(why steps cannot be forks of this process or None, what a warm step starts from)."""
+    try:
+        with _printed() as printed:
+            namespace = runtime.new_namespace()
+            before = runtime.random_states()
+            runtime.run_prelude(namespace, prelude["params"], prelude["prelude"])
+            states = runtime.fork_states(before, runtime.random_states(), prelude.get("seeded", ()))
+        why = _fork_unsafe()
+    except BaseException as error:  # noqa: B036 - every step shows it, each running the prelude itself
+        return f"the prelude failed here ({type(error).__name__})", None
+    files = runtime.open_files()
+    runtime.flush(files)  # each step would write again what a file of the prelude still held
+    return why, _Warm(runtime, namespace, dict(namespace), printed, states, files)
+
+
 def _say_done(done, code):
     """A warm step's last act: its output ends (nothing more is written to it), and it says so."""
     for fd in (1, 2):
@@ -144,7 +212,7 @@ class Supervisor:
     def __init__(self, channel, selector, own_fds):
         self.channel, self.selector, self.pid = channel, selector, os.getpid()
         self.own_fds = own_fds  # the supervisor's own (wakeup pipe, selector): not a step's
-        self.warm = None  # (runtime module, the prelude's namespace, its output) once warmed
+        self.warm = None  # a _Warm once warmed
         self.prelude_handlers = {}  # signal -> the handler the prelude set
         self.steps = {}  # pid -> name of a step still running
         self.owned = {}  # name -> {(pid, start time)}: everything a step started, as last seen
@@ -170,23 +238,19 @@ class Supervisor:
     # -- starting -----------------------------------------------------------------------------
 
     def warm_up(self, message):
-        """Run the prelude here, once, as each step would; steps are then forks of this process."""
-        os.chdir(message["cwd"])
-        from kfmagic import runtime, serde  # noqa: F401 - imported once here, not in every step
-
+        """Run the prelude here, once, as each step would; steps are then forks of this process.
+        Whatever stops it (the folder, the prelude's file, the prelude itself) is why steps start afresh."""
         ours = {sig: signal.getsignal(sig) for sig in _FRESH_HANDLERS}
-        out, err = io.StringIO(), io.StringIO()
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                namespace = runtime.new_namespace()
-                with open(message["prelude"]) as file:
-                    prelude = json.load(file)
-                before = runtime.random_states()
-                runtime.run_prelude(namespace, prelude["params"], prelude["prelude"])
-                states = runtime.fork_states(before, runtime.random_states(), prelude.get("seeded", ()))
-            why = _fork_unsafe()
-        except BaseException as error:  # noqa: B036 - every step shows it, each running the prelude itself
-            why = f"the prelude failed here ({type(error).__name__})"
+            os.chdir(message["cwd"])
+            from kfmagic import runtime, serde  # noqa: F401 - imported once here, not in every step
+
+            with open(message["prelude"]) as file:
+                prelude = json.load(file)
+        except (OSError, ValueError) as error:
+            why = f"the run's supervisor could not set up the prelude ({error})"
+        else:
+            why, warm = _run_prelude(runtime, prelude)
         self.prelude_handlers = {sig: handler for sig in ours if (handler := signal.getsignal(sig)) is not ours[sig]}
         for sig, handler in ours.items():
             signal.signal(sig, handler)
@@ -194,7 +258,7 @@ class Supervisor:
             with contextlib.suppress(ImportError):
                 import cloudpickle  # noqa: F401 - every step that saves a value needs it
             gc.freeze()  # what the prelude made is never collected in a step: its pages stay shared
-            self.warm = (runtime, namespace, out.getvalue(), err.getvalue(), states)
+            self.warm = warm
         self.send(op="warm", fallback=why)
 
     def start(self, message, fds):
@@ -207,7 +271,10 @@ class Supervisor:
         sys.stderr.flush()
         try:
             pid = os.fork()
-        except OSError as error:
+        except OSError as error:  # nothing of the step is left open: its output ends at once
+            for fd in (stdout, stderr, done_read, done_write):
+                if fd is not None:
+                    os.close(fd)
             self.send(op="failed", name=message["name"], error=str(error))
             return
         if pid == 0:
@@ -254,21 +321,23 @@ class Supervisor:
 
     def _become_warm_step(self, message, stdout, stderr, done):
         """In the forked child: the step, from the state the prelude left (what it printed first)."""
-        runtime, namespace, out, err, states = self.warm
+        warm = self.warm
         try:
             self._into_session(stdout, stderr, {**_FRESH_HANDLERS, **self.prelude_handlers})
-            runtime.start_random_states(states)
+            runtime = warm.runtime
+            runtime.forget_exit_handlers()  # the prelude's: the supervisor runs them, once
+            runtime.start_random_states(warm.random_states)
             os.chdir(message["cwd"])
             sys.argv = [runtime.__file__, message["spec"]]  # as `python -m kfmagic.runtime SPEC` has it
-            sys.stdout.write(out)
-            sys.stderr.write(err)
+            for fd, text in warm.printed.items():
+                _write_all(fd, text)
             with open(message["spec"]) as file:
                 spec = json.load(file)
-            code = runtime.run_step(spec, namespace=namespace, warm=True)
+            code = runtime.run_step(spec, namespace=warm.namespace, warm=True)
         except BaseException as error:  # noqa: B036 - nothing may escape a forked child
             os.write(2, f"kfmagic could not start step {message['name']!r}: {error}\n".encode())
             os._exit(127)
-        runtime.leave(code, namespace, done=lambda: _say_done(done, code))
+        runtime.leave(code, warm.namespace, done=lambda: _say_done(done, code), files=warm.files)
 
     # -- watching -----------------------------------------------------------------------------
 
@@ -377,7 +446,7 @@ class Supervisor:
 
 def serve(channel):
     """The supervisor's loop: messages, exits and signals, until a stop has finished."""
-    subreaper = _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # the run loop's process died: stop, as on EOF
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -419,7 +488,7 @@ def serve(channel):
         if watching:
             supervisor.track()
     supervisor.kill_all()
-    supervisor.send(op="stopped", subreaper=subreaper)
+    supervisor.send(op="stopped")
 
 
 def main(argv=None):

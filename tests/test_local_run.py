@@ -268,3 +268,19 @@ def test_an_error_in_a_magic_line_fails_the_step(run):
     result = run("%%step a\n%time x = 1 / 0\ny = 2")
     assert result.state == "FAILED" and "ZeroDivisionError" in result.steps["a"].error
     assert "\x1b[" not in result.steps["a"].error
+
+
+def test_an_error_of_the_run_loop_itself_ends_the_run_failed_not_running(run, tmp_path, monkeypatch):
+    from kfmagic.backends import base, local
+
+    def broken(self):
+        if self.running:  # a step has started
+            raise RuntimeError("the run loop broke")
+
+    monkeypatch.setattr(local._Scheduler, "finish_drained", broken)
+    with pytest.raises(RuntimeError, match="the run loop broke"):
+        run("%%step a\nimport time\ntime.sleep(5)\nx = 1", "%%step b\ny = x + 1")
+    (run_dir,) = (tmp_path / ".kfmagic" / "runs").iterdir()
+    info = base.read_info(run_dir)
+    assert info["state"] == "FAILED" and info["finished"] and not base.is_running(run_dir)
+    assert info["times"]["a"][1] and info["times"]["b"] == [None, None]

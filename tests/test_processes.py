@@ -2,6 +2,7 @@
 run ends, however it ends. Each test starts real processes and asserts with the process table."""
 
 import io
+import json
 import os
 import re
 import signal
@@ -258,3 +259,92 @@ def test_the_cli_cancels_a_cluster_run_by_id(kfp_server, tmp_path, monkeypatch):
     missing = subprocess.run(["kfmagic", "cancel", "no-such-run", "--host", kfp_server.url],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no-such-run" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_supervisor_killed_between_steps_fails_the_run_with_one_message_and_leaves_nothing_open(here, monkeypatch, capsys):
+    from kfmagic.backends import launcher
+
+    start = launcher.Launcher.start
+
+    def killed_first(self, name, *args, **kwargs):  # the supervisor dies (SIGKILL from outside) once a has ended
+        if name == "b":
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        return start(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(launcher.Launcher, "start", killed_first)
+    before = open_fds()
+    result = run(pipeline_of("%%step a\nx = 1", "%%step b\ny = x + 1", "%%step c\nz = y + 1"))
+    states = {name: step.state for name, step in result.steps.items()}
+    assert (result.state, states) == ("FAILED", {"a": "SUCCEEDED", "b": "FAILED", "c": "SKIPPED"})
+    assert "supervisor process ended unexpectedly" in result.steps["b"].error
+    assert "Traceback" not in capsys.readouterr().err
+    assert open_fds() <= before and kfmagic_processes() == []
+
+
+def test_ctrl_c_while_the_prelude_runs_stops_it_at_once(here):
+    pids = here / "pids"
+    prelude = ("%%prelude\nimport os, subprocess, time\nchild = subprocess.Popen(['sleep', '60'])\n"
+               f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\ntime.sleep(30)")
+    pipeline = pipeline_of(prelude, "%%step a\nx = 1")
+    _interrupt_when([pids], gap=0.2)
+    started = time.time()
+    with pytest.raises(RunFailed, match="interrupted") as caught:
+        pipeline.run(progress=TextProgress(io.StringIO()), cache=False)
+    assert caught.value.run.state == "CANCELED" and time.time() - started < 4  # not a grace it cannot use
+    assert alive(pids_in(pids)) == [] and kfmagic_processes() == []
+
+
+@pytest.fixture
+def supervisor_here():
+    """(a Supervisor in this process, the run loop's end of its channel)."""
+    import selectors
+    import socket
+
+    from kfmagic.supervisor import Supervisor
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs, selectors.DefaultSelector() as selector:
+        yield Supervisor(theirs, selector, []), ours
+
+
+def said(channel):
+    return json.loads(channel.recv(1 << 20))
+
+
+def test_a_step_the_supervisor_cannot_fork_fails_at_once_and_leaves_nothing_open(supervisor_here, monkeypatch):
+    supervisor, channel = supervisor_here
+    supervisor.warm = object()  # as once a prelude was warmed: a step would say through a pipe when it is done
+    before = open_fds()
+    (out, out_end), (err, err_end) = os.pipe(), os.pipe()
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    for fd in (out, err):
+        os.set_blocking(fd, False)  # still held open: BlockingIOError, not a hang
+    supervisor.start({"name": "a", "argv": [], "cwd": ".", "env": {}, "spec": "spec.json", "isolate": False}, [out_end, err_end])
+    assert said(channel) == {"op": "failed", "name": "a", "error": "[Errno 11] Resource temporarily unavailable"}
+    assert os.read(out, 1) == os.read(err, 1) == b""  # its output has ended: the run does not wait for it
+    os.close(out)
+    os.close(err)
+    assert open_fds() == before and supervisor.steps == {}
+
+
+@pytest.mark.parametrize("missing", ["cwd", "prelude"])
+def test_a_prelude_the_supervisor_cannot_set_up_is_why_steps_start_afresh(supervisor_here, tmp_path, monkeypatch, missing):
+    supervisor, channel = supervisor_here
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prelude.json").write_text(json.dumps({"prelude": [], "params": {}}))
+    message = {"op": "warm", "cwd": str(tmp_path), "prelude": str(tmp_path / "prelude.json"), missing: str(tmp_path / "gone")}
+    supervisor.warm_up(message)
+    assert said(channel) == {
+        "op": "warm",
+        "fallback": f"the run's supervisor could not set up the prelude ([Errno 2] No such file or directory: '{tmp_path / 'gone'}')",
+    }
+    assert supervisor.warm is None

@@ -4,6 +4,9 @@ fork (numpy/BLAS, scikit-learn with n_jobs, matplotlib, `%`/`!` lines); where fo
 steps start afresh and the run says why, once."""
 
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -125,3 +128,93 @@ def test_forked_steps_start_the_global_random_generators_as_fresh_processes_do(r
         assert same.load("x") == same.load("y") == (0.8444218515250481, 0.5488135039273248)
         other, _ = run(unseeded, *draw, isolate=isolate)
         assert all(a != b for a, b in zip(other.load("x"), other.load("y"))), (isolate, other.load("x"), other.load("y"))
+
+
+PRINTING = [
+    "%%prelude\nimport logging, sys\nlogging.basicConfig(level=logging.INFO, format='log: %(message)s')\n"
+    "ERR = sys.stderr\nprint('prelude out')\nprint('prelude err', file=sys.stderr)",
+    "%%step a\nprint('a out')\nlogging.getLogger('a').info('a one')\nprint('a err', file=sys.stderr)\n"
+    "logging.getLogger('a').info('a two')\nprint('a via ERR', file=ERR)\nx = 1",
+    "%%step b\nlogging.getLogger('b').info('b one')\ny = 2",
+]
+STDERR_OF_A = ["prelude err", "log: a one", "a err", "log: a two", "a via ERR"]
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_streams_the_prelude_handed_out_write_to_each_steps_output_in_order(run, capsys, isolate):
+    # logging.basicConfig() and `ERR = sys.stderr` keep the stream they were given: in a fork it must
+    # be the step's own output, not something the prelude's output was caught in.
+    result, printed = run(*PRINTING, isolate=isolate)
+    a, b = result.logs("a").splitlines(), result.logs("b").splitlines()
+    assert [line for line in a if line in STDERR_OF_A] == STDERR_OF_A
+    assert a.count("prelude out") == a.count("a out") == 1 and len(a) == 7, a
+    assert sorted(b) == ["log: b one", "prelude err", "prelude out"]
+    err = capsys.readouterr().err  # what a step writes to stderr, the run shows on stderr
+    assert "[a] log: a two" in err and "[b] log: b one" in err and err.count("prelude err") == 2
+    assert printed.count("prelude out") == 2
+
+
+def test_what_the_prelude_made_lasts_for_every_step_and_its_exit_handlers_run_once(run, tmp_path):
+    cells = [
+        "%%prelude\nimport atexit, os, tempfile\ntmp = tempfile.TemporaryDirectory()\n"
+        "atexit.register(lambda: open('exits.txt', 'a').write('prelude\\n'))",
+        "%%step a --outputs where kept\nwhere = tmp.name\nopen(os.path.join(tmp.name, 'a'), 'w').write('a')\n"
+        "atexit.register(lambda: open('exits.txt', 'a').write('a\\n'))\n"
+        "tempfile.kept = tempfile.TemporaryDirectory()  # the step's own, removed at exit\nkept = tempfile.kept.name\nx = 1",
+        "%%step b\nopen(os.path.join(tmp.name, 'b'), 'w').write('b')\ny = x + 1",
+    ]
+    for isolate, prelude_exits in ((False, 1), (True, 2)):  # warm: the prelude ran once, in the supervisor
+        result, _ = run(*cells, isolate=isolate)
+        assert result.state == "SUCCEEDED", result.failure_message()
+        exits = (tmp_path / "exits.txt").read_text().splitlines()
+        assert sorted(exits) == ["a"] + ["prelude"] * prelude_exits, (isolate, exits)
+        assert not os.path.exists(result.load("where")) and not os.path.exists(result.load("kept"))
+        os.remove(tmp_path / "exits.txt")
+
+
+def test_a_step_leaves_as_a_process_exits_cycles_exit_handlers_and_the_preludes_files_included(run, tmp_path):
+    cells = [
+        "%%prelude\njournal = open('journal.txt', 'w')",
+        "%%step a\nimport atexit\nclass Holder:\n    pass\nh = Holder()\nh.me = h\nh.f = open('cycle.txt', 'w')\n"
+        "h.f.write('in a cycle')\nout = open('exit.txt', 'w')\natexit.register(lambda: out.write('at exit'))\n"
+        "journal.write('journal')\nx = 1",
+    ]
+    expected = {"cycle.txt": "in a cycle", "exit.txt": "at exit", "journal.txt": "journal"}
+    subprocess.run([sys.executable, "-c", "\n".join(cell.split("\n", 1)[1] for cell in cells)], cwd=tmp_path, check=True)
+    assert {name: (tmp_path / name).read_text() for name in expected} == expected  # what plain python does
+    for isolate in (False, True):
+        for name in expected:
+            os.remove(tmp_path / name)
+        result, _ = run(*cells, isolate=isolate)
+        assert result.state == "SUCCEEDED", result.failure_message()
+        assert {name: (tmp_path / name).read_text() for name in expected} == expected, isolate
+
+
+def test_a_file_the_prelude_opened_holds_what_plain_python_writes_to_it_step_after_step(run, tmp_path):
+    # What the prelude wrote and had not flushed is written once, not again by every step.
+    cells = [
+        "%%prelude\njournal = open('journal.txt', 'w')\njournal.write('header, ')",
+        "%%step a\njournal.write('a, ')\nx = 1",
+        "%%step b\njournal.write('b')\ny = x + 1",
+    ]
+    subprocess.run([sys.executable, "-c", "\n".join(cell.split("\n", 1)[1] for cell in cells)], cwd=tmp_path, check=True)
+    assert (tmp_path / "journal.txt").read_text() == "header, a, b"
+    result, _ = run(*cells)
+    assert result.state == "SUCCEEDED" and (tmp_path / "journal.txt").read_text() == "header, a, b"
+
+
+def test_what_a_steps_threads_were_still_doing_when_it_ended_is_done_as_in_plain_python(run, tmp_path):
+    cell = (
+        "%%step a\nimport threading, time\nfrom concurrent.futures import ThreadPoolExecutor\n"
+        "ThreadPoolExecutor(2).submit(lambda: (time.sleep(0.3), open('pool.txt', 'w').write('pool')))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), open('thread.txt', 'w').write('thread'))).start()\nx = 1"
+    )
+    subprocess.run([sys.executable, "-c", cell.split("\n", 1)[1]], cwd=tmp_path, check=True)
+    expected = {"pool.txt": "pool", "thread.txt": "thread"}
+    for isolate in (None, False, True):  # None: plain python
+        if isolate is not None:
+            result, _ = run(cell, isolate=isolate)
+            assert result.state == "SUCCEEDED", result.failure_message()
+        assert {name: (tmp_path / name).read_text() for name in expected} == expected, isolate
+        for name in expected:
+            os.remove(tmp_path / name)

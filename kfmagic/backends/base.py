@@ -435,11 +435,32 @@ def _hold(record):
 
 @contextlib.contextmanager
 def held(record):
-    """Around a run's processes: once they are done, however (an error included), it is not running."""
+    """Around a run's processes: once they are done, however (an error included), it is not running.
+    An error of kfmagic's own that stops the run loop ends the run FAILED (Ctrl-C: CANCELED) in its
+    run.json, unless the run has ended already: it never reads back as still running."""
     try:
         yield
+    except BaseException as error:
+        if record.state == "RUNNING":
+            _cut_short(record, error)
+        raise
     finally:
         _release(record)
+
+
+def _cut_short(record, error):
+    """The run `record` stops midway on `error`: its steps not ended, and itself, end so."""
+    state = "CANCELED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    now = time.time()
+    for step in record.steps.values():
+        if step.state == "RUNNING":
+            step.state, step.finished = state, now
+            if state == "FAILED":
+                step.error = f"Step {step.name!r} was stopped: the run ended on an error ({type(error).__name__}: {error})."
+        elif step.state == "PENDING":
+            step.state = "SKIPPED" if state == "FAILED" else "CANCELED"
+    record.state, record.finished = state, now
+    ended(record)
 
 
 def _release(record):

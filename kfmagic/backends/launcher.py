@@ -49,6 +49,7 @@ class Launcher:
         self.process = self.channel = None
         self.stopped = threading.Event()  # the supervisor has gone (`clean`: after stopping everything)
         self.clean = False
+        self.warming = False  # the supervisor runs the prelude, and reads nothing until it has
 
     def _supervisor(self):
         if self.process is None:
@@ -67,20 +68,32 @@ class Launcher:
         params it starts from), so that steps start as forks of it; the answer arrives as a
         ("warm", None, None, why not) event."""
         self._supervisor()
+        self.warming = True
         self._send({"op": "warm", "prelude": prelude, "cwd": cwd})
 
     def start(self, name, argv, cwd, env=None, spec=None, isolate=False):
-        """Start process `name` (a warm fork running `spec`, unless `isolate`, else `argv`, with
-        `env` added to step_env()); its output lines, ends of output and exit arrive as events."""
-        readers, writers = zip(os.pipe(), os.pipe())
+        """Start process `name`: a warm fork running `spec` (unless `isolate`, or no prelude was
+        warmed), else `argv` executed afresh, with `env` added to the supervisor's environment
+        (step_env()); a warm fork has the supervisor's own. Its output lines, ends of output and exit
+        arrive as events; if the supervisor cannot be asked (it has died), a ("failed", ...) event."""
+        pipes = []
         try:
+            for _ in ("stdout", "stderr"):
+                pipes.append(os.pipe())
             message = {"op": "start", "name": name, "argv": argv, "cwd": cwd, "env": env or {}, "spec": spec, "isolate": isolate}
-            socket.send_fds(self._supervisor(), [json.dumps(message).encode()], list(writers))
-        finally:
-            for fd in writers:
-                os.close(fd)
-        for stream_name, fd in zip(("stdout", "stderr"), readers):
-            pipe = os.fdopen(fd, "rb")
+            socket.send_fds(self._supervisor(), [json.dumps(message).encode()], [writer for _, writer in pipes])
+        except BaseException as error:  # Ctrl-C included: nothing of it is left open
+            for pipe in pipes:
+                for fd in pipe:
+                    os.close(fd)
+            if not isinstance(error, OSError):
+                raise
+            self.events.put(("failed", name, None, f"the run's supervisor could not start it ({error})"))
+            return
+        for _, writer in pipes:
+            os.close(writer)
+        for stream_name, (reader, _) in zip(("stdout", "stderr"), pipes):
+            pipe = os.fdopen(reader, "rb")
             threading.Thread(target=pump_lines, args=(name, stream_name, pipe, self.events), daemon=True).start()
 
     def _listen(self):
@@ -99,6 +112,7 @@ class Launcher:
                 self.stopped.set()
                 return
             if message["op"] == "warm":
+                self.warming = False
                 self.events.put(("warm", None, None, message["fallback"]))
                 continue
             detail = message.get("returncode", message.get("pid", message.get("error")))
@@ -106,9 +120,12 @@ class Launcher:
 
     def stop(self, grace=STOP_GRACE):
         """Stop every process of the run: SIGTERM together, SIGKILL after `grace`; a Ctrl-C meanwhile
-        means "now", and never leaves a process behind."""
+        means "now", and never leaves a process behind. While the prelude is being warmed, now: the
+        supervisor would not read the request before the prelude ends, and no step has started."""
         if self.process is None:
             return
+        if self.warming:
+            self._kill()
         hurry = threading.Event()
         with _interrupts_set(hurry):
             self._send({"op": "stop", "grace": grace})
@@ -125,13 +142,19 @@ class Launcher:
         if self.process is None:
             return
         if self.process.poll() is None and not self.stopped.wait(2):
-            self.process.kill()
+            self._kill()
         self.process.wait()
         self.channel.close()
         if not self.clean:  # found by the mark the supervisor put in their environment
             for pid in supervisor.started_by(self.process.pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+
+    def _kill(self):
+        """SIGKILL to the supervisor and what the prelude it runs started (its process group, of which
+        it is the leader; steps are in sessions of their own, and die with it)."""
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def _send(self, message):
         try:
