@@ -284,3 +284,5 @@ def test_an_error_of_the_run_loop_itself_ends_the_run_failed_not_running(run, tm
     info = base.read_info(run_dir)
     assert info["state"] == "FAILED" and info["finished"] and not base.is_running(run_dir)
     assert info["times"]["a"][1] and info["times"]["b"] == [None, None]
+    read_back = base.open_run_dir(str(run_dir))
+    assert read_back.state == "FAILED" and {name: step.state for name, step in read_back.steps.items()} == {"a": "FAILED", "b": "SKIPPED"}

@@ -356,8 +356,8 @@ def steps_listed(steps):
 def open_run_dir(run_dir):
     """The run kept in `run_dir` (local or kfp-local, run by any kernel or the CLI), as a Run read from
     its run.json and its steps' results. Its state is what those say: SUCCEEDED when every step
-    succeeded, FAILED when one failed, CANCELED if it was stopped, else RUNNING (still running, or
-    its process was killed)."""
+    succeeded, FAILED when one failed or the run ended so, CANCELED if it was stopped, else RUNNING
+    (still running, or its process was killed)."""
     info = read_info(run_dir)
     listed = steps_listed(info.get("steps")) or [(name, ()) for name in FolderStore(run_dir).steps()]
     steps = {name: StepRun(name, assigns) for name, assigns in listed}
@@ -377,8 +377,10 @@ def open_run_dir(run_dir):
     elif states <= {"SUCCEEDED"}:
         record.state = "SUCCEEDED"
     else:
-        record.state = "CANCELED" if info.get("state") == "CANCELED" else "RUNNING"
+        record.state = info.get("state") if info.get("state") in ("CANCELED", "FAILED") else "RUNNING"
     ended = {"FAILED": {"PENDING": "SKIPPED"}, "CANCELED": {"PENDING": "CANCELED", "RUNNING": "CANCELED"}}
+    if info.get("state") == "FAILED":  # the run ended (stopped by an error of its own): nothing of it runs
+        ended["FAILED"]["RUNNING"] = "FAILED"
     for step in steps.values():
         step.state = ended.get(record.state, {}).get(step.state, step.state)
     moments = [t for step in steps.values() for t in (step.started, step.finished) if t]
