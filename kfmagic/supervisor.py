@@ -399,6 +399,8 @@ class Supervisor:
             del self.leftovers[process]
 
     def _signal(self, processes, sig):
+        if not processes:
+            return  # no need to read /proc (every turn of the loop asks, with nothing overdue)
         alive = _processes()
         for pid, start in processes:
             if pid != self.pid and alive.get(pid, (0, 0, None))[2] == start:
@@ -457,6 +459,7 @@ def serve(channel):
     supervisor = Supervisor(channel, selector, [wake_read, wake_write, selector.fileno()])
     selector.register(channel, selectors.EVENT_READ, "channel")
     selector.register(wake_read, selectors.EVENT_READ, "signal")
+    tracked_at = 0.0
     while not supervisor.stopped():
         watching = supervisor.steps or supervisor.leftovers
         for key, _ in selector.select(_TRACK_SECONDS if watching else 1.0):
@@ -485,8 +488,9 @@ def serve(channel):
                     os.close(fd)
         supervisor.reap()
         supervisor.kill_overdue()
-        if watching:
+        if watching and time.monotonic() - tracked_at >= _TRACK_SECONDS:  # not at every message: /proc costs ~1 ms
             supervisor.track()
+            tracked_at = time.monotonic()
     supervisor.kill_all()
     supervisor.send(op="stopped")
 
