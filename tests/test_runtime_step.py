@@ -385,7 +385,8 @@ def test_a_generator_has_moved_when_its_state_changed_or_numpy_arrived_having_dr
         return ("MT19937", words.copy(), position, gauss, 0.0)
 
     assert runtime.moved({"random": state}, {"random": state}) == []
-    assert runtime.moved({"random": state}, {"random": (3, (*state[1][:-1], 5), None)}) == ["random"]
+    moved_on = (3, (*state[1][:-1], (state[1][-1] + 1) % 625), None)  # its position in the block, one further
+    assert runtime.moved({"random": state}, {"random": moved_on}) == ["random"]
     fresh = [runtime.moved({"random": state}, {"random": state, "numpy": numpy_state(p)}) for p in (623, 624)]
     assert fresh == [[], []]  # numpy imported between the two, never drawn from: as it would start anyway
     drawn = [runtime.moved({"random": state}, {"random": state, "numpy": numpy_state(p, g)}) for p, g in ((5, 0), (624, 1))]
