@@ -394,3 +394,67 @@ def test_a_generator_has_moved_when_its_state_changed_or_numpy_arrived_having_dr
     same = runtime.moved({"numpy": numpy_state(7)}, {"numpy": numpy_state(7)})
     other_words = runtime.moved({"numpy": numpy_state(7)}, {"numpy": numpy_state(7, words=keys[::-1].copy())})
     assert (same, other_words) == ([], ["numpy"])
+
+
+def test_open_files_are_listed_and_flushed_whatever_their_state(tmp_path):
+    held, done = open(tmp_path / "held.txt", "w"), open(tmp_path / "done.txt", "w")
+    done.close()
+    try:
+        held.write("kept")
+        found = runtime.open_files()
+        assert any(file is held for file in found) and not any(file is done for file in found)
+        runtime.flush([held, done])  # a closed file is passed over
+        assert (tmp_path / "held.txt").read_text() == "kept"
+    finally:
+        held.close()
+
+
+def in_a_child(body):
+    """Run `body` in a forked child that must end by runtime.leave; its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            body()
+        finally:
+            os._exit(99)  # leave() was not reached
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_step_leaves_as_python_exits_its_threads_exit_handlers_and_cycles_included(tmp_path):
+    import atexit
+    import threading
+    import time
+
+    def step():
+        class Holder:
+            pass
+
+        holder = Holder()
+        holder.me, holder.file = holder, open(tmp_path / "cycle.txt", "w")  # only a cycle holds the file
+        holder.file.write("data")
+        del holder
+        threading.Thread(target=lambda: (time.sleep(0.2), (tmp_path / "thread.txt").write_text("late"))).start()
+        atexit.register(lambda: (tmp_path / "atexit.txt").write_text("ran"))
+        runtime.leave(3, {"x": 1})
+
+    assert in_a_child(step) == 3
+    assert [(tmp_path / name).read_text() for name in ("cycle.txt", "thread.txt", "atexit.txt")] == ["data", "late", "ran"]
+
+
+def test_a_warm_step_runs_only_its_own_exit_handlers_and_finalizers(tmp_path):
+    import atexit
+    import tempfile
+
+    def step():
+        atexit.register(lambda: (tmp_path / "prelude.txt").write_text("ran"))
+        preludes = tempfile.TemporaryDirectory(dir=tmp_path)  # finalized at exit, by the supervisor alone
+        runtime.forget_exit_handlers()
+        atexit.register(lambda: (tmp_path / "step.txt").write_text("ran"))
+        steps = tempfile.TemporaryDirectory(dir=tmp_path)
+        (tmp_path / "names.txt").write_text(f"{preludes.name}\n{steps.name}")
+        runtime.leave(0, {"preludes": preludes, "steps": steps}, files=())
+
+    assert in_a_child(step) == 0
+    preludes, steps = (tmp_path / "names.txt").read_text().splitlines()
+    assert not (tmp_path / "prelude.txt").exists() and (tmp_path / "step.txt").read_text() == "ran"
+    assert os.path.isdir(preludes) and not os.path.exists(steps)
