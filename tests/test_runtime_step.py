@@ -458,3 +458,28 @@ def test_a_warm_step_runs_only_its_own_exit_handlers_and_finalizers(tmp_path):
     preludes, steps = (tmp_path / "names.txt").read_text().splitlines()
     assert not (tmp_path / "prelude.txt").exists() and (tmp_path / "step.txt").read_text() == "ran"
     assert os.path.isdir(preludes) and not os.path.exists(steps)
+
+
+def test_a_fork_keeps_the_generators_the_prelude_seeded_or_drew_from_and_reseeds_the_others():
+    import random
+
+    import numpy as np
+
+    saved = random.getstate(), np.random.get_state()
+    try:
+        before = runtime.random_states()
+        random.seed(7)  # the prelude seeded the random module; numpy it left alone
+        after = runtime.random_states()
+        states = runtime.fork_states(before, after, seeded=())
+        assert states["random"] == after["random"] and states["numpy"] is None
+        assert runtime.fork_states(before, before, seeded=("numpy",))["numpy"] is before["numpy"]
+        random.random(), np.random.random()  # the fork's parent draws on; the step starts as the prelude left it
+        numpy_before = np.random.get_state()
+        runtime.start_random_states(states)
+        assert random.getstate() == after["random"]
+        assert np.random.get_state()[1].tobytes() != numpy_before[1].tobytes()  # reseeded: not the parent's numbers
+        runtime.start_random_states({"numpy": numpy_before})
+        assert np.random.get_state()[1].tobytes() == numpy_before[1].tobytes()
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])

@@ -231,3 +231,34 @@ def test_functions_and_classes_of_the_notebook_bind_to_the_namespace_they_load_i
     del namespace["x"]
     assert serde.load(path, {"__name__": "__main__"})["show"]() == 5  # what it was pickled with fills the gap
     assert serde.load(path)["show"]() == 5  # no namespace: as pickled
+
+
+class _NativeMatrix:
+    """Stands for xgboost's DMatrix (native memory, no pickle support): what serde asks of one."""
+
+    feature_names = ["a", "b"]
+
+    def __init__(self, types=("q", "c"), group_bounds=(0, 1, 3)):
+        self.feature_types, self.group_bounds = list(types) if types else None, group_bounds
+
+    def get_float_info(self, name):
+        return {"label": np.array([1.0, 0.0, 1.0]), "weight": np.array([2.0, 1.0, 1.0])}.get(name, np.array([]))
+
+    def get_uint_info(self, name):
+        assert name == "group_ptr"
+        return np.array(self.group_bounds, dtype=np.uint32)
+
+    def get_data(self):
+        return "the matrix's data"
+
+
+def test_a_dmatrix_is_reduced_to_its_own_constructor_with_its_data_and_the_info_it_holds():
+    dmatrix = type("DMatrix", (_NativeMatrix,), {"__module__": "xgboost.core"})  # as xgboost names it
+    build, args = serde._reduce_native(dmatrix())
+    assert build.func is dmatrix and args == ("the matrix's data",)
+    given = {name: value.tolist() if hasattr(value, "tolist") else value for name, value in build.keywords.items()}
+    assert given == {"feature_names": ["a", "b"], "feature_types": ["q", "c"], "enable_categorical": True,
+                     "label": [1.0, 0.0, 1.0], "weight": [2.0, 1.0, 1.0], "group": [1, 2]}
+    plain, _ = serde._reduce_native(dmatrix(types=None, group_bounds=(0,)))
+    assert plain.keywords["enable_categorical"] is False and "group" not in plain.keywords
+    assert serde._reduce_native(_NativeMatrix()) is NotImplemented  # any other class: pickled as it is
