@@ -4,7 +4,7 @@
 # mutants/ (a copy of the project, kept between runs: only what changed is tested again).
 # Then prints the score of each module; mutation/equivalent.md lists the equivalent survivors.
 #
-#   mutation/run.sh                     everything (about 20 minutes on 2 cores, nice'd, 1 worker)
+#   mutation/run.sh                     everything (about 25 minutes on 2 cores, nice'd, 1 worker)
 #   mutation/run.sh 'kfmagic.drift*'    only the mutants matching a pattern, tested again
 #   MUTMUT_CHILDREN=2 mutation/run.sh   more workers, on a machine nobody else is using
 set -e
