@@ -375,16 +375,18 @@ def flush(files):
 def leave(code, namespace, done=None, files=()):
     """End a step's process without the interpreter's teardown (a sixth of a trivial step's time),
     doing what teardown does that a user can see, in its order: the threads the step started that are
-    not daemons are waited for (an executor's idle workers told to go first); exit handlers run; every
-    open file is flushed (`files`: the prelude's too, in a warm step), since the collector closes what
-    only a cycle holds in no set order, a file's text layer possibly after the file under it, and a
-    file still referenced is never closed; then what the cells made is released, cycles included
+    not daemons are waited for (an executor's idle workers told to go first); every open file is
+    flushed (`files`: the prelude's too, in a warm step), before the exit handlers run and again after
+    them, since the collector closes what only a cycle holds in no set order, a file's text layer
+    possibly after the file under it (and a handler may collect: IPython's does), and a file still
+    referenced is never closed; then what the cells made is released, cycles included
     (files closed, temporary folders removed; in a warm step the prelude's objects stay, held by the
     supervisor); output flushed. `done()` is told just before the process ends, when nothing of the
     step is left to run."""
     wait_for_threads = getattr(threading, "_shutdown", None)  # a thread still working finishes first
     if wait_for_threads is not None:
         wait_for_threads()
+    flush([*open_files(), *files])
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is not None:
         run_exit_handlers()
