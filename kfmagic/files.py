@@ -10,6 +10,7 @@ in ('a.csv', 'b.json'):`); `open(f'{name}.csv')` is not. Pure, stdlib only.
 """
 
 import ast
+import functools
 import os
 
 # Calls that read a file named by their first argument (`pd.read_csv`, `np.load`, `joblib.load`).
@@ -61,12 +62,14 @@ def _named_literals(tree):
     return named
 
 
+@functools.lru_cache(maxsize=1024)
 def paths(code):
-    """(paths read, paths written) by `code`, each in order of appearance; ([], []) if it does not parse."""
+    """(paths read, paths written) by `code`, each in order of appearance; ((), ()) if it does not
+    parse. Remembered: the plan orders steps by them and the cache keys and records each step by them."""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # too deeply nested: the plan says so
-        return [], []
+        return (), ()
     named = _named_literals(tree)
     reads, writes = {}, {}
     for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
@@ -87,7 +90,7 @@ def paths(code):
         for path in found:
             if path is not None:
                 target.setdefault(os.path.normpath(path))
-    return list(reads), list(writes)
+    return tuple(reads), tuple(writes)
 
 
 def step_paths(codes):

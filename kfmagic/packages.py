@@ -31,12 +31,8 @@ def _installed_stamp():
     return tuple(stamps)
 
 
-def _providers():
-    return _providers_at(_installed_stamp())
-
-
 @functools.lru_cache(maxsize=1)
-def _providers_at(stamp):
+def _providers(stamp):
     return importlib.metadata.packages_distributions()
 
 
@@ -45,12 +41,8 @@ def normalize(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pinned(distribution):
-    return _pinned_at(distribution, _installed_stamp())
-
-
 @functools.lru_cache(maxsize=None)
-def _pinned_at(distribution, stamp):
+def _pinned(distribution, stamp):
     return f"{distribution}=={importlib.metadata.version(distribution)}"
 
 
@@ -60,18 +52,18 @@ def requirements(modules, extra=(), shell=False):
     `modules` are top-level module names the step imports; standard library modules need nothing.
     `extra` (the step's --packages) adds requirements and replaces a pinned one of the same name.
     """
-    wanted, unknown = {}, []
+    wanted, unknown, stamp = {}, [], _installed_stamp()  # looked up again once that changes
     for module in modules:
         if module in sys.stdlib_module_names or module in sys.builtin_module_names:
             continue
-        distributions = _providers().get(module)
+        distributions = _providers(stamp).get(module)
         if not distributions:
             unknown.append(module)
             continue
         for distribution in distributions:
-            wanted.setdefault(normalize(distribution), pinned(distribution))
+            wanted.setdefault(normalize(distribution), _pinned(distribution, stamp))
     for distribution in (*MARSHALLING, *(SHELL if shell else ())):
-        wanted.setdefault(normalize(distribution), pinned(distribution))
+        wanted.setdefault(normalize(distribution), _pinned(distribution, stamp))
     for requirement in extra:
         match = _NAME_RE.match(requirement)
         wanted[normalize(match.group(1)) if match else requirement] = requirement

@@ -386,11 +386,12 @@ def leave(code, namespace, done=None, files=()):
     wait_for_threads = getattr(threading, "_shutdown", None)  # a thread still working finishes first
     if wait_for_threads is not None:
         wait_for_threads()
-    flush([*open_files(), *files])
+    files = [*open_files(), *files]  # looked up once: the collector's list is long in a fresh process
+    flush(files)
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
     if run_exit_handlers is not None:
         run_exit_handlers()
-    flush([*open_files(), *files])
+    flush(files)
     namespace.clear()
     gc.collect()  # what only a cycle holds (an object referring to itself, holding a file) is released too
     for stream in (sys.stdout, sys.stderr):
