@@ -13,6 +13,7 @@ AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL; GOOGLE_APPLICATION_CREDENTIALS), never 
 they appear in no compiled pipeline, run folder or message.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -157,8 +158,22 @@ class ObjectStore:
                 _download(source, os.path.dirname(local), local)
         return local
 
+    @contextlib.contextmanager
     def _reading(self, what):
-        return _StoreErrors(self.where, what)
+        """What the storage library raises meanwhile, as one message saying what to check."""
+        try:
+            yield
+        except KfmagicError:
+            raise
+        except ImportError as error:
+            raise KfmagicError(f"Cannot read the run store {self.where}: {error}. {INSTALL_HINT}.") from None
+        except Exception as error:  # noqa: BLE001 - fsspec's backends raise their own kinds
+            said = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            raise KfmagicError(
+                f"Cannot read {what} from the run store {self.where}: {type(error).__name__}"
+                f"{': ' + said if said else ''}. Check the URL, that this machine reaches it, and the credentials "
+                f"in the environment: {CREDENTIALS_HINT}."
+            ) from None
 
 
 class CombinationStore:
@@ -184,25 +199,3 @@ def _download(source, folder, local):
         finally:
             if os.path.lexists(partial):
                 os.remove(partial)
-
-
-class _StoreErrors:
-    """What the storage library raises while reading the store, as one message saying what to check."""
-
-    def __init__(self, url, what):
-        self.url, self.what = url, what
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        if error is None or isinstance(error, (KfmagicError, KeyboardInterrupt)) or not isinstance(error, Exception):
-            return False
-        if isinstance(error, ImportError):
-            raise KfmagicError(f"Cannot read the run store {self.url}: {error}. {INSTALL_HINT}.") from None
-        said = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-        raise KfmagicError(
-            f"Cannot read {self.what} from the run store {self.url}: {type(error).__name__}"
-            f"{': ' + said if said else ''}. Check the URL, that this machine reaches it, and the credentials "
-            f"in the environment: {CREDENTIALS_HINT}."
-        ) from None
