@@ -16,7 +16,9 @@
 
 Warm start: a step's process costs its own work, not the prelude's imports again. The supervisor
 runs the prelude once (in a `__main__` namespace, as a step would) and each step is a fork of it:
-it starts from the state the prelude left, and nothing a step does reaches another. What the
+it starts from the state the prelude left, and nothing a step does reaches another. The fork is
+made ahead (a spare, waiting for its step's message while the step before it runs), so that a
+chain of steps does not wait for a fork of the whole prelude process at each step. What the
 prelude printed (caught at fds 1 and 2, so that the streams it handed out stay the real ones) is
 written first in each step's output. What the prelude made stays referenced here, so no step
 finalizes it for the others (a temporary folder), and its exit handlers run once, when the
@@ -63,6 +65,15 @@ _FRESH_HANDLERS = {
 }
 # Modules whose runtime does not survive a fork once imported (threads and GPU contexts of their own).
 _UNFORKABLE = {"tensorflow": "TensorFlow", "jax": "JAX", "cupy": "CuPy", "pycuda": "PyCUDA"}
+
+
+class _Spare(typing.NamedTuple):
+    """A fork of the warmed process waiting to become the next warm step: its session, signal
+    handlers and death with the supervisor are set; its step's message and output come through `channel`."""
+
+    pid: int
+    channel: socket.socket  # the supervisor's end
+    done: int  # the read end of the pipe through which its step says it is done
 
 
 class _Warm(typing.NamedTuple):
@@ -213,6 +224,7 @@ class Supervisor:
         self.channel, self.selector, self.pid = channel, selector, os.getpid()
         self.own_fds = own_fds  # the supervisor's own (wakeup pipe, selector): not a step's
         self.warm = None  # a _Warm once warmed
+        self.spare = None  # a _Spare once warmed, unless just used
         self.prelude_handlers = {}  # signal -> the handler the prelude set
         self.steps = {}  # pid -> name of a step still running
         self.owned = {}  # name -> {(pid, start time)}: everything a step started, as last seen
@@ -260,39 +272,79 @@ class Supervisor:
             gc.freeze()  # what the prelude made is never collected in a step: its pages stay shared
             self.warm = warm
         self.send(op="warm", fallback=why)
+        if why is None:
+            self._make_spare()
 
     def start(self, message, fds):
-        stdout, stderr = fds
-        mark = {STEP_ENV: self._mark(message["name"])}
-        message["env"] = dict(os.environ, **message["env"], **mark)  # the message holds what differs
+        """Step `message["name"]`, its stdout and stderr `fds`: the spare fork of the warmed prelude
+        (and another made for the next step while this one runs), else a fork executing it afresh."""
+        name = message["name"]
         warm = self.warm is not None and not message.get("isolate")
-        done_read, done_write = os.pipe() if warm else (None, None)  # a warm step says when it is done
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            pid = self._hand_to_spare(message, fds) if warm else self._fork_afresh(message, fds)
+        except OSError as error:  # nothing of the step is left open: its output ends at once
+            self.send(op="failed", name=name, error=str(error))
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)  # the step's process has them
+        self.steps[pid] = name
+        self.owned[name] = set()
+        self.send(op="started", name=name, pid=pid)
+        if warm:
+            self._make_spare()
+
+    def _make_spare(self):
+        """A spare for the next warm step, unless one is waiting; if it cannot be forked now, that
+        step forks it (and fails, saying why, if it still cannot)."""
+        if self.spare is None:
+            with contextlib.suppress(OSError):
+                self.spare = self._fork_spare()
+
+    def _hand_to_spare(self, message, fds):
+        """The spare (forked now if none is waiting) becomes the step: its pid."""
+        spare, self.spare = self.spare or self._fork_spare(), None
+        with spare.channel:
+            try:
+                socket.send_fds(spare.channel, [json.dumps(message).encode()], fds)
+            except OSError:
+                os.close(spare.done)
+                raise
+        self.selector.register(spare.done, selectors.EVENT_READ, ("done", spare.pid))
+        return spare.pid
+
+    def _fork_spare(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        done_read, done_write = os.pipe()
+        _flush_std()
         try:
             pid = os.fork()
-        except OSError as error:  # nothing of the step is left open: its output ends at once
-            for fd in (stdout, stderr, done_read, done_write):
-                if fd is not None:
-                    os.close(fd)
-            self.send(op="failed", name=message["name"], error=str(error))
-            return
+        except OSError:
+            for fd in (done_read, done_write):
+                os.close(fd)
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
-            if warm:
-                os.environ.update(mark)
-                self._become_warm_step(message, stdout, stderr, done_write)
-            self._become_step(message, stdout, stderr)
-        os.close(stdout)
-        os.close(stderr)
-        if warm:
-            os.close(done_write)
-            self.selector.register(done_read, selectors.EVENT_READ, ("done", pid))
-        self.steps[pid] = message["name"]
-        self.owned[message["name"]] = set()
-        self.send(op="started", name=message["name"], pid=pid)
+            ours.close()
+            os.close(done_read)
+            self._wait_as_spare(theirs, done_write)
+        theirs.close()
+        os.close(done_write)
+        return _Spare(pid, ours, done_read)
 
-    def _into_session(self, stdout, stderr, handlers):
-        """In a forked child: a session of its own, death with the supervisor, the step's output."""
+    def _fork_afresh(self, message, fds):
+        """A child executing the step's command line, in the supervisor's environment and the message's."""
+        env = dict(os.environ, **message["env"], **{STEP_ENV: self._mark(message["name"])})
+        _flush_std()
+        pid = os.fork()
+        if pid == 0:
+            self._become_step(message, env, *fds)
+        return pid
+
+    def _into_session(self, handlers):
+        """In a forked child: a session of its own, death with the supervisor, the step's signal
+        handlers, none of the supervisor's descriptors."""
         os.setsid()
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.pid:  # the supervisor died before the line above: so does the step
@@ -301,29 +353,50 @@ class Supervisor:
             signal.signal(sig, handler)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        null = os.open(os.devnull, os.O_RDONLY)
-        for source, target in ((null, 0), (stdout, 1), (stderr, 2)):
-            os.dup2(source, target)
-        for fd in (null, stdout, stderr, self.channel.fileno(), *self.own_fds):
+        for fd in (self.channel.fileno(), *self.own_fds):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _become_step(self, message, stdout, stderr):
+    @staticmethod
+    def _take_output(stdout, stderr):
+        """In the step's process: its stdout and stderr at fds 1 and 2, nothing to read at fd 0."""
+        null = os.open(os.devnull, os.O_RDONLY)
+        for source, target in ((null, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(source, target)
+        for fd in (null, stdout, stderr):
+            os.close(fd)
+
+    def _become_step(self, message, env, stdout, stderr):
         """In the forked child: exec the step afresh."""
         try:
-            self._into_session(stdout, stderr, dict.fromkeys(_FRESH_HANDLERS, signal.SIG_DFL))
+            self._into_session(dict.fromkeys(_FRESH_HANDLERS, signal.SIG_DFL))
+            self._take_output(stdout, stderr)
             os.closerange(3, 65536)
             os.chdir(message["cwd"])
-            os.execve(message["argv"][0], message["argv"], message["env"])
+            os.execve(message["argv"][0], message["argv"], env)
         except BaseException as error:  # noqa: B036 - nothing may escape a forked child
             os.write(2, f"kfmagic could not start step {message['name']!r}: {error}\n".encode())
         os._exit(127)
 
+    def _wait_as_spare(self, channel, done):
+        """In the forked child: wait for the step to become (no step: the run has ended)."""
+        try:
+            self._into_session({**_FRESH_HANDLERS, **self.prelude_handlers})
+            data, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 2)
+            channel.close()
+            message = json.loads(data) if data else None
+        except BaseException:  # noqa: B036 - nothing may escape a forked child
+            message = None
+        if message is None:
+            os._exit(0)
+        os.environ[STEP_ENV] = self._mark(message["name"])
+        self._become_warm_step(message, *fds, done)
+
     def _become_warm_step(self, message, stdout, stderr, done):
-        """In the forked child: the step, from the state the prelude left (what it printed first)."""
+        """In the spare: the step, from the state the prelude left (what it printed first)."""
         warm = self.warm
         try:
-            self._into_session(stdout, stderr, {**_FRESH_HANDLERS, **self.prelude_handlers})
+            self._take_output(stdout, stderr)
             runtime = warm.runtime
             runtime.forget_exit_handlers()  # the prelude's: the supervisor runs them, once
             runtime.start_random_states(warm.random_states)
@@ -350,7 +423,8 @@ class Supervisor:
         return processes
 
     def reap(self):
-        """Collect exited children; a step's exit is reported once its leftovers are told to stop."""
+        """Collect exited children; a step's exit is reported, then what it left behind is told to stop
+        (before the next message is read: the run loop meanwhile readies the steps that follow)."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -358,10 +432,14 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare.pid:  # died waiting: the next step forks another
+                self.spare.channel.close()
+                os.close(self.spare.done)
+                self.spare = None
             name = self.steps.pop(pid, None)
             if name is not None:
-                self._end(pid, name)
                 self.send(op="exited", name=name, returncode=os.waitstatus_to_exitcode(status))
+                self._end(pid, name)
 
     def step_done(self, pid, fd):
         """A warm step said it is done, its process only ending now: the step has ended (its
@@ -372,8 +450,8 @@ class Supervisor:
         name = self.steps.get(pid) if code else None
         if name is not None:
             del self.steps[pid]
-            self._end(pid, name)
             self.send(op="exited", name=name, returncode=code[0])
+            self._end(pid, name)
 
     def _mark(self, name):
         return f"{self.pid}:{name}"

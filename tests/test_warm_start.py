@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from kfmagic.display import TextProgress
@@ -218,3 +219,41 @@ def test_what_a_steps_threads_were_still_doing_when_it_ended_is_done_as_in_plain
         assert {name: (tmp_path / name).read_text() for name in expected} == expected, isolate
         for name in expected:
             os.remove(tmp_path / name)
+
+
+# A prelude that lets a step find the process forked ahead for the step after it: the supervisor's
+# other child (besides the step itself), waiting for its step.
+FINDS_THE_SPARE = (
+    "%%prelude\nimport os, time\nimport psutil\nstarted = time.time()\n"
+    "def the_spare():\n"
+    "    deadline = time.time() + 10\n"
+    "    while time.time() < deadline:\n"
+    "        others = [p for p in psutil.Process(os.getppid()).children() if p.pid != os.getpid()]\n"
+    "        if others:\n"
+    "            return others[0]\n"
+    "        time.sleep(0.01)\n"
+    "    raise AssertionError('no process was forked ahead for the next step')"
+)
+
+
+def test_the_next_steps_process_is_forked_while_a_step_runs_and_none_is_left_after_the_run(run):
+    result, _ = run(
+        FINDS_THE_SPARE,
+        "%%step a --outputs waiting\nwaiting = the_spare().pid\ntime.sleep(0.5)\na_ended = time.time()",
+        "%%step b\nborn = psutil.Process().create_time()\nahead = a_ended - born\nb_pid = os.getpid()\nlast_spare = the_spare().pid",
+    )
+    assert result.state == "SUCCEEDED", result.failure_message()
+    assert result.load("b_pid") == result.load("waiting")  # the process a saw waiting became b
+    assert result.load("ahead") > 0.3  # b's process existed before a ended: its start waited for no fork
+    assert not psutil.pid_exists(result.load("last_spare"))  # the one made for a step that never came
+
+
+def test_a_process_forked_ahead_that_died_waiting_is_replaced_and_the_next_step_still_starts_warm(run):
+    result, _ = run(
+        FINDS_THE_SPARE,
+        "%%step a\nspare = the_spare()\nspare.kill()\nwhile psutil.pid_exists(spare.pid):\n    time.sleep(0.01)\n"
+        "killed, t_a = spare.pid, started",
+        "%%step b\nb_pid, t_b = os.getpid(), started\nafter = (killed, t_a)",
+    )
+    assert result.state == "SUCCEEDED", result.failure_message()
+    assert result.load("b_pid") != result.load("killed") and result.load("t_b") == result.load("t_a")  # a fork all the same
