@@ -41,7 +41,7 @@ from kfmagic.registry import Pipeline  # noqa: E402
 from kfmagic.syntax import parse_cell  # noqa: E402
 
 PRELUDE = "import pandas as pd\nimport numpy as np\nimport sklearn"
-KFMAGIC = [sys.executable, "-m", "kfmagic.cli"]
+KFMAGIC = [sys.executable, "-m", "kfmagic"]  # what the installed `kfmagic` command runs
 COMMAND_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 
 

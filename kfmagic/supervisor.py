@@ -198,6 +198,16 @@ def _run_prelude(runtime, prelude):
     return why, _Warm(runtime, namespace, dict(namespace), printed, states, files)
 
 
+def _runtime():
+    """kfmagic's runtime, and what every step that saves a value needs: imported once, here, when the
+    supervisor starts (while its run loop still plans), not in every step."""
+    from kfmagic import runtime, serde  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        import cloudpickle  # noqa: F401
+    return runtime
+
+
 def _say_done(done, code):
     """A warm step's last act: its output ends (nothing more is written to it), and it says so."""
     for fd in (1, 2):
@@ -253,10 +263,11 @@ class Supervisor:
         """Run the prelude here, once, as each step would; steps are then forks of this process.
         Whatever stops it (the folder, the prelude's file, the prelude itself) is why steps start afresh."""
         ours = {sig: signal.getsignal(sig) for sig in _FRESH_HANDLERS}
+        runtime = _runtime()
         try:
             os.chdir(message["cwd"])
-            from kfmagic import runtime, serde  # noqa: F401 - imported once here, not in every step
-
+            if not sys.flags.safe_path:  # the run's folder first, as `python -m` started there has it
+                sys.path[0] = os.getcwd()  # (this process may have started elsewhere, ahead of its run)
             with open(message["prelude"]) as file:
                 prelude = json.load(file)
         except (OSError, ValueError) as error:
@@ -267,8 +278,6 @@ class Supervisor:
         for sig, handler in ours.items():
             signal.signal(sig, handler)
         if why is None:
-            with contextlib.suppress(ImportError):
-                import cloudpickle  # noqa: F401 - every step that saves a value needs it
             gc.freeze()  # what the prelude made is never collected in a step: its pages stay shared
             self.warm = warm
         self.send(op="warm", fallback=why)
@@ -301,6 +310,13 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 self.spare = self._fork_spare()
 
+    def _drop_spare(self):
+        """Forget the spare (it has died, or is about to be killed): its pid."""
+        spare, self.spare = self.spare, None
+        spare.channel.close()
+        os.close(spare.done)
+        return spare.pid
+
     def _hand_to_spare(self, message, fds):
         """The spare (forked now if none is waiting) becomes the step: its pid."""
         spare, self.spare = self.spare or self._fork_spare(), None
@@ -314,6 +330,7 @@ class Supervisor:
         return spare.pid
 
     def _fork_spare(self):
+        """A fork of this warmed process that waits (`_wait_as_spare`) for the step it will be."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         done_read, done_write = os.pipe()
         _flush_std()
@@ -423,19 +440,19 @@ class Supervisor:
         return processes
 
     def reap(self):
-        """Collect exited children; a step's exit is reported, then what it left behind is told to stop
-        (before the next message is read: the run loop meanwhile readies the steps that follow)."""
+        """Collect exited children (how many); a step's exit is reported, then what it left behind is
+        told to stop (before the next message is read: the run loop meanwhile readies the steps that follow)."""
+        collected = 0
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return collected
             if pid == 0:
-                return
+                return collected
+            collected += 1
             if self.spare is not None and pid == self.spare.pid:  # died waiting: the next step forks another
-                self.spare.channel.close()
-                os.close(self.spare.done)
-                self.spare = None
+                self._drop_spare()
             name = self.steps.pop(pid, None)
             if name is not None:
                 self.send(op="exited", name=name, returncode=os.waitstatus_to_exitcode(status))
@@ -503,22 +520,29 @@ class Supervisor:
         self.stopping = deadline if self.stopping is None else min(self.stopping, deadline)
 
     def kill_all(self):
-        """SIGKILL to every step and every process below the supervisor, until none is left."""
+        """SIGKILL to every step and every process below the supervisor, until none is left (the spare
+        first, collected at once: it runs nothing)."""
+        if self.spare is not None:
+            pid = self._drop_spare()
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         for _ in range(50):
             processes = self.track()
             everything = {(p, processes[p][2]) for p in _descendants(self.pid, processes)}
             everything |= {process for owned in self.owned.values() for process in owned}
             everything |= set(self.leftovers)
+            if not self.steps and not any(processes.get(p, (0, 0, None))[2] == start for p, start in everything):
+                return
             for pid in list(self.steps):
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except OSError:
                     pass
             self._signal(everything, signal.SIGKILL)
-            time.sleep(0.01)
-            self.reap()
-            if not self.steps and not _descendants(self.pid, _processes()):
-                return
+            for _ in range(10):  # until one is collected (a step ending by itself: in a few ms), then look again
+                time.sleep(0.001)
+                if self.reap():
+                    break
 
     def stopped(self):
         return self.stopping is not None and (not self.steps or time.monotonic() >= self.stopping)
@@ -528,6 +552,7 @@ def serve(channel):
     """The supervisor's loop: messages, exits and signals, until a stop has finished."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # the run loop's process died: stop, as on EOF
+    _runtime()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)

@@ -89,6 +89,17 @@ def test_a_run_reads_relative_paths_from_the_notebooks_directory(tmp_path):
     assert "total=40" in result.stdout and (path.parent / ".kfmagic" / "runs").is_dir()
 
 
+def test_a_prelude_imports_modules_beside_the_notebook_when_the_command_runs_elsewhere(tmp_path):
+    # The run's supervisor starts before the command has read the notebook (in the folder the command
+    # was started from); the prelude it runs still finds the notebook's own modules first.
+    path = notebook_file(tmp_path, "%%prelude\nimport helpers", "%%step use --metrics value\nvalue = helpers.VALUE * 2")
+    (path.parent / "helpers.py").write_text("VALUE = 21\n")
+    (tmp_path / "helpers.py").write_text("VALUE = -1  # where the command starts: not the notebook's\n")
+    result = kfmagic("run", "nb/pipe.ipynb", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "value=42" in result.stdout and "fresh process" not in result.stderr
+
+
 def test_plan_problems_and_failed_steps_exit_1_with_the_reason(tmp_path):
     notebook_file(tmp_path, "%%step one\ny = undefined_name + 1")
     check = kfmagic("check", "nb/pipe.ipynb", cwd=tmp_path)

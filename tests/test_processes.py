@@ -16,7 +16,7 @@ import pytest
 from conftest import make_notebook
 
 from kfmagic.display import TextProgress
-from kfmagic.errors import RunFailed
+from kfmagic.errors import PlanError, RunFailed
 from kfmagic.registry import Pipeline
 from kfmagic.syntax import parse_cell
 
@@ -282,6 +282,36 @@ def test_a_supervisor_killed_between_steps_fails_the_run_with_one_message_and_le
     assert "supervisor process ended unexpectedly" in result.steps["b"].error
     assert "Traceback" not in capsys.readouterr().err
     assert open_fds() <= before and kfmagic_processes() == []
+
+
+def supervisors_here():
+    """The supervisor processes this test process has started."""
+    return [child for child in psutil.Process().children() if "kfmagic.supervisor" in " ".join(child.cmdline())]
+
+
+def test_a_supervisor_started_ahead_of_its_run_is_the_runs_or_else_stopped(here):
+    from kfmagic.backends.launcher import supervisor_ahead
+
+    with supervisor_ahead():
+        [ahead] = supervisors_here()
+        result = run(pipeline_of("%%prelude\nimport os", "%%step a --metrics parent\nparent = os.getppid()"))
+    assert result.state == "SUCCEEDED" and result.metrics["a"]["parent"] == ahead.pid  # its steps' parent
+    with supervisor_ahead():  # the command never got to run it (a refused plan, a run sent to a cluster)
+        [ahead] = supervisors_here()
+        with pytest.raises(PlanError):
+            run(pipeline_of("%%step a\ny = undefined_name"))
+    assert not psutil.pid_exists(ahead.pid) and kfmagic_processes() == []
+
+
+def test_a_supervisor_started_ahead_of_a_run_sent_to_the_cluster_goes_when_the_run_is_submitted(kfp_server, here):
+    from kfmagic.backends.launcher import supervisor_ahead
+
+    pipeline = pipeline_of("%%step a --no-install\nx = 1")
+    pipeline.configure(host=kfp_server.url)
+    with supervisor_ahead():
+        [ahead] = supervisors_here()
+        pipeline.run()
+        assert not psutil.pid_exists(ahead.pid)  # not idle beside a run it has no part in
 
 
 def test_ctrl_c_while_the_prelude_runs_stops_it_at_once(here):

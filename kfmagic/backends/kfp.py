@@ -30,6 +30,7 @@ from ..plan import RUNTIME_TASK
 from ..runtime import OUTPUTS_DIR, RESULT_FILE
 from ..sweep import swept as sweep_names
 from .base import FINAL_STATES, RUN_ID, Run, StepRun, new_run_dir, read_result, step_runs, steps_listed
+from .launcher import release_ahead
 
 POLL_SECONDS = 2.0
 DEFAULT_EXPERIMENT = "Default"
@@ -282,6 +283,7 @@ def _stopped_following(record):
 
 def _submit(plan, params, workdir, settings, fanout=None):
     """Compile `plan` (a sweep's with `fanout`), upload it and start it with `params`; returns its RemoteRun."""
+    release_ahead()  # it runs no process here: a supervisor the command started ahead of it is not needed
     connection, stamp = settings.connection, time.strftime("%Y%m%d-%H%M%S")
     store_url = connection.run_store
     client = connection.client()  # first: a cluster out of reach leaves no submission folder behind

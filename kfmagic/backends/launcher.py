@@ -19,7 +19,6 @@ import threading
 import time
 
 from .. import supervisor
-from .base import interrupted
 
 STOP_GRACE = 3.0  # seconds a stopped step gets between SIGTERM and SIGKILL
 
@@ -40,6 +39,42 @@ def pump_lines(name, stream_name, pipe, events):
     events.put(("eof", name, stream_name, None))
 
 
+_AHEAD = []  # a supervisor started by `supervisor_ahead`, for the first Launcher
+
+
+def _spawn_supervisor():
+    """A supervisor process, and the run loop's end of the channel to it."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with theirs:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kfmagic.supervisor", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=step_env(), stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    return process, ours
+
+
+@contextlib.contextmanager
+def supervisor_ahead():
+    """For a command about to run a pipeline: its supervisor starts now, its own start-up (Python,
+    kfmagic's runtime: ~50 ms) overlapping the command's (IPython's cell reader, the notebook, the
+    plan). The run's Launcher takes it; if none does (the run was refused, or goes to a cluster), it
+    is stopped then, having started nothing."""
+    _AHEAD.append(_spawn_supervisor())
+    try:
+        yield
+    finally:
+        release_ahead()
+
+
+def release_ahead():
+    """A supervisor started ahead that no run will take (it has started nothing): gone now."""
+    while _AHEAD:
+        process, channel = _AHEAD.pop()
+        channel.close()
+        process.kill()
+        process.wait()
+
+
 class Launcher:
     """The run's supervisor process (started when the first process is), and the run loop's side
     of talking to it."""
@@ -53,13 +88,7 @@ class Launcher:
 
     def _supervisor(self):
         if self.process is None:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            with theirs:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", "kfmagic.supervisor", str(theirs.fileno())],
-                    pass_fds=[theirs.fileno()], env=step_env(), stdin=subprocess.DEVNULL, start_new_session=True,
-                )
-            self.channel = ours
+            self.process, self.channel = _AHEAD.pop() if _AHEAD else _spawn_supervisor()
             threading.Thread(target=self._listen, daemon=True).start()
         return self.channel
 
@@ -181,6 +210,8 @@ def _interrupts_set(flag):
 def supervised(record, progress, events, stopped_message):
     """A Launcher for the run `record`, inside its lifecycle: progress shown, and on Ctrl-C (or any
     error) every process stopped; a Ctrl-C ends the run CANCELED with `stopped_message` (RunFailed)."""
+    from .base import interrupted  # here: `supervisor_ahead` imports this module before anything heavy
+
     with supervising(events, lambda: interrupted(record, progress, stopped_message)) as launcher:
         progress.start(record)
         yield launcher
