@@ -15,7 +15,7 @@ papermill, jupyter console) get the plain text lines a terminal gets.
 import html
 import itertools
 import json
-import secrets
+import os
 import sys
 import textwrap
 import time
@@ -490,7 +490,7 @@ class NotebookProgress:
     def start(self, run):
         from IPython.display import display
 
-        self.run, self.key = run, f"kfm-{secrets.token_hex(4)}"
+        self.run, self.key = run, f"kfm-{os.urandom(4).hex()}"
         self.index = {name: i for i, name in enumerate(run.steps)}
         self.sent = {name: _step_cells(step) for name, step in run.steps.items()}
         self.sent_header = self._header(run)

@@ -20,7 +20,6 @@ import linecache
 import numbers
 import os
 import random
-import re
 import sys
 import threading
 import traceback
@@ -33,7 +32,6 @@ except ImportError:  # embedded in a KFP component: serde's functions are define
     serde = sys.modules[__name__]
 
 RESULT_FILE = "result.json"
-STEP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # a step's name: its records' folder, a Kubeflow task's name
 OUTPUTS_DIR = "outputs"
 
 

@@ -21,7 +21,8 @@ import tempfile
 from . import workspace
 from .component import LOG_FILE, STEPS_FILE
 from .errors import KfmagicError
-from .runtime import OUTPUTS_DIR, RESULT_FILE, STEP_NAME
+from .runtime import OUTPUTS_DIR, RESULT_FILE
+from .step_options import STEP_NAME
 
 STORE_ENV = "KFMAGIC_STORE"
 INSTALL_HINT = "pip install 'kfmagic[store]'"

@@ -24,8 +24,7 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 
 from .analysis import AnalysisError, analyze
 from .errors import CellSyntaxError
-from .runtime import STEP_NAME
-from .step_options import check_step_options
+from .step_options import STEP_NAME, check_step_options
 
 _CELL_MAGIC_RE = re.compile(r"^%%(step|prelude|params)(?=\s|$)(.*)$")
 _TRANSFORMER = TransformerManager()
