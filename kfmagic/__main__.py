@@ -8,16 +8,15 @@ prelude begins, in a command whose whole cost should be the notebook's own.
 import contextlib
 import sys
 
-RUNNING = ("run", "sweep")
-
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    with contextlib.ExitStack() as ahead:
-        if argv[:1] and argv[0] in RUNNING:
-            from .backends.launcher import supervisor_ahead
+    ahead = contextlib.nullcontext()
+    if argv[:1] in (["run"], ["sweep"]):
+        from .backends.launcher import supervisor_ahead
 
-            ahead.enter_context(supervisor_ahead())
+        ahead = supervisor_ahead()
+    with ahead:
         from .cli import main as command
 
         return command(argv)
