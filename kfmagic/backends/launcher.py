@@ -167,17 +167,20 @@ class Launcher:
 
     def close(self):
         """The supervisor is gone: asked to go, else killed; its steps die with it, and if it did not
-        stop them itself (killed from outside), what they started in their sessions is stopped here."""
+        stop them itself (killed from outside), what they started is stopped here, and gone on return."""
         if self.process is None:
             return
         if self.process.poll() is None and not self.stopped.wait(2):
             self._kill()
         self.process.wait()
         self.channel.close()
-        if not self.clean:  # found by the mark the supervisor put in their environment
-            for pid in supervisor.started_by(self.process.pid):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+        if not self.clean:  # found by the mark the supervisor put in their environment, until none is
+            deadline = time.monotonic() + 2  # left (a SIGKILL ends a process a moment after it is sent)
+            while (left := supervisor.started_by(self.process.pid)) and time.monotonic() < deadline:
+                for pid in left:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.01)
 
     def _kill(self):
         """SIGKILL to the supervisor and what the prelude it runs started (its process group, of which
