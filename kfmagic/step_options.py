@@ -10,6 +10,7 @@ import re
 from .errors import CellSyntaxError
 
 STEP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")  # a step's name: its records' folder, a Kubeflow task's name
+
 # Kubernetes quantities: CPU "2", "0.5", "500m"; memory "512Mi", "4Gi", "1G", "1000000".
 _CPU_RE = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
 _MEMORY_RE = re.compile(r"^\d+(\.\d+)?(E|P|T|G|M|K|k|Ei|Pi|Ti|Gi|Mi|Ki)?$")
