@@ -26,6 +26,7 @@ from .modules import module_source
 from .packages import requirements
 
 CACHE_DIR = os.path.join(workspace.KFMAGIC_DIR, "cache")
+PACKAGES_FILE = os.path.join(CACHE_DIR, "packages.json")  # which distribution provides which module
 _FORMAT = 2  # bumped when what a key covers changes
 
 
@@ -38,7 +39,7 @@ def step_key(plan, step, params, inputs, folder):
             modules += analyze(code).imports
         except AnalysisError:
             continue  # the plan has reported it
-    pinned, local = requirements(dict.fromkeys(modules))
+    pinned, local = requirements(dict.fromkeys(modules), kept_in=os.path.join(folder, PACKAGES_FILE))
     described = {
         "format": _FORMAT,
         "python": sys.version,

@@ -8,9 +8,13 @@ import, at the versions installed here, plus what marshalling needs.
 import contextlib
 import functools
 import importlib.metadata
+import json
 import os
 import re
 import sys
+
+from . import workspace
+from .errors import KfmagicError
 
 # The runtime's serde needs these in every step, whatever the step's code imports.
 MARSHALLING = ("cloudpickle", "dill")
@@ -31,9 +35,36 @@ def _installed_stamp():
     return tuple(stamps)
 
 
-@functools.lru_cache(maxsize=1)
-def _providers(stamp):
-    return importlib.metadata.packages_distributions()
+@functools.lru_cache(maxsize=4)
+def _providers(stamp, kept_in=None):
+    """{top-level module: [distributions providing it]}: importlib.metadata's map for the installed
+    distributions `stamp` stands for, ~0.1 s to build; kept in this process, and in the file `kept_in`
+    (if given) for the processes after it: each `kfmagic run` is a new one."""
+    stamped = json.loads(json.dumps(stamp))  # as the file holds it
+    kept = _read_kept(kept_in)
+    if kept.get("stamp") == stamped:
+        return kept["providers"]
+    providers = importlib.metadata.packages_distributions()
+    if kept_in is not None:
+        with contextlib.suppress(KfmagicError):  # not kept: the next process builds it again
+            workspace.private_dir(os.path.dirname(kept_in), "the cache")
+            workspace.write_private_json(kept_in, {"stamp": stamped, "providers": providers}, "the cache")
+    return providers
+
+
+def _read_kept(path):
+    """What `_providers` kept in `path`: {} if there is none, or it is not what it writes."""
+    if path is None:
+        return {}
+    try:
+        with open(path) as file:
+            kept = json.load(file)
+        well_formed = all(
+            isinstance(names, list) and all(isinstance(name, str) for name in names) for names in kept["providers"].values()
+        )
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+    return kept if well_formed else {}
 
 
 def normalize(name):
@@ -46,17 +77,19 @@ def _pinned(distribution, stamp):
     return f"{distribution}=={importlib.metadata.version(distribution)}"
 
 
-def requirements(modules, extra=(), shell=False):
+def requirements(modules, extra=(), shell=False, kept_in=None):
     """(pinned requirements, modules no installed distribution provides) for a step.
 
     `modules` are top-level module names the step imports; standard library modules need nothing.
     `extra` (the step's --packages) adds requirements and replaces a pinned one of the same name.
+    `kept_in`: a file where the map of modules to distributions is kept for the next process.
     """
     wanted, unknown, stamp = {}, [], _installed_stamp()  # looked up again once that changes
+    providers = _providers(stamp, kept_in)
     for module in modules:
         if module in sys.stdlib_module_names or module in sys.builtin_module_names:
             continue
-        distributions = _providers(stamp).get(module)
+        distributions = providers.get(module)
         if not distributions:
             unknown.append(module)
             continue

@@ -2,6 +2,7 @@
 links to the earlier run's files, never copies."""
 
 import io
+import json
 import os
 import subprocess
 
@@ -125,6 +126,33 @@ def test_upgrading_a_package_a_step_imports_runs_it_again_in_the_same_kernel(her
     install("2.0")  # !pip install -U fakedist, in the same kernel
     upgraded = run(pipeline)
     assert ran(upgraded) == ["a"] and upgraded.load("x") == "2.0"
+
+
+def test_which_distribution_provides_a_module_is_looked_up_once_for_the_processes_after_it(here, monkeypatch):
+    # Building importlib.metadata's map takes ~0.1 s, and each `kfmagic run` is a new process.
+    import importlib.metadata
+
+    from kfmagic import packages
+
+    built = []
+    real = importlib.metadata.packages_distributions
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: built.append(1) or real())
+    kept = here / ".kfmagic" / "cache" / "packages.json"
+
+    def requirements_in_a_new_process():
+        packages._providers.cache_clear()
+        return packages.requirements(["numpy", "pytest"], kept_in=str(kept))
+
+    first = requirements_in_a_new_process()
+    assert any(pin.startswith("numpy==") for pin in first[0]) and len(built) == 1
+    assert requirements_in_a_new_process() == first and len(built) == 1 and oct(kept.stat().st_mode & 0o777) == "0o600"
+    stamp = json.dumps(packages._installed_stamp())
+    for damaged in ("{not json", f'{{"stamp": {stamp}, "providers": {{"numpy": "numpy"}}}}', "[]"):
+        kept.write_text(damaged)
+        assert requirements_in_a_new_process() == first  # built again, as if there were none
+    assert len(built) == 4 and requirements_in_a_new_process() == first and len(built) == 4
+    monkeypatch.setattr(packages, "_installed_stamp", lambda: (("/an/other/site-packages", 1),))  # pip installed something
+    assert requirements_in_a_new_process() == first and len(built) == 5
 
 
 def test_a_pruned_run_is_not_reused(here):
