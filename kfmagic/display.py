@@ -21,7 +21,6 @@ import textwrap
 import time
 from collections import deque
 
-
 TEXT_WIDTH = 100  # a terminal's or a log's columns: every text view fits
 UPDATE_SECONDS = 0.25  # the live display sends changes at most this often (the final state always)
 LOG_LINES = 200  # lines of each step's output a notebook display keeps
